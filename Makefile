@@ -1,0 +1,38 @@
+# longcat-convert developer targets. Everything runs from the project's own venv.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+CLI    := $(VENV)/bin/longcat-convert
+FASTVIDEO_VERSION := 0.2.1
+
+.PHONY: install demo test gate bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/torch.txt requirements/fastvideo-deps.txt requirements/dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -r requirements/torch.txt
+	$(PIP) install -q --no-deps fastvideo==$(FASTVIDEO_VERSION)
+	$(PIP) install -q -r requirements/fastvideo-deps.txt -r requirements/dev.txt
+	$(PIP) install -q --no-deps -e .
+	$(PIP) install -q -r requirements/torch.txt click rich safetensors huggingface_hub numpy einops
+	touch $@
+
+# The main job on the bundled tiny golden checkpoint: convert, then verify bitwise.
+demo: install
+	rm -rf out/tiny-a-native
+	$(CLI) convert golden/tiny-a out/tiny-a-native
+	$(CLI) verify golden/tiny-a out/tiny-a-native
+
+test: install
+	$(PY) -m pytest -q
+
+gate: install
+	$(CLI) gate --report reports/gate
+
+bench: install
+	$(PY) -m bench.run
+
+clean:
+	rm -rf out reports build *.egg-info

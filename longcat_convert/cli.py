@@ -1,0 +1,59 @@
+"""The ``longcat-convert`` command line: a thin layer over library functions.
+
+Exit codes: 0 ok, 1 a check ran and failed (verify mismatch, tolerance
+exceeded), 2 bad input or usage. Commands live in small modules next to the
+code they drive and are registered here.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+
+from . import __version__
+from .errors import BadInput, VerificationFailed
+
+err_console = Console(stderr=True, highlight=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="longcat-convert")
+def cli() -> None:
+    """Convert LongCat-Video checkpoints to FastVideo's native layout and prove parity."""
+
+
+def _register() -> None:
+    from .commands import register as register_convert
+    from reference.cli import register as register_reference
+    from parity.cli import register as register_parity
+    register_convert(cli)
+    register_reference(cli)
+    register_parity(cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    try:
+        rv = cli.main(args=argv, prog_name="longcat-convert", standalone_mode=False)
+    except BadInput as e:
+        err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        return 2
+    except VerificationFailed as e:
+        err_console.print(f"[bold red]failed:[/] {e}", soft_wrap=True)
+        return 1
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except click.exceptions.Abort:
+        err_console.print("[bold red]aborted[/]")
+        return 130
+    # Commands return their exit code (0 ok, 1 check failed); the console-script
+    # wrapper passes main()'s return value to sys.exit.
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
