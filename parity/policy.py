@@ -1,0 +1,65 @@
+"""The tolerance policy: one versioned file (tolerances.json beside this module)."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from longcat_convert.errors import BadInput
+
+DEFAULT_PATH = Path(__file__).with_name("tolerances.json")
+_DTYPE_NAMES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16",
+                "f16": "float16", "half": "float16", "fp64": "float64", "double": "float64"}
+
+
+def dtype_name(dtype) -> str:
+    """'bf16' / torch.bfloat16 / 'torch.bfloat16' -> 'bfloat16'."""
+    s = str(dtype).replace("torch.", "")
+    return _DTYPE_NAMES.get(s, s)
+
+
+@dataclass(frozen=True)
+class Policy:
+    version: int
+    rules: tuple[dict, ...]
+    path: str
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "Policy":
+        p = Path(path) if path else DEFAULT_PATH
+        try:
+            data = json.loads(p.read_text())
+            rules = tuple(data["rules"])
+            for r in rules:
+                assert isinstance(r["max"], dict) and r["max"]
+        except (OSError, ValueError, KeyError, AssertionError, TypeError):
+            raise BadInput(f"{p}: not a valid tolerance policy (needs 'version' and 'rules' with 'max' limits)")
+        return cls(int(data.get("version", 0)), rules, str(p))
+
+    def limits(self, dtype, device: str, layer: str) -> dict[str, float]:
+        dt, dev = dtype_name(dtype), str(device).split(":")[0]
+        for r in self.rules:
+            if (fnmatchcase(dt, r.get("dtype", "*")) and fnmatchcase(dev, r.get("device", "*"))
+                    and fnmatchcase(layer, r.get("layer", "*"))):
+                return dict(r["max"])
+        raise BadInput(f"{self.path}: no tolerance rule for dtype={dt} device={dev} layer={layer}; add one")
+
+    def failures(self, metrics: dict, dtype, device: str, layer: str) -> list[str]:
+        """The limits this layer's metrics exceed (empty list: pass).
+        A limit whose metric was not measured fails: nothing passes unmeasured."""
+        out = []
+        for key, lim in self.limits(dtype, device, layer).items():
+            v = metrics.get(key)
+            if v is None or (isinstance(v, float) and math.isnan(v)) or v > lim:
+                out.append(f"{key}={v if v is not None else 'unmeasured'} > {lim:g}")
+        return out
+
+    def judge(self, metrics: dict, dtype, device: str, layer: str) -> bool:
+        return not self.failures(metrics, dtype, device, layer)
+
+    def describe(self, dtype, device: str) -> str:
+        lim = self.limits(dtype, device, "*")
+        return f"policy v{self.version} ({dtype_name(dtype)}, {device}): " + ", ".join(
+            f"{k} <= {v:g}" for k, v in lim.items())

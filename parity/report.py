@@ -1,0 +1,302 @@
+"""The report schema (one place) and its renderings: JSON, Markdown, a
+self-contained HTML page with a per-layer error plot, and a rich table.
+
+A report is a plain dict:
+
+    {"schema": 1, "kind": "parity" | "golden-check" | "gate",
+     "title": str, "mode": "e2e" | "layer" | "blocks" | None,
+     "passed": bool, "first_divergent": <original module name> | None,
+     "policy": {"version", "path", "limits"},
+     "environment": {...}, "cases": [{"case", "passed", "first_divergent"}],
+     "layers": [{"name", "native_name", "case", <metrics>, "passed", "failures"}],  # forward order
+     "notes": [str]}
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+from .metrics import METRIC_KEYS
+
+SCHEMA_VERSION = 1
+# Metrics drawn on a log axis as-is, and similarity metrics drawn as log10(1 - x).
+_LOG_METRICS = ("max_abs", "mean_abs", "p99_abs", "rel_l2", "noise_ratio")
+_SIM_METRICS = ("cosine", "pearson")
+
+
+def environment(device: str = "cpu", dtype: str = "float32", attention: str = "sdpa") -> dict:
+    import torch
+    env = {"python": platform.python_version(), "platform": platform.platform(),
+           "torch": torch.__version__, "cuda": torch.version.cuda,
+           "device": str(device), "dtype": str(dtype), "attention_backend": attention}
+    try:
+        import importlib.metadata as md
+        env["fastvideo"] = md.version("fastvideo")
+    except Exception:
+        env["fastvideo"] = None
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    else:
+        env["device_name"] = platform.processor() or platform.machine()
+    from longcat_convert import __version__
+    env["longcat_convert"] = __version__
+    return env
+
+
+def new_report(kind: str, title: str, *, mode: str | None, policy, dtype, device: str,
+               env: dict) -> dict:
+    return {"schema": SCHEMA_VERSION, "kind": kind, "title": title, "mode": mode,
+            "passed": False, "first_divergent": None,
+            "policy": {"version": policy.version, "path": policy.path,
+                       "limits": policy.limits(dtype, device, "*")},
+            "environment": env, "cases": [], "layers": [], "notes": []}
+
+
+def add_layer(report: dict, *, name: str, metrics: dict, passed: bool, failures=(),
+              native_name: str | None = None, case: str | None = None) -> dict:
+    row = {"name": name, "native_name": native_name, "case": case}
+    row.update({k: _clean(v) for k, v in metrics.items()})
+    row["passed"] = bool(passed)
+    row["failures"] = list(failures)
+    report["layers"].append(row)
+    return row
+
+
+def finalize(report: dict) -> dict:
+    """Set per-case and overall pass/fail and the first divergent layer (forward order)."""
+    cases: dict[str | None, dict] = {}
+    for row in report["layers"]:
+        c = cases.setdefault(row.get("case"), {"case": row.get("case"), "passed": True, "first_divergent": None})
+        if not row["passed"] and c["passed"]:
+            c["passed"], c["first_divergent"] = False, row["name"]
+    known = {c["case"] for c in report["cases"]}
+    report["cases"] += [c for k, c in cases.items() if k not in known]
+    report["passed"] = bool(report["layers"]) and all(c["passed"] for c in report["cases"])
+    first = next((c["first_divergent"] for c in report["cases"] if not c["passed"]), None)
+    report["first_divergent"] = first
+    return report
+
+
+def _clean(v):
+    if isinstance(v, float) and (math.isinf(v) or math.isnan(v)):
+        return str(v)  # JSON has no inf/nan; keep them readable
+    return v
+
+
+def _num(v) -> float | None:
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str) and v in ("inf", "-inf", "nan"):
+        return float(v)
+    return None
+
+
+def _fmt(v) -> str:
+    x = _num(v)
+    if x is None:
+        return "" if v is None else str(v)
+    if x == 0 or math.isinf(x) or math.isnan(x):
+        return f"{x:g}"
+    return f"{x:.3e}" if abs(x) < 1e-3 or abs(x) >= 1e4 else f"{x:.4f}"
+
+
+def _columns(report: dict) -> list[str]:
+    cols = [k for k in METRIC_KEYS if any(k in r for r in report["layers"])]
+    if any("noise_ratio" in r for r in report["layers"]):
+        cols.append("noise_ratio")
+    return cols
+
+
+# --------------------------------------------------------------------- text
+
+def to_markdown(report: dict) -> str:
+    status = "PASSED" if report["passed"] else "FAILED"
+    lines = [f"## {report['title']}: {status}", ""]
+    if report["first_divergent"]:
+        lines.append(f"First divergent layer: `{report['first_divergent']}`")
+        lines.append("")
+    env = report["environment"]
+    lines.append(f"torch {env.get('torch')}, fastvideo {env.get('fastvideo')}, CUDA {env.get('cuda')}, "
+                 f"device {env.get('device')} ({env.get('device_name')}), dtype {env.get('dtype')}, "
+                 f"attention {env.get('attention_backend')}; mode {report.get('mode')}; tolerance policy "
+                 f"v{report['policy']['version']}: "
+                 + ", ".join(f"{k} <= {v:g}" for k, v in report["policy"]["limits"].items()))
+    lines.append("")
+    if len(report["cases"]) > 1 or (report["cases"] and report["cases"][0]["case"]):
+        lines += ["| case | result | first divergent |", "|---|---|---|"]
+        for c in report["cases"]:
+            lines.append(f"| {c['case']} | {'pass' if c['passed'] else '**FAIL**'} | {c['first_divergent'] or ''} |")
+        lines.append("")
+    cols = _columns(report)
+    has_case = any(r.get("case") for r in report["layers"])
+    has_native = any(r.get("native_name") for r in report["layers"])
+    head = (["case"] if has_case else []) + ["layer"] + (["native"] if has_native else []) + cols + ["result"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["layers"]:
+        cells = ([r.get("case") or ""] if has_case else []) + [f"`{r['name']}`"]
+        cells += [f"`{r.get('native_name') or ''}`"] if has_native else []
+        cells += [_fmt(r.get(c)) for c in cols]
+        cells.append("pass" if r["passed"] else "**FAIL** " + "; ".join(r.get("failures", [])))
+        lines.append("| " + " | ".join(cells) + " |")
+    for n in report.get("notes", []):
+        lines += ["", f"> {n}"]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(report: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = console or Console(stderr=True)
+    cols = _columns(report)
+    has_case = any(r.get("case") for r in report["layers"])
+    t = Table(title=report["title"], show_lines=False)
+    if has_case:
+        t.add_column("case")
+    t.add_column("layer")
+    if any(r.get("native_name") for r in report["layers"]):
+        t.add_column("native")
+        native = True
+    else:
+        native = False
+    for c in cols:
+        t.add_column(c, justify="right")
+    t.add_column("")
+    for r in report["layers"]:
+        row = ([r.get("case") or ""] if has_case else []) + [r["name"]]
+        row += [r.get("native_name") or ""] if native else []
+        row += [_fmt(r.get(c)) for c in cols]
+        row.append("[green]pass[/]" if r["passed"] else "[bold red]FAIL[/]")
+        t.add_row(*row)
+    console.print(t)
+    if report["passed"]:
+        console.print(f"[bold green]PASSED[/] ({len(report['layers'])} layers)")
+    else:
+        console.print(f"[bold red]FAILED[/]: first divergent layer [bold]{report['first_divergent']}[/]")
+    for n in report.get("notes", []):
+        console.print(f"[yellow]note:[/] {n}")
+
+
+# --------------------------------------------------------------------- html
+
+def _svg_plot(report: dict, metric: str, width=720, height=220) -> str:
+    """One metric against depth (forward order), a polyline per case."""
+    rows = report["layers"]
+    names = []
+    for r in rows:
+        if r["name"] not in names:
+            names.append(r["name"])
+    if not names:
+        return ""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        v = _num(r.get(metric))
+        if v is None or math.isnan(v):
+            continue
+        if metric in _SIM_METRICS:
+            v = 1.0 - v
+        series.setdefault(r.get("case") or "", []).append((names.index(r["name"]), v))
+    if not series:
+        return ""
+    log = metric in _LOG_METRICS or metric in _SIM_METRICS
+    def tr(v: float) -> float:
+        if log:
+            return math.log10(v) if v > 0 else -17.0
+        return v if math.isfinite(v) else 200.0
+    ys = [tr(v) for pts in series.values() for _, v in pts]
+    lim = report["policy"]["limits"].get(metric)
+    if lim is not None:
+        ys.append(tr(lim))
+    lo, hi = min(ys), max(ys)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1, hi + 1
+    pad_l, pad_b, pad_t = 60, 30, 20
+    w, h = width - pad_l - 10, height - pad_b - pad_t
+    X = lambda i: pad_l + (w * i / max(1, len(names) - 1))
+    Y = lambda y: pad_t + h - h * (y - lo) / (hi - lo)
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+             f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="#fafafa" stroke="#ccc"/>']
+    for k in range(5):
+        y = lo + (hi - lo) * k / 4
+        label = f"1e{y:.1f}" if log else f"{y:.3g}"
+        parts.append(f'<text x="{pad_l - 4}" y="{Y(y) + 4:.1f}" font-size="10" text-anchor="end">{label}</text>')
+        parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{Y(y):.1f}" y2="{Y(y):.1f}" stroke="#eee"/>')
+    if lim is not None:
+        parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{Y(tr(lim)):.1f}" y2="{Y(tr(lim)):.1f}" '
+                     f'stroke="#d62728" stroke-dasharray="4 3"/><text x="{pad_l + w - 2}" y="{Y(tr(lim)) - 3:.1f}" '
+                     f'font-size="10" text-anchor="end" fill="#d62728">tolerance {lim:g}</text>')
+    fd = report.get("first_divergent")
+    if fd in names:
+        x = X(names.index(fd))
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{pad_t}" y2="{pad_t + h}" stroke="#d62728"/>'
+                     f'<text x="{x + 3:.1f}" y="{pad_t + 10}" font-size="10" fill="#d62728">first divergent: '
+                     f'{html.escape(fd)}</text>')
+    for n, (case, pts) in enumerate(series.items()):
+        col = colors[n % len(colors)]
+        pts_s = " ".join(f"{X(i):.1f},{Y(tr(v)):.1f}" for i, v in pts)
+        parts.append(f'<polyline fill="none" stroke="{col}" stroke-width="1.5" points="{pts_s}"/>')
+        for i, v in pts:
+            parts.append(f'<circle cx="{X(i):.1f}" cy="{Y(tr(v)):.1f}" r="2.5" fill="{col}">'
+                         f'<title>{html.escape(case)} {html.escape(names[i])}: {v:.3e}</title></circle>')
+        if case:
+            parts.append(f'<text x="{pad_l + 6}" y="{pad_t + 24 + 12 * n}" font-size="10" fill="{col}">'
+                         f'{html.escape(case)}</text>')
+    step = max(1, len(names) // 16)
+    for i in range(0, len(names), step):
+        parts.append(f'<text x="{X(i):.1f}" y="{pad_t + h + 14}" font-size="9" text-anchor="middle">'
+                     f'{html.escape(names[i])}</text>')
+    title = f"1 - {metric}" if metric in _SIM_METRICS else metric
+    parts.append(f'<text x="{pad_l}" y="12" font-size="12" font-weight="bold">{title} vs depth'
+                 f'{" (log scale)" if log else ""}</text></svg>')
+    return "".join(parts)
+
+
+def to_html(report: dict) -> str:
+    status = "PASSED" if report["passed"] else "FAILED"
+    color = "#2ca02c" if report["passed"] else "#d62728"
+    plots = "".join(f"<div>{_svg_plot(report, m)}</div>" for m in _columns(report))
+    md_table = to_markdown(report)
+    cols = _columns(report)
+    head = "".join(f"<th>{c}</th>" for c in ["case", "layer", "native"] + cols + ["result"])
+    body = []
+    for r in report["layers"]:
+        cls = "" if r["passed"] else ' class="fail"'
+        cells = [r.get("case") or "", r["name"], r.get("native_name") or ""] + [_fmt(r.get(c)) for c in cols]
+        cells.append("pass" if r["passed"] else "FAIL " + "; ".join(r.get("failures", [])))
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    env = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                  for k, v in report["environment"].items())
+    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in report.get("notes", []))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(report['title'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ddd;padding:2px 6px;text-align:right}}td:nth-child(-n+3){{text-align:left}}
+tr.fail td{{background:#fde0e0}}.status{{color:{color}}}.note{{background:#fff6d5;padding:4px}}</style></head><body>
+<h1>{html.escape(report['title'])}: <span class="status">{status}</span></h1>
+<p>First divergent layer: <b>{html.escape(str(report['first_divergent']))}</b> &middot; mode {html.escape(str(report.get('mode')))}
+&middot; tolerance policy v{report['policy']['version']}: {html.escape(', '.join(f'{k} <= {v:g}' for k, v in report['policy']['limits'].items()))}</p>
+{notes}<h2>Per-layer error</h2>{plots}
+<h2>Layers (forward order)</h2><table><tr>{head}</tr>{''.join(body)}</table>
+<h2>Environment</h2><table>{env}</table>
+<!-- markdown rendering of the same report:
+{html.escape(md_table).replace('--', '- -')}
+--></body></html>
+"""
+
+
+def write_reports(report: dict, out_dir: str | os.PathLike) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "report.json", out / "report.md", out / "report.html"]
+    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    md = to_markdown(report)
+    paths[1].write_text(md)
+    paths[2].write_text(to_html(report))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write(md + "\n")
+    return paths
