@@ -1,5 +1,94 @@
-"""parity and gate commands."""
+"""``parity`` and ``gate`` commands."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from longcat_convert.errors import BadInput
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+
+
+def _torch_dtype(name: str):
+    import torch
+    return getattr(torch, DTYPES[name])
+
+
+def _ints(text: str, n: int | None, opt: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise BadInput(f"{opt} {text!r}: expected comma-separated integers")
+    if n is not None and len(vals) != n:
+        raise BadInput(f"{opt} {text!r}: expected {n} comma-separated integers")
+    return vals
+
+
+@click.command("parity")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("converted", type=click.Path(path_type=Path))
+@click.option("--mode", type=click.Choice(["e2e", "layer", "blocks"]), default="e2e", show_default=True,
+              help="e2e: each model on its own activations; layer: native modules fed the reference's inputs; "
+                   "blocks: one block of each model in memory at a time (real-size checkpoints).")
+@click.option("--case", "cases", multiple=True, type=click.Path(path_type=Path),
+              help="Golden case (.safetensors with .json beside it); repeatable. Without it, inputs are generated.")
+@click.option("--shape", default="3,4,6", show_default=True, help="Generated latent T,H,W.")
+@click.option("--text-len", default=12, show_default=True, help="Generated text tokens.")
+@click.option("--valid", default=None, help="Valid text tokens, one number or one per sample (default: all).")
+@click.option("--batch", default=1, show_default=True)
+@click.option("--timestep", default=700.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--num-cond-latents", default=0, show_default=True, help="Image-to-video: clean leading frames.")
+@click.option("--kv-cache-frames", default=0, show_default=True,
+              help="Video continuation: encode this many leading frames into a K/V cache, then continue.")
+@click.option("--lora", default=None, help="LoRA name in SOURCE/lora (converted copy in CONVERTED/lora/NAME).")
+@click.option("--lora-multiplier", default=1.0, show_default=True)
+@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N")
+@click.option("--attention", default="sdpa", show_default=True, help="Reference attention backend: sdpa|flash2|flash3")
+@click.option("--tolerances", type=click.Path(path_type=Path), default=None, help="Tolerance policy file.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Write report.json, report.md and report.html here.")
+@click.option("--quiet", is_flag=True)
+def parity_cmd(source, converted, mode, cases, shape, text_len, valid, batch, timestep, seed, num_cond_latents,
+               kv_cache_frames, lora, lora_multiplier, dtype, device, attention, tolerances, report_dir, quiet):
+    """Run the reference (original weights, SOURCE) and FastVideo's native model
+    (converted weights, CONVERTED) on the same inputs and compare every layer.
+
+    Exit 0 when every layer is within tolerance, 1 when not, 2 on bad input."""
+    from .inputs import generate, load_case
+    from .policy import Policy
+    from .runner import Setup, run_parity
+    from . import report as R
+    from . import refside
+
+    setup = Setup(source=source, converted=converted, dtype=_torch_dtype(dtype), device=device,
+                  attention=attention, mode=mode, lora=lora, lora_multiplier=lora_multiplier,
+                  policy=Policy.load(tolerances))
+    refside.check_device(device)
+    if cases:
+        inputs = [load_case(c) for c in cases]
+    else:
+        dims = refside.source_dims(source)
+        vals = _ints(valid, None, "--valid") if valid else None
+        inputs = [generate(dims, shape=tuple(_ints(shape, 3, "--shape")), text_len=text_len,
+                           valid=(vals[0] if vals and len(vals) == 1 else vals), batch=batch, timestep=timestep,
+                           seed=seed, num_cond_latents=num_cond_latents)]
+    if mode == "blocks":
+        from .blocks import run_blocks
+        report = run_blocks(setup, inputs)
+    else:
+        report = run_parity(setup, inputs, kv_cache_frames=kv_cache_frames)
+    if not quiet:
+        R.print_table(report)
+    if report_dir:
+        R.write_reports(report, report_dir)
+    return 0 if report["passed"] else 1
 
 
 def register(cli) -> None:
-    pass  # filled in by the parity work (issue 4)
+    cli.add_command(parity_cmd)
+    from .gate import gate_cmd
+    cli.add_command(gate_cmd)

@@ -93,3 +93,132 @@ def build_native_model(native_cfg: dict, dtype=None, device="cpu"):
     model = LongCatTransformer3DModel(config=LongCatVideoConfig(arch_config=arch), hf_config={})
     model = model.to(device=device, dtype=dtype or torch.float32)
     return model.eval()
+
+
+# ---------------------------------------------------------------------------
+# Loading converted weights and running a forward.
+# ---------------------------------------------------------------------------
+
+def transformer_dir(converted: str | os.PathLike) -> Path:
+    """CONVERTED may be the output folder (holding transformer/) or transformer/ itself."""
+    p = Path(converted)
+    if (p / "transformer" / "config.json").is_file():
+        return p / "transformer"
+    if (p / "config.json").is_file():
+        return p
+    raise BadInput(f"{p}: not a converted LongCat folder (no transformer/config.json); "
+                   "run `longcat-convert convert` first")
+
+
+def read_native_config(tdir: Path) -> dict:
+    import json
+    try:
+        cfg = json.loads((tdir / "config.json").read_text())
+    except ValueError as e:
+        raise BadInput(f"{tdir / 'config.json'}: not valid JSON ({e})")
+    if cfg.get("_class_name") != "LongCatTransformer3DModel":
+        raise BadInput(f"{tdir / 'config.json'}: _class_name is {cfg.get('_class_name')!r}, expected "
+                       "'LongCatTransformer3DModel' (is this an original dit/ folder? pass it as SOURCE)")
+    return cfg
+
+
+def native_dims(cfg: dict):
+    """table.Dims of a native config (original key names are the converter's inverse)."""
+    from longcat_convert.table import Dims
+    return Dims(hidden=int(cfg["hidden_size"]), heads=int(cfg["num_attention_heads"]), depth=int(cfg["depth"]),
+                cin=int(cfg["in_channels"]), cout=int(cfg.get("out_channels") or cfg["in_channels"]),
+                caption=int(cfg["caption_channels"]), adaln=int(cfg["adaln_tembed_dim"]),
+                freq=int(cfg.get("frequency_embedding_size", 256)), mlp_ratio=float(cfg.get("mlp_ratio", 4)),
+                patch=tuple(int(x) for x in cfg.get("patch_size", (1, 2, 2))))
+
+
+def load_state(model, reader, *, rename: dict[str, str] | None = None, dtype=None, device="cpu",
+               keys: list[str] | None = None, strict: bool = True) -> None:
+    """Load tensors from a ShardedReader into ``model`` (strict on the keys given).
+
+    ``rename`` maps checkpoint key -> model key (blocks mode loads block i into
+    a one-block model's blocks.0). Tensors are cast to the model's parameter
+    dtype: converted files keep the checkpoint's dtype, the model runs in the
+    dtype asked for.
+    """
+    import torch
+    want = dict(model.state_dict())
+    keys = list(reader.keys()) if keys is None else keys
+    rename = rename or {}
+    sd = {}
+    for k in keys:
+        mk = rename.get(k, k)
+        if mk not in want:
+            raise BadInput(f"{reader.path}: unexpected key {k!r} for this model")
+        t = reader.get(k)
+        if tuple(t.shape) != tuple(want[mk].shape):
+            raise BadInput(f"{reader.path}: {k!r} has shape {tuple(t.shape)}, the model expects "
+                           f"{tuple(want[mk].shape)}")
+        sd[mk] = t.to(device=device, dtype=want[mk].dtype)
+    missing = sorted(set(want) - set(sd))
+    if strict and missing:
+        raise BadInput(f"{reader.path}: missing {len(missing)} key(s): {', '.join(missing[:6])}")
+    with torch.no_grad():
+        model.load_state_dict(sd, strict=strict)
+
+
+def apply_lora(model, lora_file: str | os.PathLike, strength: float) -> list[str]:
+    """Apply a converted LoRA through FastVideo's own LoRA layer code, so its
+    alpha/rank handling (int(alpha) / rank, merged into the weight) is what runs."""
+    import torch
+    from safetensors.torch import load_file
+    ensure_runtime()
+    from fastvideo.layers.lora.linear import get_lora_layer, replace_submodule
+    p = Path(lora_file)
+    if not p.is_file():
+        raise BadInput(f"{p}: no such converted LoRA (convert the model folder with its lora/ first)")
+    sd = load_file(str(p))
+    modules: dict[str, dict] = {}
+    for k, v in sd.items():
+        for sfx in (".lora_A.weight", ".lora_B.weight", ".lora_alpha"):
+            if k.endswith(sfx):
+                modules.setdefault(k[: -len(sfx)], {})[sfx.split(".")[1]] = v
+                break
+        else:
+            raise BadInput(f"{p}: unexpected key {k!r} in a FastVideo-format LoRA")
+    named = dict(model.named_modules())
+    done = []
+    for name, parts in sorted(modules.items()):
+        if "lora_A" not in parts or "lora_B" not in parts:
+            raise BadInput(f"{p}: {name} needs both lora_A and lora_B")
+        if name not in named:
+            raise BadInput(f"{p}: LoRA targets {name!r}, which the native model does not have")
+        layer = get_lora_layer(named[name])
+        if layer is None:
+            raise BadInput(f"{p}: {name!r} is not a linear layer FastVideo can wrap with LoRA")
+        replace_submodule(model, name, layer)
+        alpha = parts.get("lora_alpha")
+        w = named[name].weight
+        with torch.no_grad():
+            layer.set_lora_weights(parts["lora_A"].to(w), parts["lora_B"].to(w),
+                                   lora_alpha=None if alpha is None else float(alpha), strength=strength)
+        done.append(name)
+    return done
+
+
+def run(model, inp, dtype, device, *, kv_cache: dict | None = None, return_kv: bool | None = None,
+        hidden_states=None, timestep=None, num_cond_latents: int | None = None, skip_crs_attn: bool | None = None):
+    """One native forward with FastVideo's argument order. Inputs are cast to the
+    model dtype (its patch embedding has no cast of its own); the timestep stays
+    float32, as a scheduler hands it over."""
+    import torch
+    hs = inp.hidden_states if hidden_states is None else hidden_states
+    ts = inp.timestep if timestep is None else timestep
+    rk = inp.return_kv if return_kv is None else return_kv
+    cache = inp.kv_cache if kv_cache is None else kv_cache
+    with torch.no_grad(), forward_context():
+        out = model(hs.to(device=device, dtype=dtype),
+                    inp.encoder_hidden_states.to(device=device, dtype=dtype),
+                    ts.to(device=device, dtype=torch.float32),
+                    encoder_attention_mask=inp.encoder_attention_mask.to(device),
+                    num_cond_latents=inp.num_cond_latents if num_cond_latents is None else num_cond_latents,
+                    return_kv=rk,
+                    kv_cache_dict={i: (k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
+                                   for i, (k, v) in cache.items()} if cache else None,
+                    skip_crs_attn=inp.skip_crs_attn if skip_crs_attn is None else skip_crs_attn)
+    return out if isinstance(out, tuple) else (out, None)

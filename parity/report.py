@@ -95,8 +95,10 @@ def _num(v) -> float | None:
     return None
 
 
-def _fmt(v) -> str:
+def _fmt(v, metric: str = "") -> str:
     x = _num(v)
+    if metric in _SIM_METRICS and x is not None and math.isfinite(x):
+        return f"{x:.9f}"  # similarities live just below 1: show the digits that differ
     if x is None:
         return "" if v is None else str(v)
     if x == 0 or math.isinf(x) or math.isnan(x):
@@ -139,7 +141,7 @@ def to_markdown(report: dict) -> str:
     for r in report["layers"]:
         cells = ([r.get("case") or ""] if has_case else []) + [f"`{r['name']}`"]
         cells += [f"`{r.get('native_name') or ''}`"] if has_native else []
-        cells += [_fmt(r.get(c)) for c in cols]
+        cells += [_fmt(r.get(c), c) for c in cols]
         cells.append("pass" if r["passed"] else "**FAIL** " + "; ".join(r.get("failures", [])))
         lines.append("| " + " | ".join(cells) + " |")
     for n in report.get("notes", []):
@@ -150,7 +152,8 @@ def to_markdown(report: dict) -> str:
 def print_table(report: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
-    console = console or Console(stderr=True)
+    # Wide enough for the metric columns when stderr is a pipe (CI logs).
+    console = console or Console(stderr=True, width=None if os.isatty(2) else 200)
     cols = _columns(report)
     has_case = any(r.get("case") for r in report["layers"])
     t = Table(title=report["title"], show_lines=False)
@@ -168,7 +171,7 @@ def print_table(report: dict, console=None) -> None:
     for r in report["layers"]:
         row = ([r.get("case") or ""] if has_case else []) + [r["name"]]
         row += [r.get("native_name") or ""] if native else []
-        row += [_fmt(r.get(c)) for c in cols]
+        row += [_fmt(r.get(c), c) for c in cols]
         row.append("[green]pass[/]" if r["passed"] else "[bold red]FAIL[/]")
         t.add_row(*row)
     console.print(t)
@@ -265,7 +268,7 @@ def to_html(report: dict) -> str:
     body = []
     for r in report["layers"]:
         cls = "" if r["passed"] else ' class="fail"'
-        cells = [r.get("case") or "", r["name"], r.get("native_name") or ""] + [_fmt(r.get(c)) for c in cols]
+        cells = [r.get("case") or "", r["name"], r.get("native_name") or ""] + [_fmt(r.get(c), c) for c in cols]
         cells.append("pass" if r["passed"] else "FAIL " + "; ".join(r.get("failures", [])))
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     env = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"

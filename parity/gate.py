@@ -1,0 +1,140 @@
+"""``longcat-convert gate``: the CI parity gate over the bundled golden data.
+
+For every model folder in the manifest (golden/gate.json) it runs what a user
+would run: convert, verify, golden-check every case, and parity for every case
+(plus the extra modes the manifest asks for). Each step is the real command,
+run in-process; its exit code and report decide the step. A step the manifest
+marks as a known difference must fail exactly as stated (same first divergent
+layer) -- if it starts passing or diverges elsewhere, the gate fails.
+Writes one summary, a JUnit XML and every step's reports.
+"""
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from longcat_convert.errors import BadInput
+
+DEFAULT_GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+
+
+@dataclass
+class Step:
+    model: str
+    name: str
+    argv: list[str]
+    report: Path | None = None
+    expect: dict | None = None        # known difference: {"passed": false, "first_divergent": ..., "why": ...}
+    rc: int | None = None
+    seconds: float = 0.0
+    ok: bool = False
+    message: str = ""
+    details: dict = field(default_factory=dict)
+
+
+def load_manifest(golden: Path) -> dict:
+    p = golden / "gate.json"
+    try:
+        return json.loads(p.read_text())
+    except OSError:
+        raise BadInput(f"{p}: no gate manifest in the golden folder")
+    except ValueError as e:
+        raise BadInput(f"{p}: not valid JSON ({e})")
+
+
+def plan_steps(golden: Path, work: Path, manifest: dict) -> list[Step]:
+    steps: list[Step] = []
+    for entry in manifest["models"]:
+        model = entry["model"]
+        src = golden / model
+        out = work / model / "converted"
+        rep = work / model
+        steps.append(Step(model, "convert", ["convert", str(src), str(out), "--force", "--quiet"]))
+        steps.append(Step(model, "verify", ["verify", str(src), str(out), "--quiet"]))
+        for case in entry["cases"]:
+            cfile = src / "cases" / f"{case}.safetensors"
+            r = rep / f"golden-check-{case}"
+            steps.append(Step(model, f"golden-check {case}",
+                              ["golden-check", str(src), str(cfile), "--report", str(r), "--quiet"], report=r))
+            for mode in ["e2e"] + entry.get("extra_modes", {}).get(case, []):
+                r = rep / f"parity-{mode}-{case}"
+                steps.append(Step(model, f"parity {mode} {case}",
+                                  ["parity", str(src), str(out), "--case", str(cfile), "--mode", mode,
+                                   "--report", str(r), "--quiet"], report=r,
+                                  expect=entry.get("known_differences", {}).get(case)))
+    return steps
+
+
+def run_step(step: Step) -> None:
+    from longcat_convert.cli import main
+    t0 = time.perf_counter()
+    step.rc = main(step.argv)
+    step.seconds = time.perf_counter() - t0
+    rep = None
+    if step.report and (step.report / "report.json").is_file():
+        rep = json.loads((step.report / "report.json").read_text())
+        step.details = {"passed": rep.get("passed"), "first_divergent": rep.get("first_divergent")}
+    if step.expect is None:
+        step.ok = step.rc == 0
+        step.message = "ok" if step.ok else f"exit {step.rc}" + (
+            f", first divergent {rep['first_divergent']}" if rep and rep.get("first_divergent") else "")
+        return
+    want = step.expect
+    got_first = rep.get("first_divergent") if rep else None
+    step.ok = (step.rc == 1 and rep is not None and rep.get("passed") is want.get("passed", False)
+               and got_first == want.get("first_divergent"))
+    step.message = (f"known difference reproduced: first divergent {got_first} ({want.get('why', '')})"
+                    if step.ok else f"expected a failure at {want.get('first_divergent')}, got exit {step.rc}, "
+                    f"first divergent {got_first}")
+
+
+def write_junit(steps: list[Step], path: Path) -> None:
+    suite = ET.Element("testsuite", name="longcat-convert-gate", tests=str(len(steps)),
+                       failures=str(sum(not s.ok for s in steps)),
+                       time=f"{sum(s.seconds for s in steps):.3f}")
+    for s in steps:
+        tc = ET.SubElement(suite, "testcase", classname=f"gate.{s.model}", name=s.name, time=f"{s.seconds:.3f}")
+        if not s.ok:
+            f = ET.SubElement(tc, "failure", message=s.message)
+            f.text = "longcat-convert " + " ".join(s.argv)
+        else:
+            ET.SubElement(tc, "system-out").text = s.message
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+@click.command("gate")
+@click.option("--golden", type=click.Path(path_type=Path), default=DEFAULT_GOLDEN, show_default=True,
+              help="Golden folder with gate.json and the model folders it names.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("reports/gate"),
+              show_default=True, help="Where converted models, step reports, summary.md and junit.xml go.")
+@click.option("--junit", type=click.Path(path_type=Path), default=None, help="JUnit XML path (default REPORT/junit.xml).")
+def gate_cmd(golden: Path, report_dir: Path, junit: Path | None):
+    """Run the whole golden matrix: convert, verify, golden-check and parity for every case."""
+    from rich.console import Console
+    from rich.table import Table
+    console = Console(stderr=True)
+    manifest = load_manifest(golden)
+    steps = plan_steps(golden, report_dir, manifest)
+    for s in steps:
+        console.print(f"[dim]gate:[/] {s.model}: {s.name} ...")
+        run_step(s)
+    t = Table(title="longcat-convert gate")
+    for c in ("model", "step", "result", "seconds", "detail"):
+        t.add_column(c)
+    for s in steps:
+        t.add_row(s.model, s.name, "[green]pass[/]" if s.ok else "[bold red]FAIL[/]", f"{s.seconds:.1f}", s.message)
+    console.print(t)
+    junit = junit or report_dir / "junit.xml"
+    write_junit(steps, junit)
+    lines = ["| model | step | result | detail |", "|---|---|---|---|"]
+    lines += [f"| {s.model} | {s.name} | {'pass' if s.ok else '**FAIL**'} | {s.message} |" for s in steps]
+    (report_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    failed = [s for s in steps if not s.ok]
+    console.print(f"gate: {len(steps) - len(failed)} passed, {len(failed)} failed  (JUnit: {junit})")
+    return 1 if failed else 0

@@ -1,0 +1,112 @@
+"""Forward inputs shared by both implementations: golden cases from disk, or
+generated from a seed. Tensors are kept in float32 here; each runner casts
+them to its model's dtype the way the original does."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from longcat_convert.errors import BadInput
+
+
+@dataclass
+class Inputs:
+    name: str
+    hidden_states: torch.Tensor             # [B, C_in, T, H, W]
+    timestep: torch.Tensor                  # [B] or [B, T]
+    encoder_hidden_states: torch.Tensor     # [B, 1, N_text, C_caption]
+    encoder_attention_mask: torch.Tensor    # [B, N_text], 1 = valid
+    num_cond_latents: int = 0
+    return_kv: bool = False
+    skip_crs_attn: bool = False
+    kv_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    lora: str | None = None                 # path relative to the model folder (golden cases)
+    lora_multiplier: float = 1.0
+    description: str = ""
+    golden: dict[str, torch.Tensor] = field(default_factory=dict)   # act.* of the upstream run
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.hidden_states.shape[2:])  # type: ignore[return-value]
+
+    def forward_kwargs(self) -> dict:
+        """Keyword arguments both forwards accept (by the original's names)."""
+        kw = dict(encoder_attention_mask=self.encoder_attention_mask,
+                  num_cond_latents=self.num_cond_latents, return_kv=self.return_kv,
+                  skip_crs_attn=self.skip_crs_attn)
+        if self.kv_cache:
+            kw["kv_cache_dict"] = dict(self.kv_cache)
+        return kw
+
+
+def load_case(path: str | Path) -> Inputs:
+    """A golden case: ``<name>.safetensors`` (input.*, act.*) and ``<name>.json``."""
+    from safetensors.torch import load_file
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        p = p.with_suffix(".safetensors")
+    if not p.is_file():
+        raise BadInput(f"{p}: no such case file (expected <case>.safetensors beside <case>.json)")
+    try:
+        tensors = load_file(str(p))
+    except Exception as e:  # safetensors raises its own error types
+        raise BadInput(f"{p}: not a readable safetensors case ({e})")
+    meta_path = p.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    need = ["input.hidden_states", "input.timestep", "input.encoder_hidden_states"]
+    missing = [k for k in need if k not in tensors]
+    if missing:
+        raise BadInput(f"{p}: case lacks {', '.join(missing)}")
+    ehs = tensors["input.encoder_hidden_states"]
+    mask = tensors.get("input.encoder_attention_mask")
+    if mask is None:
+        mask = torch.ones(ehs.shape[0], ehs.shape[-2], dtype=torch.int64)
+    kv: dict[int, list] = {}
+    for k, v in tensors.items():
+        if k.startswith("input.kv_cache."):
+            _, _, i, kind = k.split(".")
+            kv.setdefault(int(i), [None, None])[0 if kind == "k" else 1] = v
+    for i, (k, v) in kv.items():
+        if k is None or v is None:
+            raise BadInput(f"{p}: input.kv_cache.{i} needs both .k and .v")
+    return Inputs(
+        name=meta.get("case", p.stem), hidden_states=tensors["input.hidden_states"],
+        timestep=tensors["input.timestep"], encoder_hidden_states=ehs, encoder_attention_mask=mask,
+        num_cond_latents=int(meta.get("num_cond_latents", 0) or 0),
+        return_kv=bool(meta.get("return_kv", False)), skip_crs_attn=bool(meta.get("skip_crs_attn", False)),
+        kv_cache={i: (k, v) for i, (k, v) in sorted(kv.items())},
+        lora=meta.get("lora"), lora_multiplier=float(meta.get("lora_multiplier", 1.0)),
+        description=meta.get("description", ""),
+        golden={k[len("act."):]: v for k, v in tensors.items() if k.startswith("act.")})
+
+
+def generate(dims, *, shape=(3, 4, 6), text_len=12, valid: int | list[int] | None = None, batch=1,
+             timestep: float = 700.0, seed=0, num_cond_latents=0, per_frame=False, name="generated") -> Inputs:
+    """Seeded inputs for a config. ``valid`` = valid text tokens (per sample or for all)."""
+    T, H, W = shape
+    pt, ph, pw = dims.patch
+    if T % pt or H % ph or W % pw:
+        raise BadInput(f"--shape {T},{H},{W} is not divisible by the patch size {list(dims.patch)}")
+    if not 0 <= num_cond_latents < T:
+        raise BadInput(f"--num-cond-latents {num_cond_latents} must be in [0, T={T})")
+    g = torch.Generator().manual_seed(seed)
+    valid_list = [text_len] * batch if valid is None else ([valid] * batch if isinstance(valid, int) else list(valid))
+    if len(valid_list) != batch or any(not 1 <= v <= text_len for v in valid_list):
+        raise BadInput(f"--valid {valid} must give 1..{text_len} valid tokens for each of {batch} samples")
+    mask = torch.zeros(batch, text_len, dtype=torch.int64)
+    for b, v in enumerate(valid_list):
+        mask[b, :v] = 1
+    if per_frame or num_cond_latents:
+        ts = torch.full((batch, T // pt), float(timestep))
+        ts[:, :num_cond_latents] = 0.0   # clean conditioning frames
+    else:
+        ts = torch.full((batch,), float(timestep))
+    return Inputs(
+        name=name, hidden_states=torch.randn(batch, dims.cin, T, H, W, generator=g),
+        timestep=ts, encoder_hidden_states=torch.randn(batch, 1, text_len, dims.caption, generator=g),
+        encoder_attention_mask=mask, num_cond_latents=num_cond_latents,
+        description=f"generated: shape {T},{H},{W}, text {text_len} (valid {valid_list}), batch {batch}, "
+                    f"t={timestep}, seed {seed}, cond latents {num_cond_latents}")

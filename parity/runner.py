@@ -1,0 +1,217 @@
+"""Reference (original weights) vs FastVideo native (converted weights), on the
+same inputs, layer by layer.
+
+Modes:
+  e2e    each model runs on its own activations; errors accumulate with depth.
+  layer  each native module is fed the reference's input to that module
+         (its first, token-stream argument), so its error is local.
+  blocks one block of each implementation in memory at a time (blocks.py).
+
+In low precision (bf16/fp16) the reference also runs in float32 (the truth):
+metrics are the native output against that truth, and ``noise_ratio`` divides
+that error by the reference's own error in the same low dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from longcat_convert.errors import BadInput
+
+from . import native as nat
+from . import refside
+from .capture import Feeder, Recorder
+from .correspondence import LayerPair, common_form, layer_pairs
+from .inputs import Inputs
+from .metrics import layer_metrics, rel_l2
+from .policy import Policy, dtype_name
+from . import report as R
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+@dataclass
+class Setup:
+    source: Path                      # original model folder or dit/ folder
+    converted: Path                   # converted output folder or its transformer/
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+    attention: str = "sdpa"
+    mode: str = "e2e"
+    lora: str | None = None           # LoRA name (file stem in SOURCE/lora)
+    lora_multiplier: float = 1.0
+    policy: Policy = field(default_factory=Policy.load)
+
+
+@dataclass
+class Sides:
+    """Loaded models for one parity run."""
+    ref: torch.nn.Module
+    native: torch.nn.Module
+    truth: torch.nn.Module | None      # float32 reference, low precision only
+    dims: object
+    zero_pad: bool
+    notes: list[str]
+
+
+def resolve_lora_files(setup: Setup, name: str | None) -> tuple[Path, Path] | None:
+    if not name:
+        return None
+    model_dir = refside.model_dir(setup.source)
+    if model_dir is None:
+        raise BadInput(f"{setup.source}: --lora needs SOURCE to be a model folder holding lora/")
+    stem = Path(name).stem if name.endswith(".safetensors") else Path(name).name
+    orig = model_dir / "lora" / f"{stem}.safetensors"
+    if not orig.is_file():
+        raise BadInput(f"{orig}: no such LoRA in the source model folder")
+    out = Path(setup.converted)
+    out = out.parent if out.name == "transformer" else out
+    conv = out / "lora" / stem / f"{stem}.safetensors"
+    if not conv.is_file():
+        raise BadInput(f"{conv}: the converted folder has no LoRA {stem!r}; convert the model folder again")
+    return orig, conv
+
+
+def load_sides(setup: Setup, lora: str | None = None, multiplier: float = 1.0) -> Sides:
+    ref, orig_cfg, dims = refside.load_reference(setup.source, dtype=setup.dtype, device=setup.device,
+                                                 attention=setup.attention)
+    tdir = nat.transformer_dir(setup.converted)
+    ncfg = nat.read_native_config(tdir)
+    ndims = nat.native_dims(ncfg)
+    if ndims != dims:
+        raise BadInput(f"{tdir / 'config.json'}: converted config {ndims} does not match the source's {dims}")
+    from longcat_convert.shards import ShardedReader
+    native = nat.build_native_model(ncfg, dtype=setup.dtype, device=setup.device)
+    nat.load_state(native, ShardedReader(tdir), device=setup.device)
+    truth = None
+    if setup.dtype in LOW_PRECISION:
+        truth, _, _ = refside.load_reference(setup.source, dtype=torch.float32, device=setup.device,
+                                             attention=setup.attention)
+    notes = []
+    files = resolve_lora_files(setup, lora)
+    if files:
+        for m in (ref, truth):
+            if m is not None:
+                refside.apply_lora(m, files[0], multiplier)
+        nat.apply_lora(native, files[1], multiplier)
+        notes.append(f"LoRA {Path(files[0]).stem} at multiplier {multiplier}: original format on the reference, "
+                     f"converted format through FastVideo's LoRA layers on the native model")
+    zero_pad = bool(orig_cfg.get("text_tokens_zero_pad", False))
+    if not zero_pad:
+        notes.append("text_tokens_zero_pad=false: the original attends each sample to its valid text tokens only; "
+                     "FastVideo's native model attends to every padded token (known difference, expected to fail "
+                     "from the first cross-attention on)")
+    return Sides(ref, native, truth, dims, zero_pad, notes)
+
+
+def _compare(report: dict, pairs: list[LayerPair], ref_acts: dict, nat_acts: dict, *, setup: Setup,
+             inp: Inputs, case: str | None, zero_pad: bool, truth_acts: dict | None = None) -> None:
+    for pair in pairs:
+        if pair.name not in ref_acts and pair.native not in nat_acts:
+            continue  # not run in this forward (e.g. attn under a KV cache)
+        if pair.name not in ref_acts or pair.native not in nat_acts:
+            raise RuntimeError(f"layer {pair.name} ran on one side only")
+        r, n = common_form(pair, ref_acts[pair.name], nat_acts[pair.native],
+                           mask=inp.encoder_attention_mask, zero_pad=zero_pad)
+        if truth_acts is not None:
+            t, _ = common_form(pair, truth_acts[pair.name], nat_acts[pair.native],
+                               mask=inp.encoder_attention_mask, zero_pad=zero_pad)
+            m = layer_metrics(n, t)
+            own = rel_l2(r, t)
+            m["ref_rel_l2"] = own
+            m["noise_ratio"] = (m["rel_l2"] / own) if own > 0 else (0.0 if m["rel_l2"] == 0 else float("inf"))
+        else:
+            m = layer_metrics(n, r)
+        fails = setup.policy.failures(m, setup.dtype, setup.device, pair.name)
+        R.add_layer(report, name=pair.name, native_name=pair.native, metrics=m, passed=not fails,
+                    failures=fails, case=case)
+
+
+def _forward_pair(setup: Setup, sides: Sides, inp: Inputs, pairs: list[LayerPair], *,
+                  kv_ref=None, kv_nat=None, overrides: dict | None = None):
+    """Run reference (and truth) then native once; returns recorded activations and outputs."""
+    overrides = overrides or {}
+    ref_names = [p.name for p in pairs if p.kind != "output"]
+    nat_names = [p.native for p in pairs if p.kind != "output"]
+    layer = setup.mode == "layer"
+    with Recorder(sides.ref, ref_names, inputs=layer) as rrec:
+        r_out, r_kv = refside.run(sides.ref, inp, setup.dtype, setup.device, kv_cache=kv_ref, **overrides)
+    ref_acts = dict(rrec.outputs, output=r_out)
+    truth_acts = None
+    if sides.truth is not None:
+        # The truth sees the low-precision reference's module inputs in layer mode,
+        # so its outputs are the exact counterpart of each local computation.
+        feeds = rrec.inputs if layer else {}
+        with Recorder(sides.truth, ref_names) as trec, Feeder(sides.truth, feeds):
+            t_out, _ = refside.run(sides.truth, inp, torch.float32, setup.device,
+                                   kv_cache=kv_ref, **overrides)
+        truth_acts = dict(trec.outputs, output=t_out)
+    feeds = {p.native: rrec.inputs[p.name] for p in pairs if layer and p.name in rrec.inputs}
+    with Recorder(sides.native, nat_names) as nrec, Feeder(sides.native, feeds):
+        n_out, n_kv = nat.run(sides.native, inp, setup.dtype, setup.device,
+                              kv_cache=(kv_ref if layer else kv_nat), **overrides)
+    nat_acts = dict(nrec.outputs, output=n_out)
+    return ref_acts, nat_acts, truth_acts, (r_kv, n_kv)
+
+
+def run_case(setup: Setup, sides: Sides, inp: Inputs, report: dict, pairs: list[LayerPair]) -> None:
+    ref_acts, nat_acts, truth_acts, _ = _forward_pair(setup, sides, inp, pairs)
+    _compare(report, pairs, ref_acts, nat_acts, setup=setup, inp=inp, case=inp.name,
+             zero_pad=sides.zero_pad, truth_acts=truth_acts)
+
+
+def run_kv_continuation(setup: Setup, sides: Sides, inp: Inputs, cond_frames: int, report: dict,
+                        pairs: list[LayerPair]) -> None:
+    """Video continuation: the first ``cond_frames`` latent frames are encoded
+    once into a per-block K/V cache (return_kv, skip_crs_attn), then the rest
+    is denoised against that cache. Each step is compared; the caches too."""
+    T = inp.hidden_states.shape[2]
+    if not 0 < cond_frames < T:
+        raise BadInput(f"--kv-cache-frames {cond_frames} must be in [1, T={T})")
+    ts = inp.timestep if inp.timestep.ndim == 2 else inp.timestep[:, None].expand(-1, T)
+    cond = dict(hidden_states=inp.hidden_states[:, :, :cond_frames], timestep=torch.zeros_like(ts[:, :cond_frames]),
+                num_cond_latents=0, return_kv=True, skip_crs_attn=True)
+    ref_acts, nat_acts, truth_acts, (r_kv, n_kv) = _forward_pair(setup, sides, inp, pairs, overrides=cond)
+    _compare(report, pairs, ref_acts, nat_acts, setup=setup, inp=inp, case=f"{inp.name}:cache",
+             zero_pad=sides.zero_pad, truth_acts=truth_acts)
+    for i in sorted(r_kv):
+        for j, kind in enumerate(("k", "v")):
+            m = layer_metrics(n_kv[i][j], r_kv[i][j])
+            name = f"blocks.{i}.attn.kv_cache.{kind}"
+            fails = setup.policy.failures(m, setup.dtype, setup.device, name) if setup.dtype not in LOW_PRECISION \
+                else []
+            R.add_layer(report, name=name, native_name=f"blocks.{i}.self_attn.kv_cache.{kind}", metrics=m,
+                        passed=not fails, failures=fails, case=f"{inp.name}:cache")
+    cont = dict(hidden_states=inp.hidden_states[:, :, cond_frames:], timestep=ts[:, cond_frames:],
+                num_cond_latents=cond_frames, return_kv=False, skip_crs_attn=False)
+    ref_acts, nat_acts, truth_acts, _ = _forward_pair(setup, sides, inp, pairs, kv_ref=r_kv, kv_nat=n_kv,
+                                                       overrides=cont)
+    _compare(report, pairs, ref_acts, nat_acts, setup=setup, inp=inp, case=f"{inp.name}:continue",
+             zero_pad=sides.zero_pad, truth_acts=truth_acts)
+
+
+def run_parity(setup: Setup, inputs: list[Inputs], *, kv_cache_frames: int = 0, title: str | None = None) -> dict:
+    """The parity report for every input (one case per input) in e2e or layer mode."""
+    if setup.mode not in ("e2e", "layer"):
+        raise BadInput(f"--mode {setup.mode}: run_parity handles e2e and layer (blocks mode has its own runner)")
+    env = R.environment(setup.device, dtype_name(setup.dtype), setup.attention)
+    report = R.new_report("parity", title or f"LongCat parity ({setup.mode}, {dtype_name(setup.dtype)}, "
+                          f"{setup.device})", mode=setup.mode, policy=setup.policy, dtype=setup.dtype,
+                          device=setup.device, env=env)
+    by_lora: dict[tuple, list[Inputs]] = {}
+    for inp in inputs:
+        key = (setup.lora or (Path(inp.lora).stem if inp.lora else None),
+               setup.lora_multiplier if setup.lora else inp.lora_multiplier)
+        by_lora.setdefault(key, []).append(inp)
+    for (lora, mult), group in by_lora.items():
+        sides = load_sides(setup, lora, mult)
+        report["notes"] += [n for n in sides.notes if n not in report["notes"]]
+        pairs = layer_pairs(sides.dims)
+        for inp in group:
+            if kv_cache_frames:
+                run_kv_continuation(setup, sides, inp, kv_cache_frames, report, pairs)
+            else:
+                run_case(setup, sides, inp, report, pairs)
+    return R.finalize(report)
