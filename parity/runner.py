@@ -139,21 +139,21 @@ def _forward_pair(setup: Setup, sides: Sides, inp: Inputs, pairs: list[LayerPair
     with Recorder(sides.ref, ref_names, inputs=layer) as rrec:
         r_out, r_kv = refside.run(sides.ref, inp, setup.dtype, setup.device, kv_cache=kv_ref, **overrides)
     ref_acts = dict(rrec.outputs, output=r_out)
-    truth_acts = None
+    truth_acts, t_kv = None, None
     if sides.truth is not None:
         # The truth sees the low-precision reference's module inputs in layer mode,
         # so its outputs are the exact counterpart of each local computation.
         feeds = rrec.inputs if layer else {}
         with Recorder(sides.truth, ref_names) as trec, Feeder(sides.truth, feeds):
-            t_out, _ = refside.run(sides.truth, inp, torch.float32, setup.device,
-                                   kv_cache=kv_ref, **overrides)
+            t_out, t_kv = refside.run(sides.truth, inp, torch.float32, setup.device,
+                                      kv_cache=kv_ref, **overrides)
         truth_acts = dict(trec.outputs, output=t_out)
     feeds = {p.native: rrec.inputs[p.name] for p in pairs if layer and p.name in rrec.inputs}
     with Recorder(sides.native, nat_names) as nrec, Feeder(sides.native, feeds):
         n_out, n_kv = nat.run(sides.native, inp, setup.dtype, setup.device,
                               kv_cache=(kv_ref if layer else kv_nat), **overrides)
     nat_acts = dict(nrec.outputs, output=n_out)
-    return ref_acts, nat_acts, truth_acts, (r_kv, n_kv)
+    return ref_acts, nat_acts, truth_acts, (r_kv, n_kv, t_kv)
 
 
 def run_case(setup: Setup, sides: Sides, inp: Inputs, report: dict, pairs: list[LayerPair]) -> None:
@@ -173,17 +173,18 @@ def run_kv_continuation(setup: Setup, sides: Sides, inp: Inputs, cond_frames: in
     ts = inp.timestep if inp.timestep.ndim == 2 else inp.timestep[:, None].expand(-1, T)
     cond = dict(hidden_states=inp.hidden_states[:, :, :cond_frames], timestep=torch.zeros_like(ts[:, :cond_frames]),
                 num_cond_latents=0, return_kv=True, skip_crs_attn=True)
-    ref_acts, nat_acts, truth_acts, (r_kv, n_kv) = _forward_pair(setup, sides, inp, pairs, overrides=cond)
-    _compare(report, pairs, ref_acts, nat_acts, setup=setup, inp=inp, case=f"{inp.name}:cache",
-             zero_pad=sides.zero_pad, truth_acts=truth_acts)
+    ref_acts, nat_acts, truth_acts, (r_kv, n_kv, t_kv) = _forward_pair(setup, sides, inp, pairs, overrides=cond)
+    # The caches are compared as layers of their own, in block order after the step.
     for i in sorted(r_kv):
         for j, kind in enumerate(("k", "v")):
-            m = layer_metrics(n_kv[i][j], r_kv[i][j])
-            name = f"blocks.{i}.attn.kv_cache.{kind}"
-            fails = setup.policy.failures(m, setup.dtype, setup.device, name) if setup.dtype not in LOW_PRECISION \
-                else []
-            R.add_layer(report, name=name, native_name=f"blocks.{i}.self_attn.kv_cache.{kind}", metrics=m,
-                        passed=not fails, failures=fails, case=f"{inp.name}:cache")
+            ref_acts[f"blocks.{i}.attn.kv_cache.{kind}"] = r_kv[i][j]
+            nat_acts[f"blocks.{i}.self_attn.kv_cache.{kind}"] = n_kv[i][j]
+            if truth_acts is not None:
+                truth_acts[f"blocks.{i}.attn.kv_cache.{kind}"] = t_kv[i][j]
+    cache_pairs = pairs + [LayerPair(f"blocks.{i}.attn.kv_cache.{kind}", f"blocks.{i}.self_attn.kv_cache.{kind}",
+                                     "kv_cache") for i in sorted(r_kv) for kind in ("k", "v")]
+    _compare(report, cache_pairs, ref_acts, nat_acts, setup=setup, inp=inp, case=f"{inp.name}:cache",
+             zero_pad=sides.zero_pad, truth_acts=truth_acts)
     cont = dict(hidden_states=inp.hidden_states[:, :, cond_frames:], timestep=ts[:, cond_frames:],
                 num_cond_latents=cond_frames, return_kv=False, skip_crs_attn=False)
     ref_acts, nat_acts, truth_acts, _ = _forward_pair(setup, sides, inp, pairs, kv_ref=r_kv, kv_nat=n_kv,
