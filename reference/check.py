@@ -1,0 +1,124 @@
+"""golden-check: run a model on golden cases and judge every recorded activation.
+
+Metrics, tolerances and the report format are parity's (parity.metrics,
+parity.policy, parity.report); this module only produces the activations and
+feeds them in.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from longcat_convert.errors import BadInput
+
+from .golden import Case, forward_rank, load_case, run_with_hooks
+from .loading import load_reference, parse_device, parse_dtype, resolve_checkpoint
+
+# Low-precision rules in the policy also bound ``noise_ratio``: a candidate's error
+# divided by the reference's own low-precision error. In golden-check the
+# candidate IS the reference, so that ratio has no independent yardstick here;
+# such runs are judged on the policy's other limits and the report says so.
+NOT_APPLICABLE = ("noise_ratio",)
+
+
+class OursSubject:
+    """Our reference behind the small interface run_with_hooks/golden-check use."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def get_submodule(self, name):
+        return self.model.get_submodule(name)
+
+    def __call__(self, **kw):
+        return self.model(**kw)
+
+    def set_loras(self, loras: list[tuple[Path, float]]) -> None:
+        self.model.disable_all_loras()
+        self.model.loras.clear()
+        keys = []
+        for i, (path, mult) in enumerate(loras):
+            key = f"lora{i}"
+            self.model.load_lora(path, key, mult)
+            keys.append(key)
+        if keys:
+            self.model.enable_loras(keys)
+
+
+def build_subject(checkpoint, *, dtype, device, attention, reference="ours", upstream_path=None):
+    if reference == "upstream":
+        from .upstream import load_upstream
+        return load_upstream(checkpoint, upstream_path, dtype=dtype, device=device, attention=attention)
+    if reference != "ours":
+        raise BadInput(f"--reference {reference!r}: choose ours or upstream")
+    if upstream_path is not None:
+        raise BadInput("--upstream-path is only used with --reference upstream")
+    return OursSubject(load_reference(checkpoint, dtype=dtype, device=device, attention=attention))
+
+
+def case_loras(case: Case, model_dir: Path) -> list[tuple[Path, float]]:
+    out = []
+    for rel, mult in case.loras():
+        p = model_dir / rel
+        if not p.is_file():
+            raise BadInput(f"{case.path}: LoRA {rel!r} not found under the model folder {model_dir}")
+        out.append((p, mult))
+    return out
+
+
+def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", attention="sdpa",
+                 reference="ours", upstream_path=None, policy=None, subject=None) -> dict:
+    """-> a parity report dict (kind "golden-check"). ``subject`` overrides model building (tests)."""
+    from parity import report as rep
+    from parity.metrics import layer_metrics
+    from parity.policy import Policy, dtype_name
+
+    tdtype, tdevice = parse_dtype(dtype), parse_device(device)
+    dname = dtype_name(tdtype)
+    if not case_paths:
+        raise BadInput("give at least one golden case (.safetensors)")
+    cases = [load_case(p) for p in case_paths]              # bad cases fail before any model work
+    seen: dict[str, int] = {}
+    for c in cases:                                          # report rows are keyed by case name
+        seen[c.name] = seen.get(c.name, 0) + 1
+        if seen[c.name] > 1:
+            c.name = f"{c.name}#{seen[c.name]}"
+    model_dir, _ = resolve_checkpoint(checkpoint)
+    loras = [case_loras(c, model_dir) for c in cases]
+    policy = policy or Policy.load()
+    if subject is None:
+        subject = build_subject(checkpoint, dtype=tdtype, device=tdevice, attention=attention,
+                                reference=reference, upstream_path=upstream_path)
+    env = rep.environment(device=str(tdevice), dtype=dname, attention=attention)
+    env.update(reference=reference, checkpoint=str(checkpoint))
+    title = f"golden-check ({reference} reference, {dname}, {tdevice}) {Path(checkpoint).name}"
+    report = rep.new_report("golden-check", title, mode=None, policy=policy, dtype=dname, device=str(tdevice), env=env)
+    skipped_limits = [k for k in policy.limits(dname, str(tdevice), "*") if k in NOT_APPLICABLE]
+    if skipped_limits:
+        report["notes"].append(f"{', '.join(skipped_limits)} is not applicable in golden-check (the candidate is "
+                               "the reference itself); layers are judged on the policy's other limits")
+
+    for case, case_lora in zip(cases, loras):
+        subject.set_loras(case_lora)
+        _, got = run_with_hooks(subject, case, move=lambda t: t.to(tdevice))
+        for act in sorted(case.acts, key=forward_rank):
+            layer = act[len("act."):]
+            expected = case.acts[act]
+            if act not in got:
+                rep.add_layer(report, name=layer, case=case.name, metrics={}, passed=False,
+                              failures=["not produced by this model (its forward did not run)"])
+                continue
+            if tuple(got[act].shape) != tuple(expected.shape):
+                rep.add_layer(report, name=layer, case=case.name, metrics={}, passed=False,
+                              failures=[f"shape {list(got[act].shape)} != golden {list(expected.shape)}"])
+                continue
+            metrics = layer_metrics(got[act], expected)
+            failures = [f for f in policy.failures(metrics, dname, str(tdevice), layer)
+                        if f.split("=")[0] not in NOT_APPLICABLE]
+            rep.add_layer(report, name=layer, case=case.name, metrics=metrics, passed=not failures, failures=failures)
+    rep.finalize(report)
+    described = {c.name: c.description for c in cases}
+    for c in report["cases"]:
+        c["description"] = described.get(c["case"], "")
+    return report
