@@ -29,6 +29,7 @@ import inspect
 import json
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import torch
@@ -94,7 +95,8 @@ def _flash_standin(backend) -> types.ModuleType:
         if dropout_p or causal:
             raise RuntimeError("stand-in flash_attn: dropout/causal not supported")
         _scale_ok(q, softmax_scale)
-        return backend.dense(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        # A real kernel returns fresh contiguous memory; the upstream relies on it (.view).
+        return backend.dense(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2).contiguous()
 
     def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
                                dropout_p=0.0, softmax_scale=None, causal=False, **_):
@@ -103,7 +105,7 @@ def _flash_standin(backend) -> types.ModuleType:
         _scale_ok(q, softmax_scale)
         lq = torch.diff(cu_seqlens_q.long()).tolist()
         lk = torch.diff(cu_seqlens_k.long()).tolist()
-        return backend.varlen(q, k, v, lq, lk)
+        return backend.varlen(q, k, v, lq, lk).contiguous()
 
     mod.flash_attn_func = flash_attn_func
     mod.flash_attn_varlen_func = flash_attn_varlen_func
@@ -137,7 +139,9 @@ class UpstreamModel:
         return self.model.get_submodule(name)
 
     def __call__(self, **kw):
-        with self.attention():
+        with self.attention(), warnings.catch_warnings():
+            # "CUDA not available, disabling autocast" from each float32 region on the CPU.
+            warnings.simplefilter("ignore", UserWarning)
             return self.model(**kw)
 
     def set_loras(self, loras: list[tuple[Path, float]]) -> None:
@@ -153,7 +157,8 @@ class UpstreamModel:
             key = f"lora{self._lora_n}"
             r = ranks.pop()
             # alpha only seeds alpha_scale, which the strict load then replaces with the file's value.
-            self.model.load_lora(str(path), key, multiplier=mult, lora_network_dim=r, lora_network_alpha=r)
+            with contextlib.redirect_stdout(sys.stderr):      # its progress prints stay off stdout
+                self.model.load_lora(str(path), key, multiplier=mult, lora_network_dim=r, lora_network_alpha=r)
             keys.append(key)
         if keys:
             self.model.enable_loras(keys)
