@@ -185,7 +185,7 @@ def print_table(report: dict, console=None) -> None:
 
 # --------------------------------------------------------------------- html
 
-def _svg_plot(report: dict, metric: str, width=720, height=220) -> str:
+def _svg_plot(report: dict, metric: str, width=540, height=260) -> str:
     """One metric against depth (forward order), a polyline per case."""
     rows = report["layers"]
     names = []
@@ -207,7 +207,7 @@ def _svg_plot(report: dict, metric: str, width=720, height=220) -> str:
     log = metric in _LOG_METRICS or metric in _SIM_METRICS
     def tr(v: float) -> float:
         if log:
-            return math.log10(v) if v > 0 else -17.0
+            return math.log10(v) if v > 0 else -17.0   # exact zero drawn on a floor at 1e-17
         return v if math.isfinite(v) else 200.0
     ys = [tr(v) for pts in series.values() for _, v in pts]
     lim = report["policy"]["limits"].get(metric)
@@ -216,16 +216,20 @@ def _svg_plot(report: dict, metric: str, width=720, height=220) -> str:
     lo, hi = min(ys), max(ys)
     if hi - lo < 1e-9:
         lo, hi = lo - 1, hi + 1
-    pad_l, pad_b, pad_t = 60, 30, 20
+    pad_l, pad_b, pad_t = 60, 80, 20
     w, h = width - pad_l - 10, height - pad_b - pad_t
     X = lambda i: pad_l + (w * i / max(1, len(names) - 1))
     Y = lambda y: pad_t + h - h * (y - lo) / (hi - lo)
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
              f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="#fafafa" stroke="#ccc"/>']
-    for k in range(5):
-        y = lo + (hi - lo) * k / 4
-        label = f"1e{y:.1f}" if log else f"{y:.3g}"
+    if log:  # whole decades
+        lo, hi = math.floor(lo), math.ceil(hi)
+        ticks = list(range(lo, hi + 1, max(1, (hi - lo) // 5)))
+    else:
+        ticks = [lo + (hi - lo) * k / 4 for k in range(5)]
+    for y in ticks:
+        label = (f"1e{y}" if y > -17 else "0") if log else f"{y:.3g}"
         parts.append(f'<text x="{pad_l - 4}" y="{Y(y) + 4:.1f}" font-size="10" text-anchor="end">{label}</text>')
         parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{Y(y):.1f}" y2="{Y(y):.1f}" stroke="#eee"/>')
     if lim is not None:
@@ -250,8 +254,9 @@ def _svg_plot(report: dict, metric: str, width=720, height=220) -> str:
                          f'{html.escape(case)}</text>')
     step = max(1, len(names) // 16)
     for i in range(0, len(names), step):
-        parts.append(f'<text x="{X(i):.1f}" y="{pad_t + h + 14}" font-size="9" text-anchor="middle">'
-                     f'{html.escape(names[i])}</text>')
+        x, y = X(i), pad_t + h + 10
+        parts.append(f'<text x="{x:.1f}" y="{y}" font-size="9" text-anchor="end" '
+                     f'transform="rotate(-40 {x:.1f} {y})">{html.escape(names[i])}</text>')
     title = f"1 - {metric}" if metric in _SIM_METRICS else metric
     parts.append(f'<text x="{pad_l}" y="12" font-size="12" font-weight="bold">{title} vs depth'
                  f'{" (log scale)" if log else ""}</text></svg>')
@@ -261,7 +266,7 @@ def _svg_plot(report: dict, metric: str, width=720, height=220) -> str:
 def to_html(report: dict) -> str:
     status = "PASSED" if report["passed"] else "FAILED"
     color = "#2ca02c" if report["passed"] else "#d62728"
-    plots = "".join(f"<div>{_svg_plot(report, m)}</div>" for m in _columns(report))
+    plots = "".join(f"<div class='plot'>{_svg_plot(report, m)}</div>" for m in _columns(report))
     md_table = to_markdown(report)
     cols = _columns(report)
     head = "".join(f"<th>{c}</th>" for c in ["case", "layer", "native"] + cols + ["result"])
@@ -277,11 +282,11 @@ def to_html(report: dict) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(report['title'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ddd;padding:2px 6px;text-align:right}}td:nth-child(-n+3){{text-align:left}}
-tr.fail td{{background:#fde0e0}}.status{{color:{color}}}.note{{background:#fff6d5;padding:4px}}</style></head><body>
+tr.fail td{{background:#fde0e0}}.plots{{display:flex;flex-wrap:wrap;gap:8px}}.status{{color:{color}}}.note{{background:#fff6d5;padding:4px}}</style></head><body>
 <h1>{html.escape(report['title'])}: <span class="status">{status}</span></h1>
 <p>First divergent layer: <b>{html.escape(str(report['first_divergent']))}</b> &middot; mode {html.escape(str(report.get('mode')))}
 &middot; tolerance policy v{report['policy']['version']}: {html.escape(', '.join(f'{k} <= {v:g}' for k, v in report['policy']['limits'].items()))}</p>
-{notes}<h2>Per-layer error</h2>{plots}
+{notes}<h2>Per-layer error</h2><div class="plots">{plots}</div>
 <h2>Layers (forward order)</h2><table><tr>{head}</tr>{''.join(body)}</table>
 <h2>Environment</h2><table>{env}</table>
 <!-- markdown rendering of the same report:

@@ -1,0 +1,60 @@
+"""Shared fixtures and helpers for the parity tests (imported by test_parity_*.py)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from parity.native import fastvideo_available
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "golden"
+TINY_A, TINY_B = GOLDEN / "tiny-a", GOLDEN / "tiny-b"
+
+_why = fastvideo_available()
+needs_native = pytest.mark.skipif(_why is not None, reason=f"native side unavailable: {_why}")
+
+
+def cli(*argv) -> int:
+    from longcat_convert.cli import main
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory) -> dict[str, Path]:
+    """tiny-a and tiny-b converted once per session by the real converter."""
+    base = tmp_path_factory.mktemp("converted")
+    out = {}
+    for src in (TINY_A, TINY_B):
+        dst = base / src.name
+        assert cli("convert", src, dst, "--quiet") == 0
+        out[src.name] = dst
+    return out
+
+
+def copy_converted(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def plant(folder: Path, fault) -> set[str]:
+    """Plant a fault: ``fault(tensors)`` edits a dict of every tensor in every
+    safetensors file under ``folder`` in place and returns the keys it changed;
+    the files holding them are rewritten (same names, so indexes stay valid)."""
+    from safetensors.torch import load_file, save_file
+    files = {f: load_file(str(f)) for f in sorted(folder.rglob("*.safetensors"))}
+    where = {k: f for f, sd in files.items() for k in sd}
+    tensors = {k: files[f][k] for k, f in where.items()}
+    changed = set(fault(tensors))
+    assert changed, "the planted fault changed nothing"
+    for k in changed:
+        files[where[k]][k] = tensors[k].contiguous()
+    for f in {where[k] for k in changed}:
+        save_file(files[f], str(f))
+    return changed
+
+
+def read_report(d: Path) -> dict:
+    import json
+    return json.loads((d / "report.json").read_text())

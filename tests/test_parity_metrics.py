@@ -1,0 +1,114 @@
+"""Metrics, tolerance policy and report schema: pure functions, no models."""
+import json
+import math
+
+import pytest
+import torch
+
+from longcat_convert.errors import BadInput
+from parity import report as R
+from parity.metrics import layer_metrics, noise_ratio, rel_l2
+from parity.policy import Policy, dtype_name
+
+
+def test_identical_tensors_have_zero_error():
+    a = torch.randn(4, 5)
+    m = layer_metrics(a.clone(), a)
+    assert m["max_abs"] == m["mean_abs"] == m["p99_abs"] == m["rel_l2"] == 0.0
+    assert m["cosine"] == pytest.approx(1.0) and m["pearson"] == pytest.approx(1.0)
+    assert m["sqnr_db"] == math.inf
+
+
+def test_known_values():
+    ref = torch.tensor([3.0, 4.0])               # norm 5
+    cand = torch.tensor([3.0, 4.5])              # error [0, 0.5]
+    m = layer_metrics(cand, ref)
+    assert m["max_abs"] == pytest.approx(0.5)
+    assert m["mean_abs"] == pytest.approx(0.25)
+    assert m["rel_l2"] == pytest.approx(0.1)
+    assert m["sqnr_db"] == pytest.approx(20.0)   # 10*log10(25/0.25)
+    assert m["cosine"] == pytest.approx((9 + 18) / (5 * math.hypot(3, 4.5)))
+
+
+def test_sign_flip_is_anticorrelated_and_shape_mismatch_raises():
+    a = torch.randn(100)
+    m = layer_metrics(-a, a)
+    assert m["cosine"] == pytest.approx(-1.0) and m["pearson"] == pytest.approx(-1.0)
+    with pytest.raises(ValueError):
+        layer_metrics(torch.zeros(3), torch.zeros(4))
+
+
+def test_non_finite_candidate_is_infinitely_wrong():
+    a = torch.randn(10)
+    b = a.clone()
+    b[3] = float("nan")
+    assert layer_metrics(b, a)["rel_l2"] == math.inf
+
+
+def test_noise_ratio_is_error_relative_to_the_references_own_low_precision_error():
+    truth = torch.randn(1000, dtype=torch.float64)
+    ref_lowp = truth + 1e-3 * torch.randn(1000, dtype=torch.float64)
+    worse = truth + 3e-3 * torch.randn(1000, dtype=torch.float64)
+    assert noise_ratio(ref_lowp, ref_lowp, truth) == pytest.approx(1.0)
+    assert 2.0 < noise_ratio(worse, ref_lowp, truth) < 4.0
+    assert rel_l2(truth, truth) == 0.0
+
+
+def test_policy_limits_and_judgement():
+    p = Policy.load()
+    assert p.limits("fp32", "cpu", "blocks.0.attn") == {"rel_l2": 1e-5}
+    assert p.judge({"rel_l2": 9e-6}, "float32", "cpu", "x")
+    assert p.failures({"rel_l2": 2e-5}, torch.float32, "cuda:0", "x") == ["rel_l2=2e-05 > 1e-05"]
+    # bf16 is judged by the noise ratio: a layer whose ratio was not measured does not pass
+    assert not p.judge({"rel_l2": 1e-3}, "bf16", "cuda", "x")
+    assert p.judge({"rel_l2": 1e-3, "noise_ratio": 1.2}, "bf16", "cuda", "x")
+    assert dtype_name(torch.bfloat16) == "bfloat16" and dtype_name("fp16") == "float16"
+
+
+def test_policy_file_errors_are_bad_input(tmp_path):
+    bad = tmp_path / "t.json"
+    bad.write_text('{"rules": [{"dtype": "*"}]}')
+    with pytest.raises(BadInput, match="not a valid tolerance policy"):
+        Policy.load(bad)
+    only32 = tmp_path / "o.json"
+    only32.write_text(json.dumps({"version": 9, "rules": [{"dtype": "float32", "max": {"rel_l2": 1}}]}))
+    with pytest.raises(BadInput, match="no tolerance rule"):
+        Policy.load(only32).limits("bf16", "cpu", "x")
+
+
+def _report(values):
+    p = Policy.load()
+    rep = R.new_report("parity", "t", mode="e2e", policy=p, dtype="float32", device="cpu",
+                       env={"torch": "x"})
+    for name, v in values:
+        m = {"rel_l2": v, "max_abs": v}
+        f = p.failures(m, "float32", "cpu", name)
+        R.add_layer(rep, name=name, native_name="n." + name, metrics=m, passed=not f, failures=f, case="c")
+    return R.finalize(rep)
+
+
+def test_first_divergent_is_the_first_failing_layer_in_forward_order():
+    rep = _report([("x_embedder", 0.0), ("blocks.0.attn", 1e-6), ("blocks.0.cross_attn", 1e-3),
+                   ("blocks.0", 2e-3), ("final_layer", 1e-7)])
+    assert rep["passed"] is False and rep["first_divergent"] == "blocks.0.cross_attn"
+    assert rep["cases"] == [{"case": "c", "passed": False, "first_divergent": "blocks.0.cross_attn"}]
+    ok = _report([("x_embedder", 0.0), ("final_layer", 1e-7)])
+    assert ok["passed"] is True and ok["first_divergent"] is None
+    assert _report([])["passed"] is False  # nothing compared is not a pass
+
+
+def test_reports_are_written_in_three_formats(tmp_path, monkeypatch):
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    rep = _report([("x_embedder", 0.0), ("blocks.0.attn", 1e-3), ("output", math.inf)])
+    paths = R.write_reports(rep, tmp_path / "r")
+    assert [p.name for p in paths] == ["report.json", "report.md", "report.html"]
+    data = json.loads(paths[0].read_text())
+    assert data["first_divergent"] == "blocks.0.attn"
+    assert data["layers"][2]["rel_l2"] == "inf"          # JSON-safe
+    assert {"name", "native_name", "rel_l2", "passed"} <= set(data["layers"][0])
+    md = paths[1].read_text()
+    assert "First divergent layer: `blocks.0.attn`" in md and "**FAIL**" in md
+    html = paths[2].read_text()
+    assert html.count("<svg") >= 2 and "<polyline" in html and "first divergent: blocks.0.attn" in html
+    assert "blocks.0.attn" in summary.read_text()
