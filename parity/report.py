@@ -205,10 +205,15 @@ def _svg_plot(report: dict, metric: str, width=540, height=260) -> str:
     if not series:
         return ""
     log = metric in _LOG_METRICS or metric in _SIM_METRICS
+    finite = [v for pts in series.values() for _, v in pts if math.isfinite(v)]
+    top = max(finite, default=1.0)
+
     def tr(v: float) -> float:
+        if not math.isfinite(v):   # an infinite error is drawn one decade above the worst finite one
+            v = (abs(top) or 1.0) * 10
         if log:
             return math.log10(v) if v > 0 else -17.0   # exact zero drawn on a floor at 1e-17
-        return v if math.isfinite(v) else 200.0
+        return v
     ys = [tr(v) for pts in series.values() for _, v in pts]
     lim = report["policy"]["limits"].get(metric)
     if lim is not None:
