@@ -14,9 +14,7 @@ $(VENV)/.installed: pyproject.toml requirements/torch.txt requirements/fastvideo
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements/torch.txt
 	$(PIP) install -q --no-deps fastvideo==$(FASTVIDEO_VERSION)
-	$(PIP) install -q -r requirements/fastvideo-deps.txt -r requirements/dev.txt
-	$(PIP) install -q --no-deps -e .
-	$(PIP) install -q -r requirements/torch.txt click rich safetensors huggingface_hub numpy einops
+	$(PIP) install -q -r requirements/fastvideo-deps.txt -r requirements/dev.txt -e .
 	touch $@
 
 # The main job on the bundled tiny golden checkpoint: convert, then verify bitwise.
