@@ -49,26 +49,27 @@ def _load_block(model, reader, i, device) -> None:
 
 
 def run_blocks(setup: Setup, inputs: list[Inputs]) -> dict:
-    dit_dir, orig_cfg, dims = refside.read_source(setup.source)
+    config, src, _ = refside.open_source(setup.source)
+    dims = config.dims
     tdir = nat.transformer_dir(setup.converted)
     ncfg = nat.read_native_config(tdir)
     if nat.native_dims(ncfg) != dims:
         raise BadInput(f"{tdir / 'config.json'}: converted config does not match the source's config.json")
     if setup.lora:
         raise BadInput("--mode blocks does not apply LoRAs; use --mode e2e or layer for LoRA parity")
-    src, conv = ShardedReader(dit_dir), ShardedReader(tdir)
+    conv = ShardedReader(tdir)
     depth = dims.depth
     one = replace(dims, depth=1)
 
     def nonblock(reader):
         return [k for k in reader.keys() if not k.startswith("blocks.")]
 
-    ref = refside.build_reference(dict(orig_cfg, depth=1), dtype=setup.dtype, device=setup.device,
+    ref = refside.build_reference(config, depth=1, dtype=setup.dtype, device=setup.device,
                                   attention=setup.attention)
     native = nat.build_native_model(dict(ncfg, depth=1), dtype=setup.dtype, device=setup.device)
     truth = None
     if setup.dtype in LOW_PRECISION:
-        truth = refside.build_reference(dict(orig_cfg, depth=1), dtype=torch.float32, device=setup.device,
+        truth = refside.build_reference(config, depth=1, dtype=torch.float32, device=setup.device,
                                         attention=setup.attention)
     for m, reader in ((ref, src), (native, conv), (truth, src)):
         if m is not None:
@@ -77,7 +78,7 @@ def run_blocks(setup: Setup, inputs: list[Inputs]) -> dict:
     env = R.environment(setup.device, dtype_name(setup.dtype), setup.attention)
     report = R.new_report("parity", f"LongCat parity (blocks, {dtype_name(setup.dtype)}, {setup.device})",
                           mode="blocks", policy=setup.policy, dtype=setup.dtype, device=setup.device, env=env)
-    zero_pad = bool(orig_cfg.get("text_tokens_zero_pad", False))
+    zero_pad = config.text_tokens_zero_pad
     if not zero_pad:
         report["notes"].append("text_tokens_zero_pad=false: FastVideo's native model attends to padded text "
                                "(known difference)")

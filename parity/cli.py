@@ -67,7 +67,8 @@ def parity_cmd(source, converted, mode, cases, shape, text_len, valid, batch, ti
     setup = Setup(source=source, converted=converted, dtype=_torch_dtype(dtype), device=device,
                   attention=attention, mode=mode, lora=lora, lora_multiplier=lora_multiplier,
                   policy=Policy.load(tolerances))
-    refside.check_device(device)
+    from reference.loading import parse_device
+    parse_device(device)
     if cases:
         inputs = [load_case(c) for c in cases]
     else:

@@ -3,7 +3,6 @@ generated from a seed. Tensors are kept in float32 here; each runner casts
 them to its model's dtype the way the original does."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,44 +42,25 @@ class Inputs:
 
 
 def load_case(path: str | Path) -> Inputs:
-    """A golden case: ``<name>.safetensors`` (input.*, act.*) and ``<name>.json``."""
-    from safetensors.torch import load_file
-    p = Path(path)
-    if p.suffix != ".safetensors":
-        p = p.with_suffix(".safetensors")
-    if not p.is_file():
-        raise BadInput(f"{p}: no such case file (expected <case>.safetensors beside <case>.json)")
-    try:
-        tensors = load_file(str(p))
-    except Exception as e:  # safetensors raises its own error types
-        raise BadInput(f"{p}: not a readable safetensors case ({e})")
-    meta_path = p.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    need = ["input.hidden_states", "input.timestep", "input.encoder_hidden_states"]
-    missing = [k for k in need if k not in tensors]
-    if missing:
-        raise BadInput(f"{p}: case lacks {', '.join(missing)}")
-    ehs = tensors["input.encoder_hidden_states"]
-    mask = tensors.get("input.encoder_attention_mask")
+    """A golden case (``<name>.safetensors`` with ``<name>.json``), read and
+    validated by the reference's case reader, as parity inputs."""
+    from reference.golden import load_case as read_case
+    case = read_case(Path(path))
+    loras = case.loras()
+    if len(loras) > 1:
+        raise BadInput(f"{case.path}: parity applies one LoRA at a time; this case applies {len(loras)}")
+    ehs = case.inputs["input.encoder_hidden_states"]
+    mask = case.inputs.get("input.encoder_attention_mask")
     if mask is None:
         mask = torch.ones(ehs.shape[0], ehs.shape[-2], dtype=torch.int64)
-    kv: dict[int, list] = {}
-    for k, v in tensors.items():
-        if k.startswith("input.kv_cache."):
-            _, _, i, kind = k.split(".")
-            kv.setdefault(int(i), [None, None])[0 if kind == "k" else 1] = v
-    for i, (k, v) in kv.items():
-        if k is None or v is None:
-            raise BadInput(f"{p}: input.kv_cache.{i} needs both .k and .v")
+    kw = case.forward_kwargs()
     return Inputs(
-        name=meta.get("case", p.stem), hidden_states=tensors["input.hidden_states"],
-        timestep=tensors["input.timestep"], encoder_hidden_states=ehs, encoder_attention_mask=mask,
-        num_cond_latents=int(meta.get("num_cond_latents", 0) or 0),
-        return_kv=bool(meta.get("return_kv", False)), skip_crs_attn=bool(meta.get("skip_crs_attn", False)),
-        kv_cache={i: (k, v) for i, (k, v) in sorted(kv.items())},
-        lora=meta.get("lora"), lora_multiplier=float(meta.get("lora_multiplier", 1.0)),
-        description=meta.get("description", ""),
-        golden={k[len("act."):]: v for k, v in tensors.items() if k.startswith("act.")})
+        name=case.name, hidden_states=kw["hidden_states"], timestep=kw["timestep"], encoder_hidden_states=ehs,
+        encoder_attention_mask=mask, num_cond_latents=kw["num_cond_latents"], return_kv=kw["return_kv"],
+        skip_crs_attn=kw["skip_crs_attn"], kv_cache=dict(case.kv_cache),
+        lora=loras[0][0] if loras else None, lora_multiplier=loras[0][1] if loras else 1.0,
+        description=case.description,
+        golden={k[len("act."):]: v for k, v in case.acts.items()})
 
 
 def generate(dims, *, shape=(3, 4, 6), text_len=12, valid: int | list[int] | None = None, batch=1,

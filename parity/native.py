@@ -132,34 +132,35 @@ def native_dims(cfg: dict):
                 patch=tuple(int(x) for x in cfg.get("patch_size", (1, 2, 2))))
 
 
-def load_state(model, reader, *, rename: dict[str, str] | None = None, dtype=None, device="cpu",
+def load_state(model, reader, *, rename: dict[str, str] | None = None, device="cpu",
                keys: list[str] | None = None, strict: bool = True) -> None:
-    """Load tensors from a ShardedReader into ``model`` (strict on the keys given).
+    """Copy tensors from a ShardedReader into ``model``'s existing parameters,
+    one tensor at a time (memory in flight: the largest tensor, not a state dict).
 
     ``rename`` maps checkpoint key -> model key (blocks mode loads block i into
-    a one-block model's blocks.0). Tensors are cast to the model's parameter
-    dtype: converted files keep the checkpoint's dtype, the model runs in the
-    dtype asked for.
+    a one-block model's blocks.0). Each tensor is cast to the parameter's dtype:
+    converted files keep the checkpoint's dtype, the model runs in the dtype asked
+    for. ``strict``: every model key must be loaded.
     """
     import torch
-    want = dict(model.state_dict())
+    want = model.state_dict(keep_vars=True)
     keys = list(reader.keys()) if keys is None else keys
     rename = rename or {}
-    sd = {}
-    for k in keys:
-        mk = rename.get(k, k)
-        if mk not in want:
-            raise BadInput(f"{reader.path}: unexpected key {k!r} for this model")
-        t = reader.get(k)
-        if tuple(t.shape) != tuple(want[mk].shape):
-            raise BadInput(f"{reader.path}: {k!r} has shape {tuple(t.shape)}, the model expects "
-                           f"{tuple(want[mk].shape)}")
-        sd[mk] = t.to(device=device, dtype=want[mk].dtype)
-    missing = sorted(set(want) - set(sd))
+    loaded = set()
+    with torch.no_grad():
+        for k in keys:
+            mk = rename.get(k, k)
+            if mk not in want:
+                raise BadInput(f"{reader.path}: unexpected key {k!r} for this model")
+            info = reader.info(k)
+            if tuple(info.shape) != tuple(want[mk].shape):
+                raise BadInput(f"{reader.path}: {k!r} has shape {tuple(info.shape)}, the model expects "
+                               f"{tuple(want[mk].shape)}")
+            want[mk].copy_(reader.get(k).to(device=device))
+            loaded.add(mk)
+    missing = sorted(set(want) - loaded)
     if strict and missing:
         raise BadInput(f"{reader.path}: missing {len(missing)} key(s): {', '.join(missing[:6])}")
-    with torch.no_grad():
-        model.load_state_dict(sd, strict=strict)
 
 
 def apply_lora(model, lora_file: str | os.PathLike, strength: float) -> list[str]:

@@ -1,5 +1,6 @@
 """The reference side of a parity run: our re-implementation of the original
-model (reference/), loaded with the ORIGINAL weights from SOURCE."""
+model (reference/), loaded with the ORIGINAL weights from SOURCE through the
+reference's own strict loader."""
 from __future__ import annotations
 
 import json
@@ -10,63 +11,40 @@ import torch
 from longcat_convert.errors import BadInput
 
 
-def check_device(device: str) -> None:
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+def open_source(source: str | Path):
+    """SOURCE (model folder or dit/) -> (ReferenceConfig, ShardedReader, model folder).
 
-
-def dit_dir(source: str | Path) -> Path:
-    """SOURCE may be a model folder holding dit/, or the dit/ folder itself."""
-    p = Path(source)
-    if (p / "dit" / "config.json").is_file():
-        return p / "dit"
-    if (p / "config.json").is_file():
-        return p
-    raise BadInput(f"{p}: not a LongCat-Video model folder or dit/ folder (no dit/config.json or config.json)")
-
-
-def model_dir(source: str | Path) -> Path | None:
-    """The model folder (the one holding dit/ and lora/), or None for a bare dit/."""
-    p = Path(source)
-    d = dit_dir(p)
-    return d.parent if d.name == "dit" else None
-
-
-def read_source(source: str | Path):
-    from longcat_convert.table import Dims
-    d = dit_dir(source)
+    Keys and shapes are checked against the mapping table here, before any
+    tensor is read."""
+    from reference.loading import open_checkpoint, resolve_checkpoint
+    _, dit = resolve_checkpoint(source)
     try:
-        cfg = json.loads((d / "config.json").read_text())
+        cls = json.loads((dit / "config.json").read_text()).get("_class_name")
     except ValueError as e:
-        raise BadInput(f"{d / 'config.json'}: not valid JSON ({e})")
-    if cfg.get("_class_name") == "LongCatTransformer3DModel":
-        raise BadInput(f"{d / 'config.json'}: this is a converted (FastVideo-layout) folder; SOURCE must be "
+        raise BadInput(f"{dit / 'config.json'}: not valid JSON ({e})")
+    if cls == "LongCatTransformer3DModel":
+        raise BadInput(f"{dit / 'config.json'}: this is a converted (FastVideo-layout) folder; SOURCE must be "
                        "the original checkpoint")
-    return d, cfg, Dims.from_original_config(cfg, str(d / "config.json"))
+    return open_checkpoint(source)
 
 
 def source_dims(source):
-    return read_source(source)[2]
-
-
-def build_reference(orig_cfg: dict, *, dtype=torch.float32, device="cpu", attention="sdpa"):
-    """An uninitialised reference model for an original config dict."""
-    from reference.config import ReferenceConfig
-    from reference.model import ReferenceDiT
-    cfg = ReferenceConfig.from_original(orig_cfg)
-    with torch.device("meta"):
-        model = ReferenceDiT(cfg, attention=attention)
-    return model.to_empty(device=device).to(dtype).eval()
+    return open_source(source)[0].dims
 
 
 def load_reference(source, *, dtype=torch.float32, device="cpu", attention="sdpa"):
-    """(model with the original weights, original config dict, Dims)."""
-    from longcat_convert.shards import ShardedReader
-    from .native import load_state
-    d, cfg, dims = read_source(source)
-    model = build_reference(cfg, dtype=dtype, device=device, attention=attention)
-    load_state(model, ShardedReader(d), device=device)
-    return model, cfg, dims
+    """(reference model with the original weights, ReferenceConfig)."""
+    from reference.loading import load_reference as load
+    config, _, _ = open_source(source)
+    return load(source, dtype=dtype, device=device, attention=attention), config
+
+
+def build_reference(config, *, depth: int, dtype=torch.float32, device="cpu", attention="sdpa"):
+    """An uninitialised reference model with ``depth`` blocks (blocks mode loads them)."""
+    from reference.model import ReferenceDiT
+    with torch.device("meta"):
+        model = ReferenceDiT(config, attention=attention, depth=depth)
+    return model.to_empty(device=device).to(dtype).eval()
 
 
 def apply_lora(model, lora_file: str | Path, multiplier: float) -> None:

@@ -59,13 +59,12 @@ class Sides:
 def resolve_lora_files(setup: Setup, name: str | None) -> tuple[Path, Path] | None:
     if not name:
         return None
-    model_dir = refside.model_dir(setup.source)
-    if model_dir is None:
-        raise BadInput(f"{setup.source}: --lora needs SOURCE to be a model folder holding lora/")
+    _, _, model_dir = refside.open_source(setup.source)
     stem = Path(name).stem if name.endswith(".safetensors") else Path(name).name
     orig = model_dir / "lora" / f"{stem}.safetensors"
     if not orig.is_file():
-        raise BadInput(f"{orig}: no such LoRA in the source model folder")
+        raise BadInput(f"{orig}: no such LoRA in the source model folder (SOURCE must be the model folder "
+                       "holding dit/ and lora/)")
     out = Path(setup.converted)
     out = out.parent if out.name == "transformer" else out
     conv = out / "lora" / stem / f"{stem}.safetensors"
@@ -75,8 +74,9 @@ def resolve_lora_files(setup: Setup, name: str | None) -> tuple[Path, Path] | No
 
 
 def load_sides(setup: Setup, lora: str | None = None, multiplier: float = 1.0) -> Sides:
-    ref, orig_cfg, dims = refside.load_reference(setup.source, dtype=setup.dtype, device=setup.device,
-                                                 attention=setup.attention)
+    ref, config = refside.load_reference(setup.source, dtype=setup.dtype, device=setup.device,
+                                         attention=setup.attention)
+    dims = config.dims
     tdir = nat.transformer_dir(setup.converted)
     ncfg = nat.read_native_config(tdir)
     ndims = nat.native_dims(ncfg)
@@ -87,7 +87,7 @@ def load_sides(setup: Setup, lora: str | None = None, multiplier: float = 1.0) -
     nat.load_state(native, ShardedReader(tdir), device=setup.device)
     truth = None
     if setup.dtype in LOW_PRECISION:
-        truth, _, _ = refside.load_reference(setup.source, dtype=torch.float32, device=setup.device,
+        truth, _ = refside.load_reference(setup.source, dtype=torch.float32, device=setup.device,
                                              attention=setup.attention)
     notes = []
     files = resolve_lora_files(setup, lora)
@@ -98,7 +98,7 @@ def load_sides(setup: Setup, lora: str | None = None, multiplier: float = 1.0) -
         nat.apply_lora(native, files[1], multiplier)
         notes.append(f"LoRA {Path(files[0]).stem} at multiplier {multiplier}: original format on the reference, "
                      f"converted format through FastVideo's LoRA layers on the native model")
-    zero_pad = bool(orig_cfg.get("text_tokens_zero_pad", False))
+    zero_pad = config.text_tokens_zero_pad
     if not zero_pad:
         notes.append("text_tokens_zero_pad=false: the original attends each sample to its valid text tokens only; "
                      "FastVideo's native model attends to every padded token (known difference, expected to fail "
