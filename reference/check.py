@@ -101,7 +101,12 @@ def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", atten
 
     for case, case_lora in zip(cases, loras):
         subject.set_loras(case_lora)
-        _, got = run_with_hooks(subject, case, move=lambda t: t.to(tdevice))
+        try:
+            _, got = run_with_hooks(subject, case, move=lambda t: t.to(tdevice))
+        except BadInput as e:
+            msg = str(e)
+            raise BadInput(msg if msg.startswith(str(case.path)) else
+                           f"{case.path}: {msg} (is this case for {checkpoint}?)") from None
         for act in sorted(case.acts, key=forward_rank):
             layer = act[len("act."):]
             expected = case.acts[act]

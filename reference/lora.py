@@ -33,7 +33,7 @@ HYPHEN = "___lorahyphen___"
 _SUFFIX = re.compile(r"^(lora_down\.weight|lora_up\.weight|lora_up\.blocks\.(\d+)\.weight|alpha_scale)$")
 
 
-@dataclass
+@dataclass(eq=False)          # identity, not tensor comparison
 class LoraAdapter:
     module: str                       # dotted module path in the original model
     down: torch.Tensor                # [n*r, in]
