@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from longcat_convert.errors import BadInput
 
 from .golden import Case, forward_rank, load_case, run_with_hooks

@@ -10,7 +10,6 @@ import torch
 
 from longcat_convert.errors import BadInput
 from reference import load_reference
-from reference.golden import load_case
 
 ROOT = Path(__file__).resolve().parent.parent
 A, B, C = ROOT / "golden/tiny-a", ROOT / "golden/tiny-b", ROOT / "golden/extra/tiny-c"
