@@ -101,6 +101,7 @@ class ShardedReader:
         self.tensors: dict[str, TensorInfo] = {}
         self.files: list[Path] = []
         self.metadata: dict[Path, dict] = {}
+        self.data_starts: dict[Path, int] = {}   # where each file's tensor data begins
         if self.path.is_file():
             self._reject_pickle(self.path)
             self._add_file(self.path)
@@ -168,6 +169,7 @@ class ShardedReader:
                                            data_start + a, data_start + b)
         self.files.append(p)
         self.metadata[p] = meta
+        self.data_starts[p] = data_start
 
     # -- access ------------------------------------------------------------
     def keys(self) -> list[str]:

@@ -2,4 +2,6 @@
 
 
 def register(cli) -> None:
-    pass  # filled in by the converter work (issue 2)
+    from . import convert, export, plan, verify
+    for mod in (plan, convert, export, verify):
+        cli.add_command(mod.command)

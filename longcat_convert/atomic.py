@@ -1,0 +1,126 @@
+"""All-or-nothing output folders: build in a hidden temporary folder beside
+OUTPUT, rename it into place at the end, and remove it on any failure
+(including Ctrl-C, SIGTERM and a full disk)."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+from .errors import BadInput
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """a is b or lies inside b."""
+    return a == b or b in a.parents
+
+
+def check_output(output: Path, sources: list[Path], force: bool) -> Path:
+    """Resolve OUTPUT and refuse the dangerous cases before anything is written."""
+    out = output.expanduser().resolve()
+    for src in sources:
+        s = src.resolve()
+        if _inside(out, s) or _inside(s, out):
+            raise BadInput(f"{output}: OUTPUT must lie outside the source folder {src} (and not contain it)")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise BadInput(f"{output}: already exists; choose another OUTPUT or pass --force to replace it")
+        if not out.is_dir():
+            raise BadInput(f"{output}: exists and is not a folder; remove it yourself")
+    if not out.parent.is_dir():
+        raise BadInput(f"{output}: parent folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise BadInput(f"{output}: parent folder {out.parent} is not writable")
+    return out
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Let SIGTERM unwind like Ctrl-C so the temporary folder is removed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class AtomicFolder:
+    """``with AtomicFolder(out) as tmp: ...write into tmp...`` then ``commit()``.
+
+    Leaving the block without commit() (an exception, an interrupt) removes tmp.
+    """
+
+    def __init__(self, output: Path, *, force: bool = False, fsync: bool = True):
+        self.output = output
+        self.force = force
+        self.fsync = fsync
+        self.tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
+        self.committed = False
+
+    def __enter__(self) -> Path:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def commit(self) -> None:
+        if self.fsync:
+            fsync_tree(self.tmp)
+        old = None
+        if self.output.exists():
+            old = self.output.parent / f".{self.output.name}.replaced-{os.getpid()}"
+            os.rename(self.output, old)
+        os.rename(self.tmp, self.output)
+        if self.fsync:
+            fsync_dir(self.output.parent)
+        self.committed = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if not self.committed:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, BadInput):
+            raise os_error(exc, self.output) from exc
+        return False
+
+
+def os_error(e: OSError, output: Path) -> BadInput:
+    """An OSError while writing, as the one-line message the CLI prints (exit 2)."""
+    where = e.filename or output
+    if e.errno == errno.ENOSPC:
+        return BadInput(f"{where}: no space left on device while writing {output}; "
+                        "free some space (or use --components link/skip) and retry; nothing was left behind")
+    if e.errno == errno.EDQUOT:
+        return BadInput(f"{where}: disk quota exceeded while writing {output}; nothing was left behind")
+    return BadInput(f"{where}: {e.strerror or e}; nothing was left behind")

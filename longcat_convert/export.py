@@ -1,0 +1,117 @@
+"""``export NATIVE OUTPUT``: a FastVideo LongCat folder back to the original layout,
+through the same mapping table read backwards (``reverse_ops``: renames back,
+splits concatenated along dim 0), so weights trained in FastVideo run in the
+original code. Original -> native -> original is bitwise identical.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__, components as comp, config_map, plan as planmod
+from .atomic import AtomicFolder, check_output, sigterm_as_interrupt
+from .convert import RECORD, TOOL, Options, check_space, source_records, tensor_records, write_weights
+from .errors import BadInput
+from .progress import Reporter
+from .shards import ShardedReader
+from .sources import COMPONENTS
+from .table import Dims, reverse_ops, table_hash
+from .writer import parse_size
+
+
+@dataclass
+class NativeSource:
+    spec: str
+    transformer: Path
+    root: Path | None = None
+    components: dict[str, Path] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def config_path(self) -> Path:
+        return self.transformer / "config.json"
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "kind": "native" if self.root else "transformer",
+                "transformer": str(self.transformer)}
+
+
+def resolve_native(spec: str) -> NativeSource:
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise BadInput(f"{spec}: no such folder; NATIVE must be a FastVideo LongCat folder "
+                       "(with transformer/) or a transformer/ folder")
+    if (path / "transformer").is_dir():
+        src = NativeSource(spec, path / "transformer", root=path,
+                           components={c: path / c for c in COMPONENTS if (path / c).is_dir()})
+        if (path / "lora").is_dir():
+            src.notes.append(f"{path / 'lora'}: LoRAs in FastVideo's format are not exported")
+        return src
+    if (path / "config.json").is_file():
+        return NativeSource(spec, path)
+    raise BadInput(f"{spec}: no transformer/ folder and no config.json; NATIVE must be a FastVideo LongCat "
+                   "folder or its transformer/ folder")
+
+
+def export(native: str, output: str | Path, opts: Options | None = None,
+           reporter: Reporter | None = None) -> dict:
+    opts = opts or Options()
+    reporter = reporter or Reporter(quiet=True)
+    t0 = time.perf_counter()
+    if opts.components not in comp.MODES:
+        raise BadInput(f"--components: {opts.components!r} is not one of {', '.join(comp.MODES)}")
+    if opts.dtype is not None and opts.dtype not in planmod.DTYPE_CHOICES:
+        raise BadInput(f"--dtype: {opts.dtype!r} is not one of {', '.join(planmod.DTYPE_CHOICES)}")
+    max_shard = parse_size(opts.max_shard_size)
+    nat = resolve_native(native)
+    src_root = nat.root or nat.transformer
+    out = check_output(Path(output), [src_root], opts.force)
+
+    native_cfg = config_map.load(nat.config_path)
+    orig_cfg, notes = config_map.to_original(native_cfg, str(nat.config_path))
+    dims = Dims.from_original_config(orig_cfg, str(nat.config_path))
+    warnings: list[str] = []
+    notes += nat.notes
+    reader = ShardedReader(nat.transformer)
+    target_dtype = planmod.DTYPE_CHOICES[opts.dtype] if opts.dtype else None
+    tensors = planmod.build(reader, reverse_ops(dims), what="native", dtype=target_dtype)
+    components = nat.components if opts.components != "skip" else {}
+    need = sum(t.nbytes for t in tensors) + (comp.total_bytes(components) if opts.components == "copy" else 0)
+    check_space(out, need)
+
+    atomic = AtomicFolder(out, force=opts.force, fsync=opts.fsync)
+    with sigterm_as_interrupt(), atomic as tmp, reporter:
+        ddir = tmp / "dit"
+        shards, result = write_weights(tensors, ddir, max_shard=max_shard, reader=reader, opts=opts,
+                                       reporter=reporter, label="dit")
+        (ddir / "config.json").write_text(config_map.dump(orig_cfg))
+        if result.nonfinite:
+            keys = sorted(result.nonfinite)
+            warnings.append(f"non-finite values (NaN/Inf) in {len(keys)} tensor(s): {', '.join(keys[:5])}")
+            reporter.warn(warnings[-1])
+        comp_record, comp_notes = comp.place(components, tmp, opts.components)
+        notes += comp_notes
+        record = {
+            "tool": TOOL, "version": __version__, "table_hash": table_hash(),
+            "direction": "native->original",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": nat.describe(),
+            "options": {"dtype": opts.dtype, "max_shard_size": max_shard, "components": opts.components,
+                        "strict": opts.strict, "fsync": opts.fsync},
+            "config": {"native": native_cfg, "original": orig_cfg},
+            "warnings": warnings, "notes": notes,
+            "dtype": planmod.dtype_decisions(tensors),
+            "nonfinite": sorted(result.nonfinite),
+            "source_files": source_records(result, reader, src_root, [nat.config_path]),
+            "outputs": {f"dit/{s.name}": {"bytes": s.file_bytes, "tensors": len(s.tensors)} for s in shards},
+            "tensors": tensor_records(shards, result),
+            "components": comp_record,
+        }
+        (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        atomic.commit()
+    return {"ok": True, "command": "export", "source": nat.describe(), "output": str(out),
+            "tensors": len(tensors), "shards": len(shards), "bytes": sum(t.nbytes for t in tensors),
+            "components": {k: v["mode"] for k, v in comp_record.items()},
+            "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings, "notes": notes}
