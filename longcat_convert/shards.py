@@ -140,13 +140,18 @@ class ShardedReader:
             assert isinstance(weight_map, dict)
         except (OSError, ValueError, KeyError, AssertionError):
             raise BadInput(f"{index}: not a valid shard index (needs a 'weight_map' object)")
-        root = self.path.resolve()
+        # Containment is checked on the path as written, not on where symlinks lead:
+        # a Hugging Face cache snapshot is a folder of symlinks into ../../blobs.
+        root = os.path.normpath(os.path.abspath(self.path))
         by_file: dict[str, set[str]] = {}
         for key, fname in weight_map.items():
+            if not isinstance(fname, str):
+                raise BadInput(f"{index}: {key!r} maps to {fname!r}, not a file name")
             by_file.setdefault(fname, set()).add(key)
         for fname in sorted(by_file):
             p = (self.path / fname)
-            if os.path.isabs(fname) or root not in p.resolve().parents:
+            norm = os.path.normpath(os.path.abspath(p))
+            if os.path.isabs(fname) or not norm.startswith(root + os.sep):
                 raise BadInput(f"{index}: shard {fname!r} lies outside {self.path}; refusing to read it")
             if not p.is_file():
                 raise BadInput(f"{index}: shard {fname!r} is missing from {self.path}")

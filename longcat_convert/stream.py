@@ -188,6 +188,9 @@ class Engine:
                 if t.cast:
                     out = cast_bytes(mv, t.src_dtype, t.dtype)
                     if self.check_finite and has_nonfinite(out, t.dtype):
+                        if self.strict:
+                            raise BadInput(f"{piece.file}: {piece.key!r} cast to {t.dtype} holds NaN or Inf "
+                                           "values (--strict); choose another --dtype or drop --strict")
                         result.nonfinite.setdefault(f"{piece.key} (after the cast to {t.dtype})", t.key)
                 if th is not None:
                     th.update(out)
