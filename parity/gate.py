@@ -58,6 +58,7 @@ def plan_steps(golden: Path, work: Path, manifest: dict) -> list[Step]:
         label = model
         out = work / model.replace("/", "_") / "converted"
         rep = out.parent
+        rep.mkdir(parents=True, exist_ok=True)
         steps.append(Step(label, "convert", ["convert", str(src), str(out), "--force", "--quiet"]))
         steps.append(Step(label, "verify", ["verify", str(src), str(out), "--quiet"]))
         for entry in cases:
