@@ -29,8 +29,10 @@ test: install
 gate: install
 	$(CLI) gate --report reports/gate
 
+# Converter vs cp on synthetic real-width checkpoints (cached in ~/.cache/longcat-convert-bench,
+# or $$LONGCAT_BENCH_CACHE); e.g. make bench BENCH_ARGS="--dtypes bf16 --blocks 2 --reps 1"
 bench: install
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf out reports build *.egg-info

@@ -11,8 +11,8 @@ FastVideo reads ``<native module>.lora_A.weight`` [rank, in], ``.lora_B.weight``
 [out, rank] and ``.lora_alpha``, and adds ``strength * int(lora_alpha) / rank * B @ A``
 with rank = A.shape[0].
 
-Where a module lands comes from the mapping table (``leaf_modules``: the native
-targets and ``Param.lora_blocks``), never from a list kept here:
+Where a module lands comes from the mapping table (``lora_targets``: the native
+targets and ``Param.lora_blocks`` of every linear leaf), never from a list kept here:
 
 * fused in the original, split in FastVideo (qkv -> to_q/to_k/to_v, kv -> to_k/to_v):
   target j gets A = its r rows of lora_down and B = up block j;
@@ -29,7 +29,6 @@ otherwise ``lora_alpha = rank`` (scale 1) and ``alpha_scale`` is folded into B
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Callable
 
 from .errors import BadInput
 from .shards import DTYPES, ShardedReader
-from .table import Dims, LeafModule, leaf_modules
+from .table import Dims, LeafModule, leaf_modules, lora_targets
 from .writer import encode_header
 
 PREFIX = "lora___lorahyphen___"
@@ -93,6 +92,7 @@ def plan_lora(path: Path, dims: Dims) -> LoraPlan:
     """Read a LoRA file's headers (and its alpha scalars) and decide every output tensor."""
     reader = ShardedReader(path)
     leaves = {leaf.orig: leaf for leaf in leaf_modules(dims)}
+    targets = lora_targets(dims)
     modules: dict[str, dict[str, str]] = {}
     unknown_keys = []
     for key in reader.keys():
@@ -113,17 +113,20 @@ def plan_lora(path: Path, dims: Dims) -> LoraPlan:
         raise BadInput(f"{path}: LoRA module(s) with no place in the model for this config.json: "
                        + ", ".join(sorted(unmappable)[:5]) + (" ..." if len(unmappable) > 5 else "")
                        + "; every module must land somewhere, so nothing was converted")
+    not_linear = sorted(m for m in modules if m not in targets)
+    if not_linear:
+        raise BadInput(f"{path}: LoRA on {not_linear[0]!r}, which is not a linear layer; it cannot carry a LoRA")
     plan = LoraPlan(path, path.stem)
-    order = [leaf.orig for leaf in leaf_modules(dims) if leaf.orig in modules]
-    for module in order:
-        _plan_module(plan, reader, leaves[module], modules[module])
+    for module, leaf in targets.items():   # the table's order
+        if module in modules:
+            _plan_module(plan, reader, leaf, modules[module])
     return plan
 
 
 def _plan_module(plan: LoraPlan, reader: ShardedReader, leaf: LeafModule, parts: dict[str, str]) -> None:
     path = reader.path
     m = leaf.orig
-    if not leaf.param.linear or len(leaf.weight_shape) != 2:
+    if len(leaf.weight_shape) != 2:
         raise BadInput(f"{path}: LoRA on {m!r}, which is not a linear layer; it cannot carry a LoRA")
     n = leaf.param.lora_blocks
     out_f, in_f = leaf.weight_shape
@@ -154,7 +157,7 @@ def _plan_module(plan: LoraPlan, reader: ShardedReader, leaf: LeafModule, parts:
     alpha_info = reader.info(parts["alpha_scale"])
     if alpha_info.shape not in ((), (1,)):
         raise BadInput(f"{path}: {alpha_info.key!r} must be a scalar, has shape {list(alpha_info.shape)}")
-    alpha_scale = float(reader.get(alpha_info.key).reshape(()).item())
+    alpha_scale = _read_scalar(reader, alpha_info.key)
     if alpha_scale != alpha_scale or alpha_scale in (float("inf"), float("-inf")):
         raise BadInput(f"{path}: {alpha_info.key!r} is not finite")
 
@@ -180,6 +183,19 @@ def _plan_module(plan: LoraPlan, reader: ShardedReader, leaf: LeafModule, parts:
         plan.tensors.append(LoraTensor(f"{native}.lora_B.weight", b_dtype, (len(blocks) * (out_f // n), rank),
                                        _up(reader, [ups[j] for j in blocks], r, fold)))
         plan.tensors.append(LoraTensor(f"{native}.lora_alpha", "F32", (), _scalar(lora_alpha)))
+
+
+def _read_scalar(reader: ShardedReader, key: str) -> float:
+    """A 0-d float tensor's value, without torch."""
+    import struct
+    info = reader.info(key)
+    raw = reader.read_bytes(key)
+    fmt = {"F64": "<d", "F32": "<f", "F16": "<e"}.get(info.dtype)
+    if fmt:
+        return struct.unpack(fmt, raw)[0]
+    if info.dtype == "BF16":
+        return struct.unpack("<f", b"\x00\x00" + raw)[0]
+    raise BadInput(f"{reader.path}: {key!r} must be a floating-point scalar, is {info.dtype}")
 
 
 def _rows(reader: ShardedReader, key: str, r0: int, r1: int) -> Callable[[], bytes]:
@@ -232,7 +248,5 @@ def write_lora(plan: LoraPlan, out_root: Path) -> dict:
                 raise BadInput(f"{plan.source}: internal size mismatch for {t.key}")
             hashes[t.key] = hashlib.sha256(data).hexdigest()
             f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     return {"source": str(plan.source), "output": plan.out_relpath, "tensors": hashes,
             "alpha": plan.decisions}

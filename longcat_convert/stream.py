@@ -36,7 +36,7 @@ from .writer import OutShard, OutTensor
 
 CHUNK = 4 * 2**20
 WRITEBACK = 32 * 2**20      # hand written bytes to the disk this often (see start_writeback)
-WORKERS = max(2, min(4, os.cpu_count() or 2))
+WORKERS = max(2, min(8, os.cpu_count() or 2))
 
 # Exponent-field masks: a value is NaN/Inf iff all its exponent bits are set.
 _EXP_MASK = {"F64": ("uint64", 0x7FF0000000000000), "F32": ("uint32", 0x7F800000),

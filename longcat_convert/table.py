@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from .errors import BadInput
@@ -288,6 +288,12 @@ def leaf_modules(dims: Dims) -> list[LeafModule]:
             shape = tuple(_eval(x, env) for x in node.weight)
             out.append(LeafModule(o, tuple(nprefix + t for t in node.native), node, shape))
     return out
+
+
+def lora_targets(dims: Dims) -> dict[str, LeafModule]:
+    """Original module -> its leaf (native targets, ``lora_blocks``, weight shape), for every
+    module an original-format LoRA may carry (the linear layers)."""
+    return {leaf.orig: leaf for leaf in leaf_modules(dims) if leaf.param.linear}
 
 
 def expand(dims: Dims) -> list[Op]:

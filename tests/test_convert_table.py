@@ -10,7 +10,7 @@ from longcat_convert import config_map
 from longcat_convert.errors import BadInput
 from longcat_convert.shards import ShardedReader
 from longcat_convert.synth import REAL_DIMS, original_config
-from longcat_convert.table import (Dims, check_coverage, expand, leaf_modules, native_shapes,
+from longcat_convert.table import (Dims, check_coverage, expand, leaf_modules, lora_targets, native_shapes,
                                    original_shapes, reverse_ops, table_hash)
 
 DIMS = {
@@ -71,6 +71,9 @@ def test_lora_targets_come_from_the_table():
     assert leaves["blocks.0.adaLN_modulation.1"].param.lora_blocks == 6
     assert leaves["final_layer.adaLN_modulation.1"].param.lora_blocks == 2
     assert not leaves["x_embedder.proj"].param.linear
+    targets = lora_targets(DIMS["tiny-a"])
+    assert "x_embedder.proj" not in targets and "blocks.0.attn.q_norm" not in targets
+    assert set(targets) == {k for k, v in leaves.items() if v.param.linear}
 
 
 def test_table_hash_is_stable():

@@ -12,7 +12,8 @@ from ..writer import DEFAULT_MAX_SHARD
 
 
 def write_options(f):
-    """--dtype, --max-shard-size, --components, --force, --strict, --no-fsync, --quiet, --json."""
+    """--dtype, --max-shard-size, --components, --force, --strict, --no-fsync, --source-sha256,
+    --no-hash, --quiet, --json."""
     opts = [
         click.option("--dtype", type=click.Choice(sorted(DTYPE_CHOICES)), default=None,
                      help="Cast floating-point tensors (default: keep each tensor's dtype)."),
@@ -26,6 +27,9 @@ def write_options(f):
                      help="Flush OUTPUT to disk before it is renamed into place."),
         click.option("--source-sha256", is_flag=True,
                      help="Also record the plain sha256 of every source shard (one more pass)."),
+        click.option("--no-hash", is_flag=True,
+                     help="Skip the sha256 of every output tensor in conversion.json (the slowest part "
+                          "of a copy); verify still compares every byte."),
         click.option("--quiet", "-q", is_flag=True, help="No progress output."),
         click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout."),
     ]

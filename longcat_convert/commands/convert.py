@@ -14,8 +14,8 @@ from .common import emit, print_warnings, write_options
 @write_options
 @click.option("--no-lora", is_flag=True, help="Do not convert the LoRAs in lora/.")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) when SOURCE is a repo id.")
-def command(source, output, dtype, max_shard_size, components, force, strict, fsync, source_sha256, quiet,
-            as_json, no_lora, revision):
+def command(source, output, dtype, max_shard_size, components, force, strict, fsync, source_sha256,
+            no_hash, quiet, as_json, no_lora, revision):
     """Convert a LongCat-Video checkpoint to FastVideo's native layout.
 
     SOURCE is a LongCat-Video model folder (with dit/), a bare dit/ folder, or a
@@ -23,7 +23,8 @@ def command(source, output, dtype, max_shard_size, components, force, strict, fs
     HF_HUB_OFFLINE is respected). OUTPUT must not exist (unless --force).
     """
     opts = Options(dtype=dtype, max_shard_size=max_shard_size, components=components, loras=not no_lora,
-                   force=force, strict=strict, fsync=fsync, revision=revision, source_sha256=source_sha256)
+                   force=force, strict=strict, fsync=fsync, revision=revision, source_sha256=source_sha256,
+                   hash_tensors=not no_hash)
     summary = convert(source, output, opts, Reporter(quiet=quiet or as_json))
     print_warnings(summary, quiet or as_json)
     emit(summary, as_json, f"converted {summary['tensors']} tensors ({summary['bytes'] / 1e9:.2f} GB) "

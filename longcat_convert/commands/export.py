@@ -13,8 +13,8 @@ from .common import emit, print_warnings, write_options
 @click.argument("native")
 @click.argument("output", type=click.Path())
 @write_options
-def command(native, output, dtype, max_shard_size, components, force, strict, fsync, source_sha256, quiet,
-            as_json):
+def command(native, output, dtype, max_shard_size, components, force, strict, fsync, source_sha256,
+            no_hash, quiet, as_json):
     """Write the original LongCat-Video layout (dit/) back from a FastVideo folder.
 
     NATIVE is a FastVideo LongCat folder (with transformer/) or its transformer/
@@ -22,7 +22,8 @@ def command(native, output, dtype, max_shard_size, components, force, strict, fs
     is bitwise identical.
     """
     opts = Options(dtype=dtype, max_shard_size=max_shard_size, components=components, force=force,
-                   strict=strict, fsync=fsync, source_sha256=source_sha256)
+                   strict=strict, fsync=fsync, source_sha256=source_sha256,
+                   hash_tensors=not no_hash)
     summary = export(native, output, opts, Reporter(quiet=quiet or as_json))
     print_warnings(summary, quiet or as_json)
     emit(summary, as_json, f"exported {summary['tensors']} tensors ({summary['bytes'] / 1e9:.2f} GB) "

@@ -1,0 +1,227 @@
+"""`make bench` (``python -m bench.run``): the converter against ``cp`` of the same bytes.
+
+For synthetic checkpoints with the released widths (hidden 4096, 32 heads, caption
+4096, adaLN 512, in/out 16, real key names and config) of a few blocks, in bf16 and
+fp32, it measures in the same run, each from a cold page cache when the machine
+allows dropping it (root), otherwise from a warm one for every command alike:
+
+* ``cp -r dit/``, then ``sync`` (timed separately: ``cp`` alone leaves the data in
+  the page cache, ``cp`` + ``sync`` puts it on disk);
+* ``convert --no-fsync`` (compare with ``cp``) and ``convert`` (fsyncs before the
+  rename; compare with ``cp`` + ``sync``);
+* ``verify`` (re-reads both sides);
+
+each ``--reps`` times, interleaved, reporting the median time and the largest peak
+memory (RSS from the kernel; anonymous and file-backed RSS sampled).
+
+Sections are functions registered in SECTIONS; other benchmarks (block-streamed
+parity) add theirs there and reuse ``measure``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from bench.measure import Sample, drop_caches, measure, warm
+from bench.synth import cache_dir, cached_checkpoint
+
+CLI = [sys.executable, "-m", "longcat_convert.cli"]
+GB = 1e9
+MiB = 2**20
+
+
+def dir_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+class Cache:
+    """Cold (drop the page cache before each command) when allowed, else warm for all."""
+
+    def __init__(self):
+        self.cold = drop_caches()
+
+    def prepare(self, *paths: Path) -> None:
+        if self.cold:
+            drop_caches()
+        else:
+            os.sync()
+            for p in paths:
+                warm(str(p))
+
+    @property
+    def mode(self) -> str:
+        return "cold page cache (dropped before each command)" if self.cold else \
+            "warm page cache (drop_caches not permitted; every command starts with its inputs cached)"
+
+
+def _rm(p: Path) -> None:
+    shutil.rmtree(p, ignore_errors=True)
+    os.sync()
+
+
+def _check(s: Sample, what: str) -> Sample:
+    if s.rc != 0:
+        raise SystemExit(f"bench: {what} failed (exit {s.rc}): {s.stderr.strip()[-2000:]}")
+    return s
+
+
+def bench_conversion(src: Path, reps: int, cache: Cache, work: Path) -> dict:
+    """cp / cp+sync / convert --no-fsync / convert / verify on one checkpoint."""
+    runs: dict[str, list[Sample]] = {k: [] for k in ("cp", "sync_after_cp", "convert_nofsync",
+                                                     "sync_after_convert", "convert", "verify", "nohash")}
+    out, cp_dst = work / "out", work / "cp"
+    for _ in range(reps):
+        _rm(cp_dst)
+        cache.prepare(src)
+        runs["cp"].append(_check(measure(["cp", "-r", str(src / "dit"), str(cp_dst)]), "cp"))
+        runs["sync_after_cp"].append(measure(["sync"]))
+        _rm(cp_dst)
+
+        _rm(out)
+        cache.prepare(src)
+        runs["convert_nofsync"].append(_check(measure(CLI + ["convert", str(src), str(out), "--quiet",
+                                                             "--no-fsync"]), "convert --no-fsync"))
+        runs["sync_after_convert"].append(measure(["sync"]))
+        _rm(out)
+
+        cache.prepare(src)
+        runs["nohash"].append(_check(measure(CLI + ["convert", str(src), str(out), "--quiet", "--no-fsync",
+                                                    "--no-hash"]), "convert --no-hash"))
+        _rm(out)
+
+        cache.prepare(src)
+        runs["convert"].append(_check(measure(CLI + ["convert", str(src), str(out), "--quiet"]), "convert"))
+        cache.prepare(src, out)
+        runs["verify"].append(_check(measure(CLI + ["verify", str(src), str(out), "--quiet"]), "verify"))
+        _rm(out)
+
+    def med(k):
+        return statistics.median(s.seconds for s in runs[k])
+
+    def peak(k, attr):
+        return max(getattr(s, attr) for s in runs[k])
+
+    cp_sync = statistics.median(a.seconds + b.seconds for a, b in zip(runs["cp"], runs["sync_after_cp"]))
+    conv_sync = statistics.median(a.seconds + b.seconds
+                                  for a, b in zip(runs["convert_nofsync"], runs["sync_after_convert"]))
+    return {
+        "bytes": dir_bytes(src / "dit"),
+        "seconds": {"cp": med("cp"), "cp+sync": cp_sync, "convert --no-fsync": med("convert_nofsync"),
+                    "convert --no-fsync, then sync": conv_sync, "convert": med("convert"), "verify": med("verify"),
+                    "convert --no-fsync --no-hash": med("nohash")},
+        "all_seconds": {k: [round(s.seconds, 3) for s in v] for k, v in runs.items()},
+        "ratio": {"convert --no-fsync / cp": med("convert_nofsync") / med("cp"),
+                  "convert --no-fsync --no-hash / cp": med("nohash") / med("cp"),
+                  "convert / (cp+sync)": med("convert") / cp_sync,
+                  "(convert --no-fsync, then sync) / (cp+sync)": conv_sync / cp_sync},
+        "peak": {k: {"rss": peak(k, "peak_rss"), "anon": peak(k, "peak_anon"), "file": peak(k, "peak_file")}
+                 for k in ("cp", "convert_nofsync", "convert", "verify", "nohash")},
+    }
+
+
+def sha256_floor(bytes_: int) -> dict:
+    """How fast sha256 runs here, on all cores: the lower bound of a hashing copy."""
+    buf = os.urandom(64 * MiB)
+    cores = os.cpu_count() or 1
+
+    def one():
+        h = hashlib.sha256()
+        for i in range(0, len(buf), 4 * MiB):
+            h.update(buf[i:i + 4 * MiB])
+    t = time.perf_counter()
+    one()
+    single = len(buf) / (time.perf_counter() - t)
+    threads = [threading.Thread(target=one) for _ in range(cores)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    allcores = cores * len(buf) / (time.perf_counter() - t)
+    return {"per_core_GBps": single / GB, "all_cores_GBps": allcores / GB, "cores": cores}
+
+
+def section_conversion(args) -> dict:
+    cache = Cache()
+    work = cache_dir() / "runs"
+    _rm(work)
+    work.mkdir(parents=True)
+    rows = []
+    for dtype in args.dtypes:
+        for blocks in args.blocks:
+            t = time.perf_counter()
+            src = cached_checkpoint(dtype, blocks)
+            built = time.perf_counter() - t
+            print(f"  {dtype} {blocks} blocks ({dir_bytes(src / 'dit') / GB:.2f} GB, ready in {built:.0f}s) ...",
+                  file=sys.stderr, flush=True)
+            r = bench_conversion(src, args.reps, cache, work)
+            r.update(dtype=dtype, blocks=blocks)
+            rows.append(r)
+    _rm(work)
+    return {"mode": cache.mode, "reps": args.reps, "rows": rows, "sha256": sha256_floor(0)}
+
+
+SECTIONS: dict[str, Callable] = {"conversion": section_conversion}
+
+
+def print_conversion(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    con = Console(width=200, highlight=False)
+    sha = res["sha256"]
+    t = Table(title=f"convert vs cp of the same bytes ({res['mode']}; median of {res['reps']})")
+    for c in ("checkpoint", "GB", "cp s", "cp+sync s", "convert\n--no-fsync s", "x cp",
+              "--no-fsync\n--no-hash s", "x cp", "convert s", "x (cp+sync)", "verify s", "peak RSS MiB\ncp / conv / verify", "peak anon MiB\ncp / conv / verify",
+              "file RSS MiB\nconv / verify"):
+        t.add_column(c, justify="right")
+    for r in res["rows"]:
+        s, p = r["seconds"], r["peak"]
+        t.add_row(f"{r['dtype']} {r['blocks']} blocks", f"{r['bytes'] / GB:.2f}", f"{s['cp']:.2f}",
+                  f"{s['cp+sync']:.2f}", f"{s['convert --no-fsync']:.2f}",
+                  f"{r['ratio']['convert --no-fsync / cp']:.2f}", f"{s['convert --no-fsync --no-hash']:.2f}",
+                  f"{r['ratio']['convert --no-fsync --no-hash / cp']:.2f}", f"{s['convert']:.2f}",
+                  f"{r['ratio']['convert / (cp+sync)']:.2f}", f"{s['verify']:.2f}",
+                  " / ".join(f"{p[k]['rss'] / MiB:.0f}" for k in ("cp", "convert", "verify")),
+                  " / ".join(f"{p[k]['anon'] / MiB:.0f}" for k in ("cp", "convert", "verify")),
+                  " / ".join(f"{p[k]['file'] / MiB:.0f}" for k in ("convert", "verify")))
+    con.print(t)
+    con.print(f"sha256 on this machine: {sha['per_core_GBps']:.2f} GB/s per core, {sha['all_cores_GBps']:.2f} GB/s "
+              f"on {sha['cores']} cores. convert hashes every output tensor once, so it cannot beat "
+              f"bytes / {sha['all_cores_GBps']:.2f} GB/s; `cp` does no hashing.")
+    anon = [r["peak"]["convert"]["anon"] / MiB for r in res["rows"]]
+    con.print(f"convert peak anonymous memory across sizes: {min(anon):.0f}-{max(anon):.0f} MiB "
+              f"(target < 1024, flat)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32", "fp16"])
+    ap.add_argument("--blocks", nargs="+", type=int, default=[2, 4])
+    ap.add_argument("--reps", type=int, default=int(os.environ.get("LONGCAT_BENCH_REPS", 3)))
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    ap.add_argument("--json", type=Path, help="Also write the results here.")
+    args = ap.parse_args(argv)
+    results = {}
+    t0 = time.perf_counter()
+    for name in args.sections:
+        print(f"bench: {name}", file=sys.stderr, flush=True)
+        results[name] = SECTIONS[name](args)
+    if "conversion" in results:
+        print_conversion(results["conversion"])
+    print(f"bench: {time.perf_counter() - t0:.0f}s in all; checkpoints cached in {cache_dir()}", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
