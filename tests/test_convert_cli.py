@@ -156,3 +156,16 @@ def test_export_cli_and_verify_round_trip(tmp_path, converted):
 def test_export_refuses_a_non_native_folder(tmp_path):
     rc, _, err = run("export", TINY_A / "dit", tmp_path / "x", "--quiet")
     assert rc == 2 and "LongCatTransformer3DModel" in one_line(err)
+
+
+def test_bare_dit_folder_and_no_lora(tmp_path):
+    rc, out, err = run("convert", TINY_A / "dit", tmp_path / "bare", "--quiet", "--json")
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["source"]["kind"] == "dit" and s["loras"] == []
+    rc, _, err = run("verify", TINY_A / "dit", tmp_path / "bare", "--quiet")
+    assert rc == 0, err
+    rc, out, err = run("convert", TINY_A, tmp_path / "nolora", "--quiet", "--json", "--no-lora")
+    assert rc == 0 and json.loads(out)["loras"] == [] and not (tmp_path / "nolora/lora").exists()
+    rc, _, err = run("verify", TINY_A, tmp_path / "nolora", "--quiet")
+    assert rc == 0, err

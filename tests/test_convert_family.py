@@ -79,3 +79,53 @@ def test_family_loads_in_fastvideo(tmp_path, hidden, heads, depth, shards, rank,
     assert not result.missing_keys and not result.unexpected_keys
     sd = model.state_dict()
     assert all(torch.equal(sd[k], v) for k, v in tensors.items())
+
+
+@needs_native
+@pytest.mark.parametrize("hidden,heads,depth,shards,rank,dtype,max_shard", FAMILY[:3],
+                         ids=[f"h{f[0]}-n{f[1]}-d{f[2]}-r{f[4]}-{f[5]}" for f in FAMILY[:3]])
+def test_family_loras_land_on_fastvideo_modules(tmp_path, hidden, heads, depth, shards, rank, dtype, max_shard):
+    """Every converted LoRA key names a real LoRA-able module of FastVideo's model, and
+    FastVideo's set_lora_weights adds exactly the original delta to that module's weight."""
+    from fastvideo.layers.lora.linear import get_lora_layer
+    from parity.native import build_native_model
+    from longcat_convert.lora import encode_module
+    from longcat_convert.table import lora_targets
+    dims = _dims(hidden, heads, depth)
+    src = build_checkpoint(tmp_path / "orig", dims, dtype, shards, seed=2, lora_ranks=(rank,),
+                           lora_alpha_scales=(0.3,))
+    rc, _, err = run("convert", src, tmp_path / "native", "--quiet")
+    assert rc == 0, err
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    model = build_native_model(json.loads((tmp_path / "native/transformer/config.json").read_text()),
+                               dtype=torch_dtype)
+    model.load_state_dict(read_all(tmp_path / "native/transformer"), strict=True)
+    (lora_file,) = (tmp_path / "native/lora").glob("*/*.safetensors")
+    lora = read_all(lora_file)
+    orig_lora = ShardedReader(next((src / "lora").glob("*.safetensors")))
+    eps = torch.finfo(torch_dtype).eps
+    seen = set()
+    for module, leaf in lora_targets(dims).items():
+        base = encode_module(module)
+        if f"{base}.lora_down.weight" not in orig_lora:
+            continue
+        n = leaf.param.lora_blocks
+        down = orig_lora.get(f"{base}.lora_down.weight").double()
+        ups = [orig_lora.get(f"{base}.lora_up.weight").double()] if n == 1 else \
+            [orig_lora.get(f"{base}.lora_up.blocks.{j}.weight").double() for j in range(n)]
+        alpha = orig_lora.get(f"{base}.alpha_scale").double().item()
+        r = down.shape[0] // n
+        delta = alpha * torch.cat([u @ down[j * r:(j + 1) * r] for j, u in enumerate(ups)], dim=0)
+        rows = delta.shape[0] // len(leaf.native)
+        for j, native in enumerate(leaf.native):
+            layer = get_lora_layer(model.get_submodule(native))
+            assert layer is not None, f"{native} is not LoRA-able in FastVideo"
+            before = layer.base_layer.weight.detach().double().clone()
+            layer.set_lora_weights(lora[f"{native}.lora_A.weight"], lora[f"{native}.lora_B.weight"],
+                                   lora_alpha=lora[f"{native}.lora_alpha"].item(), strength=1.0)
+            got = layer.base_layer.weight.detach().double() - before
+            want = delta[j * rows:(j + 1) * rows]
+            tol = 4 * eps * (before.abs().max() + want.abs().max()).item()
+            assert (got - want).abs().max().item() <= tol, native
+            seen.add(native)
+    assert {k.rsplit(".lora_", 1)[0] for k in lora} == seen
