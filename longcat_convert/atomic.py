@@ -1,6 +1,7 @@
 """All-or-nothing output folders: build in a hidden temporary folder beside
 OUTPUT, rename it into place at the end, and remove it on any failure
-(including Ctrl-C, SIGTERM and a full disk)."""
+(including Ctrl-C, SIGTERM and a full disk). A failure while writing -- an
+OSError or an interruption -- becomes a one-line BadInput (exit 2)."""
 from __future__ import annotations
 
 import contextlib
@@ -88,10 +89,25 @@ class AtomicFolder:
         self.committed = False
 
     def __enter__(self) -> Path:
+        self._clear_stale()
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir()
         return self.tmp
+
+    def _clear_stale(self) -> None:
+        """Remove temporary folders left by runs that were killed outright (kill -9, power loss)."""
+        prefix = f".{self.output.name}.partial-"
+        for p in self.output.parent.glob(prefix + "*"):
+            pid = p.name[len(prefix):]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                shutil.rmtree(p, ignore_errors=True)
+            except PermissionError:
+                pass  # alive, someone else's
 
     def commit(self) -> None:
         if self.fsync:
@@ -112,6 +128,9 @@ class AtomicFolder:
             shutil.rmtree(self.tmp, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, BadInput):
             raise os_error(exc, self.output) from exc
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM via sigterm_as_interrupt
+            raise BadInput(f"{self.output}: interrupted while writing; nothing was left behind "
+                           "and the source is untouched") from exc
         return False
 
 

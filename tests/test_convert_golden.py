@@ -88,3 +88,31 @@ def test_fastvideo_loads_it_strictly(converted, name):
     model = build_native_model(json.loads((out / "transformer/config.json").read_text()))
     result = model.load_state_dict(read_all(out / "transformer"), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["tiny-a", "tiny-b"])
+def test_fastvideo_transformer_loader_loads_the_folder(converted, name, monkeypatch):
+    """FastVideo's own loading path (TransformerLoader: config.json -> arch config, shards ->
+    its strict safetensors loader), not just load_state_dict."""
+    import torch
+    from safetensors.torch import load_file
+    from parity.native import ensure_runtime
+    ensure_runtime()
+    import fastvideo.models.loader.component_loader as loader
+    from fastvideo.configs.pipelines.longcat import LongCatT2V480PConfig
+    from fastvideo.fastvideo_args import FastVideoArgs
+    if not torch.cuda.is_available():  # 0.2.1 reports 'mps' as the local device on a CPU platform
+        monkeypatch.setattr(loader, "get_local_torch_device", lambda: torch.device("cpu"))
+    out = converted[name]
+    args = FastVideoArgs(model_path=str(out), pipeline_config=LongCatT2V480PConfig(), num_gpus=1,
+                         dit_cpu_offload=False, use_fsdp_inference=False)
+    args.pipeline_config.dit_precision = "fp32"
+    model = loader.TransformerLoader().load(str(out / "transformer"), args)
+    assert type(model).__name__ == "LongCatTransformer3DModel"
+    want = {}
+    for f in sorted((out / "transformer").glob("*.safetensors")):
+        want.update(load_file(str(f)))
+    got = model.state_dict()
+    assert set(got) == set(want)
+    assert all(torch.equal(got[k].cpu(), v) for k, v in want.items())
