@@ -32,11 +32,19 @@ def check_output(output: Path, sources: list[Path], force: bool) -> Path:
             raise BadInput(f"{output}: already exists; choose another OUTPUT or pass --force to replace it")
         if not out.is_dir():
             raise BadInput(f"{output}: exists and is not a folder; remove it yourself")
-    if not out.parent.is_dir():
-        raise BadInput(f"{output}: parent folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise BadInput(f"{output}: parent folder {out.parent} is not writable")
+    base = existing_ancestor(out.parent)
+    if not base.is_dir():
+        raise BadInput(f"{output}: {base} is not a folder")
+    if not os.access(base, os.W_OK):
+        raise BadInput(f"{output}: folder {base} is not writable")
     return out
+
+
+def existing_ancestor(p: Path) -> Path:
+    """``p`` or its nearest ancestor that exists (where missing parents will be created)."""
+    while not p.exists() and p.parent != p:
+        p = p.parent
+    return p
 
 
 def fsync_dir(path: Path) -> None:
@@ -89,6 +97,7 @@ class AtomicFolder:
         self.committed = False
 
     def __enter__(self) -> Path:
+        self.output.parent.mkdir(parents=True, exist_ok=True)
         self._clear_stale()
         if self.tmp.exists():
             shutil.rmtree(self.tmp)

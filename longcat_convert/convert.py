@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, components as comp, config_map, plan as planmod, sources
-from .atomic import AtomicFolder, check_output, sigterm_as_interrupt
+from .atomic import AtomicFolder, check_output, existing_ancestor, sigterm_as_interrupt
 from .errors import BadInput
 from .lora import LoraPlan, plan_lora, write_lora
 from .progress import Reporter
@@ -53,7 +53,7 @@ def _rel(p: Path, root: Path) -> str:
 
 
 def check_space(out: Path, need: int) -> None:
-    free = shutil.disk_usage(out.parent).free
+    free = shutil.disk_usage(existing_ancestor(out.parent)).free
     if need > free:
         raise BadInput(f"{out}: needs {need / 1e9:.2f} GB but only {free / 1e9:.2f} GB is free on that disk; "
                        "free some space or use --components link/skip")

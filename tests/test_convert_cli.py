@@ -169,3 +169,10 @@ def test_bare_dit_folder_and_no_lora(tmp_path):
     assert rc == 0 and json.loads(out)["loras"] == [] and not (tmp_path / "nolora/lora").exists()
     rc, _, err = run("verify", TINY_A, tmp_path / "nolora", "--quiet")
     assert rc == 0, err
+
+
+def test_missing_parent_folders_are_created(tmp_path):
+    rc, _, err = run("convert", TINY_B, tmp_path / "a/b/out", "--quiet")
+    assert rc == 0, err
+    rc, _, err = run("convert", tmp_path / "nothing", tmp_path / "c/d/out", "--quiet")
+    assert rc == 2 and not (tmp_path / "c").exists()   # nothing created for a failed run
