@@ -6,6 +6,8 @@ found here, before a single tensor byte is read.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from .errors import BadInput
 from .shards import DTYPES, ShardedReader
 from .stream import FLOAT_DTYPES
@@ -77,35 +79,67 @@ def dtype_name(st: str) -> str:
     return DTYPES[st][0]
 
 
+def _index_weight_map(dit: Path) -> dict[str, str]:
+    import json
+    indexes = sorted(dit.glob("*.safetensors.index.json"))
+    if not indexes:
+        raise BadInput(f"{dit}: no shards and no *.safetensors.index.json to plan from")
+    try:
+        return dict(json.loads(indexes[0].read_text())["weight_map"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BadInput(f"{indexes[0]}: not a valid shard index (needs a 'weight_map' object)")
+
+
 def describe(source: str, *, revision: str | None = None) -> dict:
     """The expanded table for SOURCE as data (the ``plan`` command); writes nothing."""
     from . import config_map, sources
     from .lora import plan_lora
     from .table import Dims, expand, table_hash
-    src = sources.resolve(source, revision=revision, components=False, loras=True)
+    hub = sources.is_repo_id(source) and not Path(source).exists()
+    # from the Hub only dit/'s JSON files are fetched; cached shards are used when present
+    src = sources.resolve(source, revision=revision, components=False, loras=True, weights=not hub)
     orig_cfg = config_map.load(src.config_path)
     dims = Dims.from_original_config(orig_cfg, str(src.config_path))
     native_cfg, warnings, notes = config_map.to_native(orig_cfg, str(src.config_path))
-    reader = ShardedReader(src.dit)
     ops = expand(dims)
-    tensors = build(reader, ops)   # validates coverage, shapes and dtypes
-    by_target = {t.key: t for t in tensors}
+    try:
+        reader = ShardedReader(src.dit)
+    except BadInput:
+        if not hub:
+            raise
+        reader = None
     rows = []
-    for op in ops:
-        infos = [reader.info(k) for k in op.sources]
-        rows.append({
-            "op": op.describe(),
-            "sources": [{"key": i.key, "shape": list(i.shape), "dtype": i.dtype, "file": i.file.name}
-                        for i in infos],
-            "targets": [{"key": k, "shape": list(s), "dtype": by_target[k].dtype}
-                        for k, s in zip(op.targets, op.target_shapes)],
-        })
+    if reader is not None:
+        tensors = build(reader, ops)   # validates coverage, shapes and dtypes
+        by_target = {t.key: t for t in tensors}
+        for op in ops:
+            infos = [reader.info(k) for k in op.sources]
+            rows.append({
+                "op": op.describe(),
+                "sources": [{"key": i.key, "shape": list(i.shape), "dtype": i.dtype, "file": i.file.name}
+                            for i in infos],
+                "targets": [{"key": k, "shape": list(s), "dtype": by_target[k].dtype}
+                            for k, s in zip(op.targets, op.target_shapes)],
+            })
+        counts = {"source": len(reader.keys()), "native": len(tensors), "bytes": sum(t.nbytes for t in tensors)}
+    else:
+        weight_map = _index_weight_map(src.dit)
+        check_coverage(set(weight_map), {s for op in ops for s in op.sources}, str(src.dit))
+        notes.append("shards not downloaded: shapes come from config.json, dtypes are unknown (?)")
+        for op in ops:
+            rows.append({
+                "op": op.describe(),
+                "sources": [{"key": k, "shape": list(s), "dtype": "?", "file": weight_map[k]}
+                            for k, s in zip(op.sources, op.source_shapes)],
+                "targets": [{"key": k, "shape": list(s), "dtype": "?"}
+                            for k, s in zip(op.targets, op.target_shapes)],
+            })
+        counts = {"source": len(weight_map), "native": sum(len(op.targets) for op in ops), "bytes": None}
     loras = []
     for path in src.loras:
         lp = plan_lora(path, dims)
         loras.append({"source": path.name, "output": lp.out_relpath, "targets": lp.decisions})
     return {"source": src.describe(), "table_hash": table_hash(),
             "config": {"native": native_cfg, "warnings": warnings, "notes": notes},
-            "tensors": {"source": len(reader.keys()), "native": len(tensors),
-                        "bytes": sum(t.nbytes for t in tensors)},
+            "tensors": counts,
             "ops": rows, "loras": loras, "components": sorted(src.components)}

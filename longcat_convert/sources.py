@@ -80,12 +80,19 @@ def find_loras(folder: Path) -> tuple[list[Path], list[str]]:
     return loras, notes
 
 
-def resolve(spec: str, *, revision: str | None = None, components: bool = True, loras: bool = True) -> Source:
-    """A local folder when ``spec`` names one, else a Hugging Face repo id."""
+def resolve(spec: str, *, revision: str | None = None, components: bool = True, loras: bool = True,
+            weights: bool = True) -> Source:
+    """A local folder when ``spec`` names one, else a Hugging Face repo id.
+
+    ``weights=False`` (for ``plan``) fetches only dit/'s JSON files from the Hub."""
     path = Path(spec).expanduser()
-    if path.exists() or not _REPO_ID.match(spec) or spec.startswith((".", "/", "~")):
+    if path.exists() or not is_repo_id(spec):
         return from_folder(path, spec)
-    return from_hub(spec, revision=revision, components=components, loras=loras)
+    return from_hub(spec, revision=revision, components=components, loras=loras, weights=weights)
+
+
+def is_repo_id(spec: str) -> bool:
+    return bool(_REPO_ID.match(spec)) and not spec.startswith((".", "/", "~"))
 
 
 # -- Hugging Face Hub ----------------------------------------------------------
@@ -107,7 +114,9 @@ def hub_cache_dir() -> str | None:
     return None
 
 
-def allow_patterns(*, components: bool, loras: bool) -> list[str]:
+def allow_patterns(*, components: bool, loras: bool, weights: bool = True) -> list[str]:
+    if not weights:
+        return ["dit/*.json", "model_index.json"]
     pats = ["dit/*", "model_index.json"]
     if loras:
         pats.append("lora/*")
@@ -132,13 +141,13 @@ def _complete(snapshot: Path) -> bool:
 
 
 def from_hub(repo_id: str, *, revision: str | None = None, components: bool = True,
-             loras: bool = True) -> Source:
+             loras: bool = True, weights: bool = True) -> Source:
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:
         raise BadInput(f"{repo_id}: no such folder, and huggingface_hub is not installed to fetch it")
-    pats = allow_patterns(components=components, loras=loras)
+    pats = allow_patterns(components=components, loras=loras, weights=weights)
     kw = dict(revision=revision, cache_dir=hub_cache_dir(), allow_patterns=pats)
     offline = hub_offline()
     path: str | None = None
@@ -152,7 +161,8 @@ def from_hub(repo_id: str, *, revision: str | None = None, components: bool = Tr
     except Exception as e:  # IncompleteSnapshotError and friends
         if offline:
             raise BadInput(f"{repo_id}: cached snapshot is incomplete and HF_HUB_OFFLINE is set ({e})")
-    if path is None or (not offline and not _complete(Path(path))):
+    complete = (lambda p: (p / "dit" / "config.json").is_file()) if not weights else _complete
+    if path is None or (not offline and not complete(Path(path))):
         try:
             path = snapshot_download(repo_id, **kw)
         except Exception as e:  # network, auth, not found: one line for the user
@@ -166,7 +176,7 @@ def from_hub(repo_id: str, *, revision: str | None = None, components: bool = Tr
     src.revision = snapshot.name
     if not components:
         src.components = {}
-    if not loras:
+    if not loras or not weights:
         src.loras = []
     return src
 

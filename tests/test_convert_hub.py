@@ -103,3 +103,20 @@ def test_plan_from_the_cache_writes_nothing(hub, tmp_path):
     assert rc == 0, err
     assert json.loads(out)["tensors"] == {"source": 77, "native": 95, "bytes": 15281920}
     assert sorted(p for p in (tmp_path / "hf").rglob("*")) == before
+
+
+def test_plan_needs_only_the_json_files(tmp_path, monkeypatch):
+    """plan on a repo id fetches dit/*.json only; without cached shards it plans from config + index."""
+    cache = tmp_path / "hub"
+    drop = tuple(str(p.relative_to(TINY_A)) for p in TINY_A.rglob("*.safetensors"))
+    build_cache(cache, drop=drop)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc, out, err = run("plan", REPO, "--json")
+    assert rc == 0, err
+    plan = json.loads(out)
+    assert plan["tensors"] == {"source": 77, "native": 95, "bytes": None}
+    assert plan["ops"][0]["sources"][0]["dtype"] == "?"
+    assert any("shards not downloaded" in n for n in plan["config"]["notes"])
+    rc, out, err = run("plan", REPO)
+    assert rc == 0 and "size unknown" in out

@@ -27,9 +27,10 @@ def command(source, revision, as_json):
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(highlight=False, width=180)
-    table = Table(title=f"{plan['source']['spec']}: {plan['tensors']['source']} source -> "
-                        f"{plan['tensors']['native']} native tensors "
-                        f"({plan['tensors']['bytes'] / 1e9:.3f} GB), table {plan['table_hash']}")
+    n = plan["tensors"]
+    size = f"{n['bytes'] / 1e9:.3f} GB" if n["bytes"] is not None else "size unknown"
+    table = Table(title=f"{plan['source']['spec']}: {n['source']} source -> {n['native']} native tensors "
+                        f"({size}), table {plan['table_hash']}")
     for col in ("source key", "shape", "dtype", "op", "native key", "shape"):
         table.add_column(col, overflow="fold")
     for row in plan["ops"]:
