@@ -145,10 +145,10 @@ class AtomicFolder:
 
 def os_error(e: OSError, output: Path) -> BadInput:
     """An OSError while writing, as the one-line message the CLI prints (exit 2)."""
-    where = e.filename or output
+    where = f"{e.filename} (writing {output})" if e.filename else str(output)
     if e.errno == errno.ENOSPC:
-        return BadInput(f"{where}: no space left on device while writing {output}; "
-                        "free some space (or use --components link/skip) and retry; nothing was left behind")
+        return BadInput(f"{where}: no space left on device; free some space (or use --components "
+                        "link/skip) and retry; nothing was left behind")
     if e.errno == errno.EDQUOT:
         return BadInput(f"{where}: disk quota exceeded while writing {output}; nothing was left behind")
     return BadInput(f"{where}: {e.strerror or e}; nothing was left behind")

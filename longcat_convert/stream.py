@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import hashlib
 import os
 import threading
@@ -78,6 +79,41 @@ def _load_sync_file_range():
 
 
 _sync_file_range = _load_sync_file_range()
+
+
+def _load_fallocate():
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).fallocate
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_fallocate = _load_fallocate()
+
+
+def reserve(fd: int, nbytes: int) -> None:
+    """Reserve the file's blocks up front so a full disk fails before any data moves.
+
+    Linux fallocate(2) directly: glibc's posix_fallocate would emulate it on file
+    systems without support by writing every block. No support: no reservation."""
+    if _fallocate is None or nbytes <= 0:
+        return
+    if _fallocate(fd, 0, 0, nbytes) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(err, os.strerror(err))
+
+
+def _pread_full(fd: int, mv: memoryview, pos: int) -> int:
+    got = 0
+    while got < len(mv):
+        n = os.preadv(fd, [mv[got:]], pos + got)
+        if n == 0:
+            break
+        got += n
+    return got
 
 
 def start_writeback(fd: int, offset: int, nbytes: int) -> None:
@@ -174,7 +210,7 @@ class Engine:
                     return
                 n = min(step, piece.stop - pos)
                 mv = memoryview(buf)[:n]
-                got = os.preadv(fd, [mv], pos)
+                got = _pread_full(fd, mv, pos)
                 if got != n:
                     raise BadInput(f"{piece.file}: truncated while reading {piece.key!r}; re-download it")
                 if self.check_finite and piece.key not in result.nonfinite and has_nonfinite(mv, t.src_dtype):
@@ -238,7 +274,7 @@ class Engine:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 out_fds.append(fd)
                 result.written.append(path)
-                os.posix_fallocate(fd, 0, shard.file_bytes)  # a full disk fails here, not half way
+                reserve(fd, shard.file_bytes)  # a full disk fails here, not half way
                 os.pwrite(fd, shard.header, 0)
                 base = len(shard.header)
                 jobs += [_Job(t, fd, base + shard.offsets[t.key][0]) for t in shard.tensors]

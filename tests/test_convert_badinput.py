@@ -290,10 +290,13 @@ def test_disk_full_mid_write(model, monkeypatch):
 
 
 def test_disk_full_at_reservation(model, monkeypatch):
-    def fallocate(fd, off, n):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    import ctypes
     import longcat_convert.stream as stream
-    monkeypatch.setattr(stream.os, "posix_fallocate", fallocate)
+
+    def fallocate(fd, mode, off, n):
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+    monkeypatch.setattr(stream, "_fallocate", fallocate)
     _expect_bad(model, match="no space left on device")
 
 
