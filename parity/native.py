@@ -101,35 +101,24 @@ def build_native_model(native_cfg: dict, dtype=None, device="cpu"):
 
 def transformer_dir(converted: str | os.PathLike) -> Path:
     """CONVERTED may be the output folder (holding transformer/) or transformer/ itself."""
-    p = Path(converted)
-    if (p / "transformer" / "config.json").is_file():
-        return p / "transformer"
-    if (p / "config.json").is_file():
-        return p
-    raise BadInput(f"{p}: not a converted LongCat folder (no transformer/config.json); "
-                   "run `longcat-convert convert` first")
+    from longcat_convert.export import resolve_native
+    return resolve_native(str(converted)).transformer
 
 
 def read_native_config(tdir: Path) -> dict:
-    import json
-    try:
-        cfg = json.loads((tdir / "config.json").read_text())
-    except ValueError as e:
-        raise BadInput(f"{tdir / 'config.json'}: not valid JSON ({e})")
-    if cfg.get("_class_name") != "LongCatTransformer3DModel":
+    from longcat_convert import config_map
+    cfg = config_map.load(tdir / "config.json")
+    if cfg.get("_class_name") != config_map.NATIVE_CLASS:
         raise BadInput(f"{tdir / 'config.json'}: _class_name is {cfg.get('_class_name')!r}, expected "
-                       "'LongCatTransformer3DModel' (is this an original dit/ folder? pass it as SOURCE)")
+                       f"{config_map.NATIVE_CLASS!r} (is this an original dit/ folder? pass it as SOURCE)")
     return cfg
 
 
 def native_dims(cfg: dict):
-    """table.Dims of a native config (original key names are the converter's inverse)."""
+    """table.Dims of a native config, through the converter's config translation."""
+    from longcat_convert import config_map
     from longcat_convert.table import Dims
-    return Dims(hidden=int(cfg["hidden_size"]), heads=int(cfg["num_attention_heads"]), depth=int(cfg["depth"]),
-                cin=int(cfg["in_channels"]), cout=int(cfg.get("out_channels") or cfg["in_channels"]),
-                caption=int(cfg["caption_channels"]), adaln=int(cfg["adaln_tembed_dim"]),
-                freq=int(cfg.get("frequency_embedding_size", 256)), mlp_ratio=float(cfg.get("mlp_ratio", 4)),
-                patch=tuple(int(x) for x in cfg.get("patch_size", (1, 2, 2))))
+    return Dims.from_original_config(config_map.to_original(cfg)[0], "transformer/config.json")
 
 
 def load_state(model, reader, *, rename: dict[str, str] | None = None, device="cpu",

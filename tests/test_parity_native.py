@@ -94,4 +94,4 @@ def test_bad_input_exits_2(converted, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert cli("parity", TINY_A, converted["tiny-a"], "--device", "cuda") == 2
     err = capsys.readouterr().err
-    assert "not a converted LongCat folder" in err and "does not match" in err
+    assert "no such folder" in err and "does not match" in err
