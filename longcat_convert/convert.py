@@ -20,7 +20,7 @@ from .atomic import AtomicFolder, check_output, existing_ancestor, sigterm_as_in
 from .errors import BadInput
 from .lora import LoraPlan, plan_lora, write_lora
 from .progress import Reporter
-from .shards import INDEX_SUFFIX, ShardedReader
+from .shards import ShardedReader
 from .stream import sha256_file, CHUNK, WORKERS, Engine, StreamResult
 from .table import Dims, expand, table_hash
 from .writer import DEFAULT_MAX_SHARD, OutShard, OutTensor, index_json, index_name, layout, parse_size
@@ -206,7 +206,3 @@ def load_record(output: Path) -> dict | None:
         return json.loads(p.read_text())
     except ValueError:
         raise BadInput(f"{p}: not valid JSON; the output folder is damaged, convert again")
-
-
-def native_index_present(folder: Path) -> bool:
-    return any(folder.glob("*" + INDEX_SUFFIX))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
@@ -43,8 +42,3 @@ def emit(summary: dict, as_json: bool, text: str) -> None:
         click.echo(json.dumps(summary, indent=2))
     else:
         click.echo(text, err=True)
-
-
-def print_warnings(summary: dict, quiet: bool) -> None:
-    """Warnings are printed as they happen; notes live in conversion.json and `plan`."""
-    sys.stderr.flush()

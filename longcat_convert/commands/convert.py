@@ -5,7 +5,7 @@ import click
 
 from ..convert import Options, convert
 from ..progress import Reporter
-from .common import emit, print_warnings, write_options
+from .common import emit, write_options
 
 
 @click.command("convert")
@@ -26,7 +26,6 @@ def command(source, output, dtype, max_shard_size, components, force, strict, fs
                    force=force, strict=strict, fsync=fsync, revision=revision, source_sha256=source_sha256,
                    hash_tensors=not no_hash)
     summary = convert(source, output, opts, Reporter(quiet=quiet or as_json))
-    print_warnings(summary, quiet or as_json)
     emit(summary, as_json, f"converted {summary['tensors']} tensors ({summary['bytes'] / 1e9:.2f} GB) "
                            f"into {summary['output']} in {summary['seconds']:.1f}s")
     return 0

@@ -6,7 +6,7 @@ import click
 from ..convert import Options
 from ..export import export
 from ..progress import Reporter
-from .common import emit, print_warnings, write_options
+from .common import emit, write_options
 
 
 @click.command("export")
@@ -25,7 +25,6 @@ def command(native, output, dtype, max_shard_size, components, force, strict, fs
                    strict=strict, fsync=fsync, source_sha256=source_sha256,
                    hash_tensors=not no_hash)
     summary = export(native, output, opts, Reporter(quiet=quiet or as_json))
-    print_warnings(summary, quiet or as_json)
     emit(summary, as_json, f"exported {summary['tensors']} tensors ({summary['bytes'] / 1e9:.2f} GB) "
                            f"into {summary['output']} in {summary['seconds']:.1f}s")
     return 0
