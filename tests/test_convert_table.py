@@ -20,6 +20,8 @@ DIMS = {
                 mlp_ratio=4.0, patch=(1, 2, 2)),
     "deep": Dims(hidden=64, heads=1, depth=5, cin=16, cout=16, caption=32, adaln=16, freq=256,
                  mlp_ratio=4.0, patch=(1, 2, 2)),
+    "ratio": Dims(hidden=384, heads=3, depth=1, cin=16, cout=16, caption=32, adaln=16, freq=256,
+                  mlp_ratio=2.5, patch=(1, 2, 2)),
     "released": REAL_DIMS,
 }
 
@@ -81,7 +83,7 @@ def test_table_hash_is_stable():
 
 
 @needs_native
-@pytest.mark.parametrize("name", ["tiny-a", "tiny-b", "odd", "deep"])
+@pytest.mark.parametrize("name", ["tiny-a", "tiny-b", "odd", "deep", "ratio"])
 def test_fastvideo_model_has_exactly_the_tables_keys_and_shapes(name):
     """FastVideo's own LongCatTransformer3DModel, built from the translated config."""
     from parity.native import build_native_model
