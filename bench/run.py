@@ -170,7 +170,92 @@ def section_conversion(args) -> dict:
     return {"mode": cache.mode, "reps": args.reps, "rows": rows, "sha256": sha256_floor()}
 
 
-SECTIONS: dict[str, Callable] = {"conversion": section_conversion}
+def _param_bytes(dims, dtype: str, block: bool) -> int:
+    """Bytes of one block's parameters (``block``) or of everything outside the
+    blocks (embedders + final layer) in ``dtype``, from the mapping table's shapes."""
+    from longcat_convert.table import original_shapes
+    size = {"bf16": 2, "fp16": 2, "fp32": 4}[dtype]
+    n = sum(_numel(s) for k, s in original_shapes(dims).items()
+            if k.startswith("blocks.0.") == block and (block or not k.startswith("blocks.")))
+    return n * size
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+RUNTIME_ONLY = [sys.executable, "-c", "from parity.native import ensure_runtime; ensure_runtime(); "
+                "import reference.model, parity.runner"]
+
+
+def section_parity_blocks(args) -> dict:
+    """Block-streamed parity (--mode blocks) of the released widths at two depths:
+    peak memory should be one block of each model (+ a float32 truth block in
+    low precision) plus the runtime, whatever the depth."""
+    from bench.synth import real_dims
+    cache = Cache()
+    work = cache_dir() / "runs-parity"
+    _rm(work)
+    work.mkdir(parents=True)
+    base = _check(measure(RUNTIME_ONLY), "runtime baseline")
+    rows = []
+    for dtype in args.dtypes:
+        for blocks in args.blocks:
+            src = cached_checkpoint(dtype, blocks)
+            conv = work / f"{dtype}-{blocks}"
+            _check(measure(CLI + ["convert", str(src), str(conv), "--quiet", "--no-fsync"]), "convert")
+            print(f"  parity --mode blocks, {dtype}, {blocks} blocks ...", file=sys.stderr, flush=True)
+            cache.prepare(src, conv)
+            rep = work / f"report-{dtype}-{blocks}"
+            s = measure(CLI + ["parity", str(src), str(conv), "--mode", "blocks", "--dtype", dtype,
+                               "--shape", args.parity_shape, "--text-len", "64", "--quiet", "--report", str(rep)])
+            if s.rc not in (0, 1):
+                _check(s, "parity --mode blocks")
+            report = json.loads((rep / "report.json").read_text())
+            # What blocks mode keeps: one block + the stem (embedders, final layer) of each
+            # model, and of the float32 truth in low precision.
+            d = real_dims(blocks)
+            one = _param_bytes(d, dtype, True) + _param_bytes(d, dtype, False)
+            truth = _param_bytes(d, "fp32", True) + _param_bytes(d, "fp32", False) if dtype != "fp32" else 0
+            rows.append({"dtype": dtype, "blocks": blocks, "seconds": s.seconds, "rss": s.peak_rss,
+                         "anon": s.peak_anon, "block_bytes": one, "truth_block_bytes": truth,
+                         "layers": len(report["layers"]), "passed": report["passed"],
+                         "first_divergent": report["first_divergent"]})
+            _rm(conv)
+    _rm(work)
+    return {"mode": cache.mode, "shape": args.parity_shape, "runtime_rss": base.peak_rss, "rows": rows}
+
+
+def print_parity_blocks(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    con = Console(width=200, highlight=False)
+    t = Table(title=f"parity --mode blocks, released widths, latent {res['shape']}, 64 text tokens ({res['mode']})")
+    for c in ("checkpoint", "seconds", "layers", "result", "peak RSS MiB", "peak anon MiB",
+              "one block + stem of each\n(+ fp32 truth) MiB", "RSS - runtime - those MiB"):
+        t.add_column(c, justify="right")
+    base = res["runtime_rss"]
+    for r in res["rows"]:
+        blocks_b = 2 * r["block_bytes"] + r["truth_block_bytes"]
+        t.add_row(f"{r['dtype']} {r['blocks']} blocks", f"{r['seconds']:.1f}", str(r["layers"]),
+                  "pass" if r["passed"] else f"FAIL at {r['first_divergent']}",
+                  f"{r['rss'] / MiB:.0f}", f"{r['anon'] / MiB:.0f}", f"{blocks_b / MiB:.0f}",
+                  f"{(r['rss'] - base - blocks_b) / MiB:.0f}")
+    con.print(t)
+    con.print(f"runtime alone (torch + fastvideo imported, distributed state initialised): "
+              f"{base / MiB:.0f} MiB peak RSS")
+    for dtype in sorted({r["dtype"] for r in res["rows"]}):
+        rs = [r for r in res["rows"] if r["dtype"] == dtype]
+        if len(rs) > 1:
+            lo, hi = min(rs, key=lambda r: r["blocks"]), max(rs, key=lambda r: r["blocks"])
+            con.print(f"{dtype}: peak RSS at {hi['blocks']} blocks / at {lo['blocks']} blocks = "
+                      f"{hi['rss'] / lo['rss']:.3f} (flat in depth when ~1)")
+
+
+SECTIONS: dict[str, Callable] = {"conversion": section_conversion, "parity_blocks": section_parity_blocks}
 
 
 def print_conversion(res: dict) -> None:
@@ -208,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", nargs="+", type=int, default=[2, 4])
     ap.add_argument("--reps", type=int, default=int(os.environ.get("LONGCAT_BENCH_REPS", 3)))
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    ap.add_argument("--parity-shape", default="2,16,16", help="Latent T,H,W for block-streamed parity.")
     ap.add_argument("--json", type=Path, help="Also write the results here.")
     args = ap.parse_args(argv)
     results = {}
@@ -217,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = SECTIONS[name](args)
     if "conversion" in results:
         print_conversion(results["conversion"])
+    if "parity_blocks" in results:
+        print_parity_blocks(results["parity_blocks"])
     print(f"bench: {time.perf_counter() - t0:.0f}s in all; checkpoints cached in {cache_dir()}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
