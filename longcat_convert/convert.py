@@ -44,6 +44,14 @@ class Options:
     workers: int = WORKERS
     hash_tensors: bool = True             # sha256 of every output tensor (the costly part of a copy)
 
+    def checked_max_shard(self) -> int:
+        """Validate the choices (one-line BadInput) and return the shard size in bytes."""
+        if self.components not in comp.MODES:
+            raise BadInput(f"--components: {self.components!r} is not one of {', '.join(comp.MODES)}")
+        if self.dtype is not None and self.dtype not in planmod.DTYPE_CHOICES:
+            raise BadInput(f"--dtype: {self.dtype!r} is not one of {', '.join(planmod.DTYPE_CHOICES)}")
+        return parse_size(self.max_shard_size)
+
 
 def _rel(p: Path, root: Path) -> str:
     try:
@@ -112,11 +120,7 @@ def convert(source: str, output: str | Path, opts: Options | None = None,
     opts = opts or Options()
     reporter = reporter or Reporter(quiet=True)
     t0 = time.perf_counter()
-    if opts.components not in comp.MODES:
-        raise BadInput(f"--components: {opts.components!r} is not one of {', '.join(comp.MODES)}")
-    if opts.dtype is not None and opts.dtype not in planmod.DTYPE_CHOICES:
-        raise BadInput(f"--dtype: {opts.dtype!r} is not one of {', '.join(planmod.DTYPE_CHOICES)}")
-    max_shard = parse_size(opts.max_shard_size)
+    max_shard = opts.checked_max_shard()
     src = sources.resolve(source, revision=opts.revision, components=opts.components != "skip",
                           loras=opts.loras)
     src_root = src.root or src.dit

@@ -18,7 +18,6 @@ from .progress import Reporter
 from .shards import ShardedReader
 from .sources import COMPONENTS
 from .table import Dims, reverse_ops, table_hash
-from .writer import parse_size
 
 
 @dataclass
@@ -60,11 +59,7 @@ def export(native: str, output: str | Path, opts: Options | None = None,
     opts = opts or Options()
     reporter = reporter or Reporter(quiet=True)
     t0 = time.perf_counter()
-    if opts.components not in comp.MODES:
-        raise BadInput(f"--components: {opts.components!r} is not one of {', '.join(comp.MODES)}")
-    if opts.dtype is not None and opts.dtype not in planmod.DTYPE_CHOICES:
-        raise BadInput(f"--dtype: {opts.dtype!r} is not one of {', '.join(planmod.DTYPE_CHOICES)}")
-    max_shard = parse_size(opts.max_shard_size)
+    max_shard = opts.checked_max_shard()
     nat = resolve_native(native)
     src_root = nat.root or nat.transformer
     out = check_output(Path(output), [src_root], opts.force)

@@ -31,14 +31,29 @@ class Inputs:
     def latent_shape(self) -> tuple[int, int, int]:
         return tuple(self.hidden_states.shape[2:])  # type: ignore[return-value]
 
-    def forward_kwargs(self) -> dict:
-        """Keyword arguments both forwards accept (by the original's names)."""
-        kw = dict(encoder_attention_mask=self.encoder_attention_mask,
-                  num_cond_latents=self.num_cond_latents, return_kv=self.return_kv,
-                  skip_crs_attn=self.skip_crs_attn)
-        if self.kv_cache:
-            kw["kv_cache_dict"] = dict(self.kv_cache)
-        return kw
+    def call(self, dtype, device, *, kv_cache: dict | None = None, **overrides) -> dict:
+        """The arguments of one forward (the original's names), on ``device``.
+
+        ``overrides`` replace hidden_states / timestep / num_cond_latents / return_kv /
+        skip_crs_attn (KV-cache continuation runs two forwards on slices of one
+        input); ``kv_cache`` replaces the case's cache. Cached K/V are cast to the
+        model dtype, as a pipeline keeps them; the rest keeps its dtype here and
+        each side casts the way its implementation does."""
+        args = dict(hidden_states=self.hidden_states, timestep=self.timestep,
+                    encoder_hidden_states=self.encoder_hidden_states,
+                    encoder_attention_mask=self.encoder_attention_mask, num_cond_latents=self.num_cond_latents,
+                    return_kv=self.return_kv, skip_crs_attn=self.skip_crs_attn)
+        unknown = set(overrides) - set(args)
+        if unknown:
+            raise TypeError(f"unknown forward overrides {sorted(unknown)}")
+        args.update({k: v for k, v in overrides.items() if v is not None})
+        for k, v in args.items():
+            if torch.is_tensor(v):
+                args[k] = v.to(device)
+        cache = self.kv_cache if kv_cache is None else kv_cache
+        args["kv_cache_dict"] = {i: (k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
+                                 for i, (k, v) in cache.items()} if cache else None
+        return args
 
 
 def load_case(path: str | Path) -> Inputs:

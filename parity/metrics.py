@@ -70,13 +70,24 @@ def layer_metrics(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str,
     }
 
 
-def noise_ratio(candidate: torch.Tensor, reference_lowp: torch.Tensor, truth: torch.Tensor) -> float:
-    """FlashAttention's criterion: the candidate's error against a high-precision
-    truth, divided by the error of the reference implementation run in the same
-    low precision against that truth. <= k means "no worse than k times the
-    intrinsic low-precision noise"."""
+def noise_ratio(candidate: torch.Tensor, reference_lowp: torch.Tensor, truth: torch.Tensor,
+                lowp_dtype: torch.dtype | None = None) -> tuple[float, float]:
+    """FlashAttention's criterion -> (ratio, the denominator used).
+
+    The candidate's error against a high-precision truth, divided by the error
+    of the reference implementation run in the same low precision against that
+    truth: <= k means "no worse than k times the intrinsic low-precision noise".
+
+    Where the reference is exact in low precision (it computes that layer in
+    float32, e.g. the original's timestep MLP) its own error is 0 and any
+    difference would be an infinite ratio. The denominator is therefore at least
+    the error of merely storing the truth in ``lowp_dtype``: no implementation
+    whose output is rounded to that dtype can do better.
+    """
     own = rel_l2(reference_lowp, truth)
+    if lowp_dtype is not None:
+        own = max(own, rel_l2(truth.to(lowp_dtype), truth))
     mine = rel_l2(candidate, truth)
     if own == 0.0:
-        return 0.0 if mine == 0.0 else math.inf
-    return mine / own
+        return (0.0 if mine == 0.0 else math.inf), own
+    return mine / own, own

@@ -48,6 +48,7 @@ def ensure_runtime() -> None:
         from fastvideo.platforms.cpu import CpuPlatform
         import fastvideo.distributed as fvd
         import fastvideo.layers.lora.linear as fv_lora
+        import fastvideo.models.dits.longcat  # noqa: F401  (imports the block-sparse triton kernels)
 
     # 0.2.1's CpuPlatform names no attention backend; SDPA is what it would pick.
     CpuPlatform.get_attn_backend_cls = classmethod(lambda cls, *a, **k: _SDPA_BACKEND)
@@ -191,24 +192,15 @@ def apply_lora(model, lora_file: str | os.PathLike, strength: float) -> list[str
     return done
 
 
-def run(model, inp, dtype, device, *, kv_cache: dict | None = None, return_kv: bool | None = None,
-        hidden_states=None, timestep=None, num_cond_latents: int | None = None, skip_crs_attn: bool | None = None):
-    """One native forward with FastVideo's argument order. Inputs are cast to the
-    model dtype (its patch embedding has no cast of its own); the timestep stays
-    float32, as a scheduler hands it over."""
+def run(model, inp, dtype, device, *, kv_cache: dict | None = None, **overrides):
+    """One native forward with FastVideo's argument order -> (output, kv or None).
+
+    Hidden states and text are cast to the model dtype here (the native patch
+    embedding has no cast of its own); the timestep stays float32, as a
+    scheduler hands it over."""
     import torch
-    hs = inp.hidden_states if hidden_states is None else hidden_states
-    ts = inp.timestep if timestep is None else timestep
-    rk = inp.return_kv if return_kv is None else return_kv
-    cache = inp.kv_cache if kv_cache is None else kv_cache
+    a = inp.call(dtype, device, kv_cache=kv_cache, **overrides)
     with torch.no_grad(), forward_context():
-        out = model(hs.to(device=device, dtype=dtype),
-                    inp.encoder_hidden_states.to(device=device, dtype=dtype),
-                    ts.to(device=device, dtype=torch.float32),
-                    encoder_attention_mask=inp.encoder_attention_mask.to(device),
-                    num_cond_latents=inp.num_cond_latents if num_cond_latents is None else num_cond_latents,
-                    return_kv=rk,
-                    kv_cache_dict={i: (k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
-                                   for i, (k, v) in cache.items()} if cache else None,
-                    skip_crs_attn=inp.skip_crs_attn if skip_crs_attn is None else skip_crs_attn)
+        out = model(a.pop("hidden_states").to(dtype), a.pop("encoder_hidden_states").to(dtype),
+                    a.pop("timestep").float(), **a)
     return out if isinstance(out, tuple) else (out, None)

@@ -54,20 +54,10 @@ def apply_lora(model, lora_file: str | Path, multiplier: float) -> None:
     model.enable_loras(list(dict.fromkeys(model.active_loras + [key])))
 
 
-def run(model, inp, dtype, device, *, kv_cache: dict | None = None, return_kv: bool | None = None,
-        hidden_states=None, timestep=None, num_cond_latents: int | None = None, skip_crs_attn: bool | None = None):
-    """One reference forward with the original's argument order and casting
-    (the model casts its inputs to its dtype itself)."""
-    hs = inp.hidden_states if hidden_states is None else hidden_states
-    ts = inp.timestep if timestep is None else timestep
-    rk = inp.return_kv if return_kv is None else return_kv
-    cache = inp.kv_cache if kv_cache is None else kv_cache
+def run(model, inp, dtype, device, *, kv_cache: dict | None = None, **overrides):
+    """One reference forward with the original's argument order -> (output, kv or None).
+    The model casts its inputs to its own dtype, as the original does."""
+    a = inp.call(dtype, device, kv_cache=kv_cache, **overrides)
     with torch.no_grad():
-        out = model(hs.to(device), ts.to(device), inp.encoder_hidden_states.to(device),
-                    encoder_attention_mask=inp.encoder_attention_mask.to(device),
-                    num_cond_latents=inp.num_cond_latents if num_cond_latents is None else num_cond_latents,
-                    return_kv=rk,
-                    kv_cache_dict={i: (k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
-                                   for i, (k, v) in cache.items()} if cache else None,
-                    skip_crs_attn=inp.skip_crs_attn if skip_crs_attn is None else skip_crs_attn)
+        out = model(a.pop("hidden_states"), a.pop("timestep"), a.pop("encoder_hidden_states"), **a)
     return out if isinstance(out, tuple) else (out, None)

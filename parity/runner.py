@@ -25,7 +25,7 @@ from . import refside
 from .capture import Feeder, Recorder
 from .correspondence import LayerPair, common_form, layer_pairs
 from .inputs import Inputs
-from .metrics import layer_metrics, rel_l2
+from .metrics import layer_metrics, noise_ratio, rel_l2
 from .policy import Policy, dtype_name
 from . import report as R
 
@@ -119,9 +119,8 @@ def _compare(report: dict, pairs: list[LayerPair], ref_acts: dict, nat_acts: dic
             t, _ = common_form(pair, truth_acts[pair.name], nat_acts[pair.native],
                                mask=inp.encoder_attention_mask, zero_pad=zero_pad)
             m = layer_metrics(n, t)
-            own = rel_l2(r, t)
-            m["ref_rel_l2"] = own
-            m["noise_ratio"] = (m["rel_l2"] / own) if own > 0 else (0.0 if m["rel_l2"] == 0 else float("inf"))
+            m["ref_rel_l2"] = rel_l2(r, t)
+            m["noise_ratio"], m["noise_floor"] = noise_ratio(n, r, t, setup.dtype)
         else:
             m = layer_metrics(n, r)
         fails = setup.policy.failures(m, setup.dtype, setup.device, pair.name)

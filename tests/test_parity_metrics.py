@@ -49,9 +49,19 @@ def test_noise_ratio_is_error_relative_to_the_references_own_low_precision_error
     truth = torch.randn(1000, dtype=torch.float64)
     ref_lowp = truth + 1e-3 * torch.randn(1000, dtype=torch.float64)
     worse = truth + 3e-3 * torch.randn(1000, dtype=torch.float64)
-    assert noise_ratio(ref_lowp, ref_lowp, truth) == pytest.approx(1.0)
-    assert 2.0 < noise_ratio(worse, ref_lowp, truth) < 4.0
+    assert noise_ratio(ref_lowp, ref_lowp, truth)[0] == pytest.approx(1.0)
+    assert 2.0 < noise_ratio(worse, ref_lowp, truth)[0] < 4.0
     assert rel_l2(truth, truth) == 0.0
+
+
+def test_noise_ratio_floor_is_the_rounding_error_of_the_low_dtype():
+    truth = torch.randn(4096, dtype=torch.float64)
+    rounded = truth.to(torch.bfloat16).double()
+    # a reference that is exact in low precision (computes the layer in float32)
+    assert noise_ratio(rounded, truth, truth)[0] == float("inf")
+    ratio, floor = noise_ratio(rounded, truth, truth, torch.bfloat16)
+    assert ratio == pytest.approx(1.0) and 1e-3 < floor < 4e-3
+    assert noise_ratio(truth * 1.01, truth, truth, torch.bfloat16)[0] > 3.0
 
 
 def test_policy_limits_and_judgement():
