@@ -8,13 +8,15 @@ FASTVIDEO_VERSION := 0.2.1
 
 .PHONY: install demo test gate bench clean
 
+# fastvideo goes in last and without its dependencies (README, Installing): its own pins
+# ask for a CUDA torch build and a fastvideo-kernel that only builds with CUDA.
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements/torch.txt requirements/fastvideo-deps.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -r requirements/torch.txt
-	$(PIP) install -q --no-deps fastvideo==$(FASTVIDEO_VERSION)
 	$(PIP) install -q -r requirements/fastvideo-deps.txt -r requirements/dev.txt -e .
+	$(PIP) install -q --no-deps fastvideo==$(FASTVIDEO_VERSION)
 	touch $@
 
 # The main job on the bundled tiny golden checkpoint: convert, then verify bitwise.
