@@ -53,6 +53,15 @@ class Options:
         return parse_size(self.max_shard_size)
 
 
+def warn_nonfinite(result: StreamResult, warnings: list[str], reporter: Reporter) -> None:
+    """Record (and show) the tensors the copy pass found NaN/Inf in; --strict refused them earlier."""
+    if result.nonfinite:
+        keys = sorted(result.nonfinite)
+        warnings.append(f"non-finite values (NaN/Inf) in {len(keys)} tensor(s): {', '.join(keys[:5])}"
+                        + (" ..." if len(keys) > 5 else "") + " (copied as they are; --strict refuses)")
+        reporter.warn(warnings[-1])
+
+
 def _rel(p: Path, root: Path) -> str:
     try:
         return str(p.relative_to(root))
@@ -150,11 +159,7 @@ def convert(source: str, output: str | Path, opts: Options | None = None,
         shards, result = write_weights(tensors, tdir, max_shard=max_shard, reader=reader, opts=opts,
                                        reporter=reporter, label="transformer")
         (tdir / "config.json").write_text(config_map.dump(native_cfg))
-        if result.nonfinite:
-            keys = sorted(result.nonfinite)
-            warnings.append(f"non-finite values (NaN/Inf) in {len(keys)} tensor(s): {', '.join(keys[:5])}"
-                            + (" ..." if len(keys) > 5 else "") + " (copied as they are; --strict refuses)")
-            reporter.warn(warnings[-1])
+        warn_nonfinite(result, warnings, reporter)
         lora_records = [write_lora(lp, tmp) for lp in lora_plans]
         comp_progress = reporter.task("components", comp.total_bytes(components)) if components else None
         comp_record, comp_notes = comp.place(components, tmp, opts.components, comp_progress)

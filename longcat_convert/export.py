@@ -12,7 +12,8 @@ from pathlib import Path
 
 from . import __version__, components as comp, config_map, plan as planmod
 from .atomic import AtomicFolder, check_output, sigterm_as_interrupt
-from .convert import RECORD, TOOL, Options, check_space, source_records, tensor_records, write_weights
+from .convert import (RECORD, TOOL, Options, check_space, source_records, tensor_records, warn_nonfinite,
+                      write_weights)
 from .errors import BadInput
 from .progress import Reporter
 from .shards import ShardedReader
@@ -82,10 +83,7 @@ def export(native: str, output: str | Path, opts: Options | None = None,
         shards, result = write_weights(tensors, ddir, max_shard=max_shard, reader=reader, opts=opts,
                                        reporter=reporter, label="dit")
         (ddir / "config.json").write_text(config_map.dump(orig_cfg))
-        if result.nonfinite:
-            keys = sorted(result.nonfinite)
-            warnings.append(f"non-finite values (NaN/Inf) in {len(keys)} tensor(s): {', '.join(keys[:5])}")
-            reporter.warn(warnings[-1])
+        warn_nonfinite(result, warnings, reporter)
         comp_record, comp_notes = comp.place(components, tmp, opts.components)
         notes += comp_notes
         record = {
