@@ -78,6 +78,8 @@ def parity_cmd(source, converted, mode, cases, shape, text_len, valid, batch, ti
                            valid=(vals[0] if vals and len(vals) == 1 else vals), batch=batch, timestep=timestep,
                            seed=seed, num_cond_latents=num_cond_latents)]
     if mode == "blocks":
+        if kv_cache_frames:
+            raise BadInput("--kv-cache-frames needs --mode e2e or layer (blocks mode streams one forward)")
         from .blocks import run_blocks
         report = run_blocks(setup, inputs)
     else:

@@ -11,13 +11,22 @@ import torch
 from longcat_convert.errors import BadInput
 
 
+def local_source(source: str | Path) -> Path:
+    """SOURCE as the converter understands it (model folder, dit/ folder, or a Hugging
+    Face repo id resolved through the local cache) -> a local model or dit/ folder."""
+    from longcat_convert.sources import resolve
+    src = resolve(str(source), components=False)
+    return src.root or src.dit
+
+
 def open_source(source: str | Path):
-    """SOURCE (model folder or dit/) -> (ReferenceConfig, ShardedReader, model folder).
+    """SOURCE -> (ReferenceConfig, ShardedReader over dit/, model folder).
 
     Keys and shapes are checked against the mapping table here, before any
     tensor is read."""
     from reference.loading import open_checkpoint, resolve_checkpoint
-    _, dit = resolve_checkpoint(source)
+    local = local_source(source)
+    _, dit = resolve_checkpoint(local)
     try:
         cls = json.loads((dit / "config.json").read_text()).get("_class_name")
     except ValueError as e:
@@ -25,7 +34,7 @@ def open_source(source: str | Path):
     if cls == "LongCatTransformer3DModel":
         raise BadInput(f"{dit / 'config.json'}: this is a converted (FastVideo-layout) folder; SOURCE must be "
                        "the original checkpoint")
-    return open_checkpoint(source)
+    return open_checkpoint(local)
 
 
 def source_dims(source):
@@ -36,7 +45,7 @@ def load_reference(source, *, dtype=torch.float32, device="cpu", attention="sdpa
     """(reference model with the original weights, ReferenceConfig)."""
     from reference.loading import load_reference as load
     config, _, _ = open_source(source)
-    return load(source, dtype=dtype, device=device, attention=attention), config
+    return load(local_source(source), dtype=dtype, device=device, attention=attention), config
 
 
 def build_reference(config, *, depth: int, dtype=torch.float32, device="cpu", attention="sdpa"):

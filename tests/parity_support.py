@@ -6,14 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from parity.native import fastvideo_available
-
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "golden"
-TINY_A, TINY_B = GOLDEN / "tiny-a", GOLDEN / "tiny-b"
-
-_why = fastvideo_available()
-needs_native = pytest.mark.skipif(_why is not None, reason=f"native side unavailable: {_why}")
+from convert_support import GOLDEN, ROOT, TINY_A, TINY_B, needs_native  # noqa: F401  (one definition)
 
 
 def cli(*argv) -> int:

@@ -91,7 +91,19 @@ def test_bad_input_exits_2(converted, tmp_path, capsys):
     assert cli("parity", converted["tiny-a"], converted["tiny-a"], "--case", case) == 2  # SOURCE converted
     assert cli("parity", TINY_A, converted["tiny-a"], "--shape", "3,5,4") == 2   # not divisible by patch
     assert cli("parity", TINY_A, converted["tiny-a"], "--lora", "missing") == 2
+    assert cli("parity", TINY_A, converted["tiny-a"], "--mode", "blocks", "--kv-cache-frames", "1") == 2
     if not torch.cuda.is_available():
         assert cli("parity", TINY_A, converted["tiny-a"], "--device", "cuda") == 2
     err = capsys.readouterr().err
     assert "no such folder" in err and "does not match" in err
+
+
+def test_source_as_a_hub_repo_id_from_the_offline_cache(converted, tmp_path, monkeypatch):
+    from test_convert_hub import REPO, build_cache
+    cache = tmp_path / "hf" / "hub"
+    build_cache(cache)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = cli("parity", REPO, converted["tiny-a"], "--case", TINY_A / "cases" / "t2v_lora.safetensors",
+             "--report", tmp_path / "r", "--quiet")
+    assert rc == 0 and read_report(tmp_path / "r")["passed"]
