@@ -27,7 +27,7 @@ from .capture import Feeder, Recorder
 from .correspondence import layer_pairs
 from .inputs import Inputs
 from .policy import dtype_name
-from .runner import LOW_PRECISION, Setup, _compare, resolve_lora_files
+from .runner import LOW_PRECISION, Setup, _compare
 
 
 def _block_keys(reader: ShardedReader, i: int) -> tuple[list[str], dict[str, str]]:

@@ -1,10 +1,8 @@
-"""Shared fixtures and helpers for the parity tests (imported by test_parity_*.py)."""
+"""Helpers for the parity tests (imported by test_parity_*.py; the session fixture is in conftest.py)."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-
-import pytest
 
 from convert_support import GOLDEN, ROOT, TINY_A, TINY_B, needs_native  # noqa: F401  (one definition)
 
@@ -12,18 +10,6 @@ from convert_support import GOLDEN, ROOT, TINY_A, TINY_B, needs_native  # noqa: 
 def cli(*argv) -> int:
     from longcat_convert.cli import main
     return main([str(a) for a in argv])
-
-
-@pytest.fixture(scope="session")
-def converted(tmp_path_factory) -> dict[str, Path]:
-    """tiny-a and tiny-b converted once per session by the real converter."""
-    base = tmp_path_factory.mktemp("converted")
-    out = {}
-    for src in (TINY_A, TINY_B):
-        dst = base / src.name
-        assert cli("convert", src, dst, "--quiet") == 0
-        out[src.name] = dst
-    return out
 
 
 def copy_converted(src: Path, dst: Path) -> Path:

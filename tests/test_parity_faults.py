@@ -2,7 +2,7 @@
 caught by parity and located at the layer they live in."""
 import pytest
 
-from parity_support import TINY_A, cli, converted, copy_converted, needs_native, plant, read_report  # noqa: F401
+from parity_support import TINY_A, cli, copy_converted, needs_native, plant, read_report
 
 pytestmark = needs_native
 

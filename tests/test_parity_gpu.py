@@ -3,7 +3,7 @@ a CUDA device is present; CI machines have none, so it skips there, saying why."
 import pytest
 import torch
 
-from parity_support import TINY_A, cli, converted, needs_native, read_report  # noqa: F401
+from parity_support import TINY_A, cli, needs_native, read_report
 
 pytestmark = [needs_native, pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(),

@@ -3,7 +3,7 @@ model (converted weights) on the CPU: golden cases, generated inputs, every mode
 import pytest
 import torch
 
-from parity_support import TINY_A, TINY_B, cli, converted, needs_native, read_report  # noqa: F401
+from parity_support import TINY_A, TINY_B, cli, needs_native, read_report
 
 pytestmark = needs_native
 
