@@ -188,10 +188,10 @@ def print_table(report: dict, console=None) -> None:
 def _svg_plot(report: dict, metric: str, width=540, height=260) -> str:
     """One metric against depth (forward order), a polyline per case."""
     rows = report["layers"]
-    names = []
-    for r in rows:
-        if r["name"] not in names:
-            names.append(r["name"])
+    from .correspondence import forward_rank
+    # One x axis for every case, in forward order (cases can lack layers: a KV-cache
+    # continuation has no self-attention hook, a cache prefill no cross-attention).
+    names = sorted({r["name"] for r in rows}, key=forward_rank)
     if not names:
         return ""
     series: dict[str, list[tuple[int, float]]] = {}

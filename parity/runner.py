@@ -23,7 +23,7 @@ from longcat_convert.errors import BadInput
 from . import native as nat
 from . import refside
 from .capture import Feeder, Recorder
-from .correspondence import LayerPair, common_form, layer_pairs
+from .correspondence import LayerPair, common_form, forward_rank, layer_pairs
 from .inputs import Inputs
 from .metrics import layer_metrics, noise_ratio, rel_l2
 from .policy import Policy, dtype_name
@@ -173,15 +173,17 @@ def run_kv_continuation(setup: Setup, sides: Sides, inp: Inputs, cond_frames: in
     cond = dict(hidden_states=inp.hidden_states[:, :, :cond_frames], timestep=torch.zeros_like(ts[:, :cond_frames]),
                 num_cond_latents=0, return_kv=True, skip_crs_attn=True)
     ref_acts, nat_acts, truth_acts, (r_kv, n_kv, t_kv) = _forward_pair(setup, sides, inp, pairs, overrides=cond)
-    # The caches are compared as layers of their own, in block order after the step.
+    # The caches are compared as layers of their own, right after the self-attention that made them.
     for i in sorted(r_kv):
         for j, kind in enumerate(("k", "v")):
             ref_acts[f"blocks.{i}.attn.kv_cache.{kind}"] = r_kv[i][j]
             nat_acts[f"blocks.{i}.self_attn.kv_cache.{kind}"] = n_kv[i][j]
             if truth_acts is not None:
                 truth_acts[f"blocks.{i}.attn.kv_cache.{kind}"] = t_kv[i][j]
-    cache_pairs = pairs + [LayerPair(f"blocks.{i}.attn.kv_cache.{kind}", f"blocks.{i}.self_attn.kv_cache.{kind}",
-                                     "kv_cache") for i in sorted(r_kv) for kind in ("k", "v")]
+    cache_pairs = sorted(pairs + [LayerPair(f"blocks.{i}.attn.kv_cache.{kind}",
+                                            f"blocks.{i}.self_attn.kv_cache.{kind}", "kv_cache")
+                                  for i in sorted(r_kv) for kind in ("k", "v")],
+                         key=lambda p: forward_rank(p.name))
     _compare(report, cache_pairs, ref_acts, nat_acts, setup=setup, inp=inp, case=f"{inp.name}:cache",
              zero_pad=sides.zero_pad, truth_acts=truth_acts)
     cont = dict(hidden_states=inp.hidden_states[:, :, cond_frames:], timestep=ts[:, cond_frames:],

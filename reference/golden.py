@@ -151,23 +151,13 @@ def run_with_hooks(model: torch.nn.Module, case: Case, move=None) -> tuple[list[
     return order, got
 
 
-_SUB = {"attn": 0, "cross_attn": 1, "ffn": 2}
-
-
 def forward_rank(act: str) -> tuple:
-    """Sort key putting act names in the order the original's hooks fire."""
+    """Sort key putting act names in the order the original's hooks fire (the
+    parity layer order, from the mapping table). A returned cache
+    ``act.kv_cache.<i>.k`` sorts with block i's self-attention, which made it."""
+    from parity.correspondence import forward_rank as rank
     name = act[len("act."):] if act.startswith("act.") else act
-    head = {"x_embedder": 0, "t_embedder": 1, "y_embedder": 2}
-    if name in head:
-        return (head[name],)
     parts = name.split(".")
-    if parts[0] == "blocks" and len(parts) >= 2 and parts[1].isdigit():
-        sub = _SUB.get(parts[2], 2.5) if len(parts) > 2 else 3
-        return (3, int(parts[1]), sub, name)
-    if name == "final_layer":
-        return (4,)
-    if name == "output":
-        return (5,)
     if parts[0] == "kv_cache" and len(parts) == 3 and parts[1].isdigit():
-        return (6, int(parts[1]), parts[2])
-    return (7, name)
+        name = f"blocks.{parts[1]}.attn.kv_cache.{parts[2]}"
+    return rank(name)
