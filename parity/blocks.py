@@ -55,7 +55,7 @@ def run_blocks(setup: Setup, inputs: list[Inputs]) -> dict:
     ncfg = nat.read_native_config(tdir)
     if nat.native_dims(ncfg) != dims:
         raise BadInput(f"{tdir / 'config.json'}: converted config does not match the source's config.json")
-    if setup.lora:
+    if setup.loras or any(inp.loras for inp in inputs):
         raise BadInput("--mode blocks does not apply LoRAs; use --mode e2e or layer for LoRA parity")
     conv = ShardedReader(tdir)
     depth = dims.depth

@@ -26,6 +26,17 @@ def _ints(text: str, n: int | None, opt: str) -> list[int]:
     return vals
 
 
+def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
+    out = []
+    for spec in specs:
+        name, _, mult = spec.partition(":")
+        try:
+            out.append((name, float(mult) if mult else default))
+        except ValueError:
+            raise BadInput(f"--lora {spec!r}: expected NAME or NAME:MULTIPLIER (a number)")
+    return tuple(out)
+
+
 @click.command("parity")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("converted", type=click.Path(path_type=Path))
@@ -43,8 +54,10 @@ def _ints(text: str, n: int | None, opt: str) -> list[int]:
 @click.option("--num-cond-latents", default=0, show_default=True, help="Image-to-video: clean leading frames.")
 @click.option("--kv-cache-frames", default=0, show_default=True,
               help="Video continuation: encode this many leading frames into a K/V cache, then continue.")
-@click.option("--lora", default=None, help="LoRA name in SOURCE/lora (converted copy in CONVERTED/lora/NAME).")
-@click.option("--lora-multiplier", default=1.0, show_default=True)
+@click.option("--lora", "loras", multiple=True,
+              help="NAME[:MULTIPLIER]: a LoRA in SOURCE/lora (converted copy in CONVERTED/lora/NAME); repeatable, "
+                   "several apply at once. Replaces the LoRAs a case names.")
+@click.option("--lora-multiplier", default=1.0, show_default=True, help="Multiplier of a --lora given without one.")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N")
 @click.option("--attention", default="sdpa", show_default=True, help="Reference attention backend: sdpa|flash2|flash3")
@@ -53,7 +66,7 @@ def _ints(text: str, n: int | None, opt: str) -> list[int]:
               help="Write report.json, report.md and report.html here.")
 @click.option("--quiet", is_flag=True)
 def parity_cmd(source, converted, mode, cases, shape, text_len, valid, batch, timestep, seed, num_cond_latents,
-               kv_cache_frames, lora, lora_multiplier, dtype, device, attention, tolerances, report_dir, quiet):
+               kv_cache_frames, loras, lora_multiplier, dtype, device, attention, tolerances, report_dir, quiet):
     """Run the reference (original weights, SOURCE) and FastVideo's native model
     (converted weights, CONVERTED) on the same inputs and compare every layer.
 
@@ -65,7 +78,7 @@ def parity_cmd(source, converted, mode, cases, shape, text_len, valid, batch, ti
     from . import refside
 
     setup = Setup(source=source, converted=converted, dtype=_torch_dtype(dtype), device=device,
-                  attention=attention, mode=mode, lora=lora, lora_multiplier=lora_multiplier,
+                  attention=attention, mode=mode, loras=_loras(loras, lora_multiplier),
                   policy=Policy.load(tolerances))
     from reference.loading import parse_device
     parse_device(device)

@@ -22,8 +22,7 @@ class Inputs:
     return_kv: bool = False
     skip_crs_attn: bool = False
     kv_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    lora: str | None = None                 # path relative to the model folder (golden cases)
-    lora_multiplier: float = 1.0
+    loras: list[tuple[str, float]] = field(default_factory=list)   # (path relative to the model folder, multiplier)
     description: str = ""
     golden: dict[str, torch.Tensor] = field(default_factory=dict)   # act.* of the upstream run
 
@@ -62,8 +61,6 @@ def load_case(path: str | Path) -> Inputs:
     from reference.golden import load_case as read_case
     case = read_case(Path(path))
     loras = case.loras()
-    if len(loras) > 1:
-        raise BadInput(f"{case.path}: parity applies one LoRA at a time; this case applies {len(loras)}")
     ehs = case.inputs["input.encoder_hidden_states"]
     mask = case.inputs.get("input.encoder_attention_mask")
     if mask is None:
@@ -73,7 +70,7 @@ def load_case(path: str | Path) -> Inputs:
         name=case.name, hidden_states=kw["hidden_states"], timestep=kw["timestep"], encoder_hidden_states=ehs,
         encoder_attention_mask=mask, num_cond_latents=kw["num_cond_latents"], return_kv=kw["return_kv"],
         skip_crs_attn=kw["skip_crs_attn"], kv_cache=dict(case.kv_cache),
-        lora=loras[0][0] if loras else None, lora_multiplier=loras[0][1] if loras else 1.0,
+        loras=list(loras),
         description=case.description,
         golden={k[len("act."):]: v for k, v in case.acts.items()})
 

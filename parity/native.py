@@ -159,7 +159,7 @@ def apply_lora(model, lora_file: str | os.PathLike, strength: float) -> list[str
     import torch
     from safetensors.torch import load_file
     ensure_runtime()
-    from fastvideo.layers.lora.linear import get_lora_layer, replace_submodule
+    from fastvideo.layers.lora.linear import BaseLayerWithLoRA, get_lora_layer, replace_submodule
     p = Path(lora_file)
     if not p.is_file():
         raise BadInput(f"{p}: no such converted LoRA (convert the model folder with its lora/ first)")
@@ -179,15 +179,21 @@ def apply_lora(model, lora_file: str | os.PathLike, strength: float) -> list[str
             raise BadInput(f"{p}: {name} needs both lora_A and lora_B")
         if name not in named:
             raise BadInput(f"{p}: LoRA targets {name!r}, which the native model does not have")
-        layer = get_lora_layer(named[name])
-        if layer is None:
-            raise BadInput(f"{p}: {name!r} is not a linear layer FastVideo can wrap with LoRA")
-        replace_submodule(model, name, layer)
+        layer = named[name]
+        # A layer an earlier LoRA already wrapped takes this one on top: FastVideo
+        # accumulates the merged deltas (several LoRAs at once).
+        stacked = isinstance(layer, BaseLayerWithLoRA)
+        if not stacked:
+            layer = get_lora_layer(layer)
+            if layer is None:
+                raise BadInput(f"{p}: {name!r} is not a linear layer FastVideo can wrap with LoRA")
+            replace_submodule(model, name, layer)
         alpha = parts.get("lora_alpha")
-        w = named[name].weight
+        w = layer.weight
         with torch.no_grad():
             layer.set_lora_weights(parts["lora_A"].to(w), parts["lora_B"].to(w),
-                                   lora_alpha=None if alpha is None else float(alpha), strength=strength)
+                                   lora_alpha=None if alpha is None else float(alpha), strength=strength,
+                                   accumulate=stacked)
         done.append(name)
     return done
 

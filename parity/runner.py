@@ -40,8 +40,8 @@ class Setup:
     device: str = "cpu"
     attention: str = "sdpa"
     mode: str = "e2e"
-    lora: str | None = None           # LoRA name (file stem in SOURCE/lora)
-    lora_multiplier: float = 1.0
+    loras: tuple[tuple[str, float], ...] = ()   # (LoRA name = file stem in SOURCE/lora, multiplier);
+                                                # when empty, each case's own LoRAs apply
     policy: Policy = field(default_factory=Policy.load)
 
 
@@ -56,9 +56,8 @@ class Sides:
     notes: list[str]
 
 
-def resolve_lora_files(setup: Setup, name: str | None) -> tuple[Path, Path] | None:
-    if not name:
-        return None
+def resolve_lora_files(setup: Setup, name: str) -> tuple[Path, Path]:
+    """(original-format file in SOURCE/lora, converted file in CONVERTED/lora/NAME)."""
     _, _, model_dir = refside.open_source(setup.source)
     stem = Path(name).stem if name.endswith(".safetensors") else Path(name).name
     orig = model_dir / "lora" / f"{stem}.safetensors"
@@ -73,7 +72,7 @@ def resolve_lora_files(setup: Setup, name: str | None) -> tuple[Path, Path] | No
     return orig, conv
 
 
-def load_sides(setup: Setup, lora: str | None = None, multiplier: float = 1.0) -> Sides:
+def load_sides(setup: Setup, loras: tuple[tuple[str, float], ...] = ()) -> Sides:
     ref, config = refside.load_reference(setup.source, dtype=setup.dtype, device=setup.device,
                                          attention=setup.attention)
     dims = config.dims
@@ -88,15 +87,15 @@ def load_sides(setup: Setup, lora: str | None = None, multiplier: float = 1.0) -
     truth = None
     if setup.dtype in LOW_PRECISION:
         truth, _ = refside.load_reference(setup.source, dtype=torch.float32, device=setup.device,
-                                             attention=setup.attention)
+                                          attention=setup.attention)
     notes = []
-    files = resolve_lora_files(setup, lora)
-    if files:
+    for name, multiplier in loras:
+        orig, conv = resolve_lora_files(setup, name)
         for m in (ref, truth):
             if m is not None:
-                refside.apply_lora(m, files[0], multiplier)
-        nat.apply_lora(native, files[1], multiplier)
-        notes.append(f"LoRA {Path(files[0]).stem} at multiplier {multiplier}: original format on the reference, "
+                refside.apply_lora(m, orig, multiplier)
+        nat.apply_lora(native, conv, multiplier)
+        notes.append(f"LoRA {orig.stem} at multiplier {multiplier}: original format on the reference, "
                      f"converted format through FastVideo's LoRA layers on the native model")
     zero_pad = config.text_tokens_zero_pad
     if not zero_pad:
@@ -204,11 +203,10 @@ def run_parity(setup: Setup, inputs: list[Inputs], *, kv_cache_frames: int = 0, 
                           device=setup.device, env=env)
     by_lora: dict[tuple, list[Inputs]] = {}
     for inp in inputs:
-        key = (setup.lora or (Path(inp.lora).stem if inp.lora else None),
-               setup.lora_multiplier if setup.lora else inp.lora_multiplier)
+        key = setup.loras or tuple((Path(p).stem, float(m)) for p, m in inp.loras)
         by_lora.setdefault(key, []).append(inp)
-    for (lora, mult), group in by_lora.items():
-        sides = load_sides(setup, lora, mult)
+    for loras, group in by_lora.items():
+        sides = load_sides(setup, loras)
         report["notes"] += [n for n in sides.notes if n not in report["notes"]]
         pairs = layer_pairs(sides.dims)
         for inp in group:

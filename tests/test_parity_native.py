@@ -107,3 +107,27 @@ def test_source_as_a_hub_repo_id_from_the_offline_cache(converted, tmp_path, mon
     rc = cli("parity", REPO, converted["tiny-a"], "--case", TINY_A / "cases" / "t2v_lora.safetensors",
              "--report", tmp_path / "r", "--quiet")
     assert rc == 0 and read_report(tmp_path / "r")["passed"]
+
+
+def test_two_loras_at_once_on_both_sides(tmp_path):
+    """Several LoRAs stack: summed deltas on the reference, accumulated merges in
+    FastVideo's LoRA layers. A second copy of the golden LoRA at -0.4 on top of
+    the first at 0.7 must still agree."""
+    import shutil
+    model = tmp_path / "model"
+    shutil.copytree(TINY_A, model, ignore=shutil.ignore_patterns("cases"))
+    shutil.copy(model / "lora" / "tiny_lora.safetensors", model / "lora" / "second.safetensors")
+    out = tmp_path / "out"
+    assert cli("convert", model, out, "--quiet") == 0
+    case = TINY_A / "cases" / "t2v.safetensors"
+    rc = cli("parity", model, out, "--case", case, "--lora", "tiny_lora:0.7", "--lora", "second:-0.4",
+             "--report", tmp_path / "r", "--quiet")
+    rep = read_report(tmp_path / "r")
+    assert rc == 0 and len([n for n in rep["notes"] if n.startswith("LoRA")]) == 2
+    # Had FastVideo's layer replaced the first LoRA with the second instead of
+    # accumulating it, the native weights would carry -0.4 d against the reference's 0.3 d.
+    assert max(r["rel_l2"] for r in rep["layers"]) <= 1e-5
+
+
+def test_malformed_lora_spec_is_bad_input(tmp_path):
+    assert cli("parity", TINY_A, tmp_path, "--lora", "tiny_lora:x") == 2
