@@ -154,9 +154,28 @@ def _forward_pair(setup: Setup, sides: Sides, inp: Inputs, pairs: list[LayerPair
     return ref_acts, nat_acts, truth_acts, (r_kv, n_kv, t_kv)
 
 
+def _with_caches(pairs: list[LayerPair], acts: tuple, kvs: tuple) -> list[LayerPair]:
+    """Returned K/V caches become layers of their own, right after the
+    self-attention that made them (added to the recorded activations in place)."""
+    ref_acts, nat_acts, truth_acts = acts
+    r_kv, n_kv, t_kv = kvs
+    if not r_kv:
+        return pairs
+    extra = []
+    for i in sorted(r_kv):
+        for j, kind in enumerate(("k", "v")):
+            pair = LayerPair(f"blocks.{i}.attn.kv_cache.{kind}", f"blocks.{i}.self_attn.kv_cache.{kind}", "kv_cache")
+            ref_acts[pair.name], nat_acts[pair.native] = r_kv[i][j], n_kv[i][j]
+            if truth_acts is not None:
+                truth_acts[pair.name] = t_kv[i][j]
+            extra.append(pair)
+    return sorted(pairs + extra, key=lambda p: forward_rank(p.name))
+
+
 def run_case(setup: Setup, sides: Sides, inp: Inputs, report: dict, pairs: list[LayerPair]) -> None:
-    ref_acts, nat_acts, truth_acts, _ = _forward_pair(setup, sides, inp, pairs)
-    _compare(report, pairs, ref_acts, nat_acts, setup=setup, inp=inp, case=inp.name,
+    ref_acts, nat_acts, truth_acts, kvs = _forward_pair(setup, sides, inp, pairs)
+    compared = _with_caches(pairs, (ref_acts, nat_acts, truth_acts), kvs)
+    _compare(report, compared, ref_acts, nat_acts, setup=setup, inp=inp, case=inp.name,
              zero_pad=sides.zero_pad, truth_acts=truth_acts)
 
 
@@ -171,18 +190,9 @@ def run_kv_continuation(setup: Setup, sides: Sides, inp: Inputs, cond_frames: in
     ts = inp.timestep if inp.timestep.ndim == 2 else inp.timestep[:, None].expand(-1, T)
     cond = dict(hidden_states=inp.hidden_states[:, :, :cond_frames], timestep=torch.zeros_like(ts[:, :cond_frames]),
                 num_cond_latents=0, return_kv=True, skip_crs_attn=True)
-    ref_acts, nat_acts, truth_acts, (r_kv, n_kv, t_kv) = _forward_pair(setup, sides, inp, pairs, overrides=cond)
-    # The caches are compared as layers of their own, right after the self-attention that made them.
-    for i in sorted(r_kv):
-        for j, kind in enumerate(("k", "v")):
-            ref_acts[f"blocks.{i}.attn.kv_cache.{kind}"] = r_kv[i][j]
-            nat_acts[f"blocks.{i}.self_attn.kv_cache.{kind}"] = n_kv[i][j]
-            if truth_acts is not None:
-                truth_acts[f"blocks.{i}.attn.kv_cache.{kind}"] = t_kv[i][j]
-    cache_pairs = sorted(pairs + [LayerPair(f"blocks.{i}.attn.kv_cache.{kind}",
-                                            f"blocks.{i}.self_attn.kv_cache.{kind}", "kv_cache")
-                                  for i in sorted(r_kv) for kind in ("k", "v")],
-                         key=lambda p: forward_rank(p.name))
+    ref_acts, nat_acts, truth_acts, kvs = _forward_pair(setup, sides, inp, pairs, overrides=cond)
+    r_kv, n_kv, _ = kvs
+    cache_pairs = _with_caches(pairs, (ref_acts, nat_acts, truth_acts), kvs)
     _compare(report, cache_pairs, ref_acts, nat_acts, setup=setup, inp=inp, case=f"{inp.name}:cache",
              zero_pad=sides.zero_pad, truth_acts=truth_acts)
     cont = dict(hidden_states=inp.hidden_states[:, :, cond_frames:], timestep=ts[:, cond_frames:],

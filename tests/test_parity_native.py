@@ -131,3 +131,12 @@ def test_two_loras_at_once_on_both_sides(tmp_path):
 
 def test_malformed_lora_spec_is_bad_input(tmp_path):
     assert cli("parity", TINY_A, tmp_path, "--lora", "tiny_lora:x") == 2
+
+
+def test_a_return_kv_case_compares_the_returned_caches(converted, tmp_path):
+    case = TINY_A.parent / "extra" / "tiny-a" / "cases" / "kv_prefill_xattn.safetensors"
+    rc = cli("parity", TINY_A, converted["tiny-a"], "--case", case, "--report", tmp_path, "--quiet")
+    names = [r["name"] for r in read_report(tmp_path)["layers"]]
+    assert rc == 0
+    assert names[3:6] == ["blocks.0.attn", "blocks.0.attn.kv_cache.k", "blocks.0.attn.kv_cache.v"]
+    assert sum("kv_cache" in n for n in names) == 6
