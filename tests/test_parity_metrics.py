@@ -122,3 +122,22 @@ def test_reports_are_written_in_three_formats(tmp_path, monkeypatch):
     html = paths[2].read_text()
     assert html.count("<svg") >= 2 and "<polyline" in html and "first divergent: blocks.0.attn" in html
     assert "blocks.0.attn" in summary.read_text()
+
+
+def test_a_layer_run_on_one_side_only_is_a_failing_row():
+    from parity.correspondence import LayerPair
+    from parity.inputs import Inputs
+    from parity.runner import Setup, _compare
+    setup = Setup(source="s", converted="c")
+    rep = R.new_report("parity", "t", mode="e2e", policy=setup.policy, dtype="float32", device="cpu", env={})
+    inp = Inputs("c", torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.ones(1, 2, dtype=torch.int64))
+    a = torch.randn(3)
+    pairs = [LayerPair("x_embedder", "patch_embed", "x_embedder"),
+             LayerPair("blocks.0.attn", "blocks.0.self_attn", "attn"),
+             LayerPair("blocks.0.cross_attn", "blocks.0.cross_attn", "cross_attn")]
+    _compare(rep, pairs, {"x_embedder": a, "blocks.0.attn": a}, {"patch_embed": a}, setup=setup, inp=inp,
+             case="c", zero_pad=True)
+    R.finalize(rep)
+    assert [r["name"] for r in rep["layers"]] == ["x_embedder", "blocks.0.attn"]   # cross_attn ran nowhere
+    assert rep["first_divergent"] == "blocks.0.attn"
+    assert rep["layers"][1]["failures"] == ["ran in the reference only"]
