@@ -41,11 +41,12 @@ def source_dims(source):
     return open_source(source)[0].dims
 
 
-def load_reference(source, *, dtype=torch.float32, device="cpu", attention="sdpa"):
-    """(reference model with the original weights, ReferenceConfig)."""
-    from reference.loading import load_reference as load
-    config, _, _ = open_source(source)
-    return load(local_source(source), dtype=dtype, device=device, attention=attention), config
+def load_reference(opened, *, dtype=torch.float32, device="cpu", attention="sdpa"):
+    """The reference model with the original weights, from ``open_source``'s result
+    (so the source is resolved and its headers checked once per run)."""
+    from reference.loading import load_opened
+    config, reader, _ = opened
+    return load_opened(config, reader, dtype=dtype, device=device, attention=attention)
 
 
 def build_reference(config, *, depth: int, dtype=torch.float32, device="cpu", attention="sdpa"):

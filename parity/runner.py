@@ -56,9 +56,8 @@ class Sides:
     notes: list[str]
 
 
-def resolve_lora_files(setup: Setup, name: str) -> tuple[Path, Path]:
+def resolve_lora_files(setup: Setup, model_dir: Path, name: str) -> tuple[Path, Path]:
     """(original-format file in SOURCE/lora, converted file in CONVERTED/lora/NAME)."""
-    _, _, model_dir = refside.open_source(setup.source)
     stem = Path(name).stem if name.endswith(".safetensors") else Path(name).name
     orig = model_dir / "lora" / f"{stem}.safetensors"
     if not orig.is_file():
@@ -73,8 +72,9 @@ def resolve_lora_files(setup: Setup, name: str) -> tuple[Path, Path]:
 
 
 def load_sides(setup: Setup, loras: tuple[tuple[str, float], ...] = ()) -> Sides:
-    ref, config = refside.load_reference(setup.source, dtype=setup.dtype, device=setup.device,
-                                         attention=setup.attention)
+    opened = refside.open_source(setup.source)
+    config, _, model_dir = opened
+    ref = refside.load_reference(opened, dtype=setup.dtype, device=setup.device, attention=setup.attention)
     dims = config.dims
     tdir = nat.transformer_dir(setup.converted)
     ncfg = nat.read_native_config(tdir)
@@ -86,11 +86,11 @@ def load_sides(setup: Setup, loras: tuple[tuple[str, float], ...] = ()) -> Sides
     nat.load_state(native, ShardedReader(tdir), device=setup.device)
     truth = None
     if setup.dtype in LOW_PRECISION:
-        truth, _ = refside.load_reference(setup.source, dtype=torch.float32, device=setup.device,
-                                          attention=setup.attention)
+        truth = refside.load_reference(opened, dtype=torch.float32, device=setup.device,
+                                       attention=setup.attention)
     notes = []
     for name, multiplier in loras:
-        orig, conv = resolve_lora_files(setup, name)
+        orig, conv = resolve_lora_files(setup, model_dir, name)
         for m in (ref, truth):
             if m is not None:
                 refside.apply_lora(m, orig, multiplier)

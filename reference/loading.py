@@ -92,9 +92,15 @@ def _assign(module: torch.nn.Module, reader: ShardedReader, prefix: str, dtype, 
 
 def load_reference(path, dtype="float32", device="cpu", attention: str | Backend = "sdpa") -> ReferenceDiT:
     """The full reference model from a model folder (with dit/) or a dit/ folder."""
+    config, reader, _ = open_checkpoint(path)
+    return load_opened(config, reader, dtype, device, attention)
+
+
+def load_opened(config: ReferenceConfig, reader: ShardedReader, dtype="float32", device="cpu",
+                attention: str | Backend = "sdpa") -> ReferenceDiT:
+    """The full reference model from a checkpoint ``open_checkpoint`` already checked."""
     dtype, device = parse_dtype(dtype), parse_device(device)
     backend = get_backend(attention) if isinstance(attention, str) else attention
-    config, reader, _ = open_checkpoint(path)
     with torch.device("meta"):
         model = ReferenceDiT(config, attention=backend)
     _assign(model, reader, "", dtype, device, str(reader.path))
