@@ -78,3 +78,14 @@ def one_line(err: str) -> str:
     lines = [line for line in err.strip().splitlines() if line.strip() and not line.startswith("warning:")]
     assert len(lines) == 1, f"expected a one-line error, got: {err!r}"
     return lines[0]
+
+
+def write_raw(path: Path, tensors: dict[str, tuple[str, tuple, bytes]]) -> None:
+    """Write a safetensors file from raw (dtype name, shape, bytes) triples, byte for byte."""
+    from longcat_convert.writer import encode_header
+    entries, pos, blob = {}, 0, b""
+    for k, (dt, shape, data) in tensors.items():
+        entries[k] = {"dtype": dt, "shape": list(shape), "data_offsets": [pos, pos + len(data)]}
+        pos += len(data)
+        blob += data
+    path.write_bytes(encode_header(entries) + blob)

@@ -11,10 +11,9 @@ import struct
 
 import pytest
 
-from convert_support import TINY_A, TINY_B, leftovers, one_line, run, run_subprocess, tree_digest
+from convert_support import TINY_A, TINY_B, leftovers, one_line, run, run_subprocess, tree_digest, write_raw
 from longcat_convert.synth import build_checkpoint
 from longcat_convert.table import Dims
-from longcat_convert.writer import encode_header
 
 DIT = "dit/diffusion_pytorch_model-0000{}-of-00002.safetensors"
 INDEX = "dit/diffusion_pytorch_model.safetensors.index.json"
@@ -50,12 +49,7 @@ def _rewrite(path, drop=(), add=None, rename=None):
         info = r.info(k)
         items[(rename or {}).get(k, k)] = (info.dtype, info.shape, r.read_bytes(k))
     items.update(add or {})
-    entries, pos, blob = {}, 0, b""
-    for k, (dt, shape, data) in items.items():
-        entries[k] = {"dtype": dt, "shape": list(shape), "data_offsets": [pos, pos + len(data)]}
-        pos += len(data)
-        blob += data
-    path.write_bytes(encode_header(entries) + blob)
+    write_raw(path, items)
 
 
 def _index_set(model, key, fname=None):

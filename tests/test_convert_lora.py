@@ -7,13 +7,12 @@ import struct
 import pytest
 import torch
 
-from convert_support import TINY_A, needs_native, run
+from convert_support import TINY_A, needs_native, run, write_raw
 from longcat_convert.errors import BadInput
 from longcat_convert.lora import encode_module, plan_lora
 from longcat_convert.shards import ShardedReader
 from longcat_convert.synth import build_lora
 from longcat_convert.table import Dims, leaf_modules
-from longcat_convert.writer import encode_header
 
 DIMS = Dims(hidden=32, heads=2, depth=1, cin=4, cout=4, caption=24, adaln=16, freq=32, mlp_ratio=4.0,
             patch=(1, 2, 2))
@@ -147,15 +146,6 @@ def test_golden_lora_every_module_lands(tmp_path):
     assert len(out.keys()) == 3 * (3 * (3 + 2 + 7) + 2)
 
 
-def _write(path, tensors: dict[str, tuple[str, tuple, bytes]]):
-    entries, pos, blob = {}, 0, b""
-    for k, (dt, shape, data) in tensors.items():
-        entries[k] = {"dtype": dt, "shape": list(shape), "data_offsets": [pos, pos + len(data)]}
-        pos += len(data)
-        blob += data
-    path.write_bytes(encode_header(entries) + blob)
-
-
 def _lora_entries(module, n, rank, in_f, out_f):
     base = encode_module(module)
     t = {f"{base}.lora_down.weight": ("F32", (n * rank, in_f), bytes(4 * n * rank * in_f)),
@@ -193,7 +183,7 @@ def test_unmappable_or_malformed_lora_is_an_error(tmp_path, case, match):
     elif case == "foreign_key":
         t["transformer.blocks.0.attn.proj.lora_A.weight"] = ("F32", (2, h), bytes(8 * h))
     p = tmp_path / "bad.safetensors"
-    _write(p, t)
+    write_raw(p, t)
     with pytest.raises(BadInput, match=match) as e:
         plan_lora(p, DIMS)
     assert str(p) in str(e.value)
