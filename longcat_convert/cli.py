@@ -9,12 +9,9 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.console import Console
 
 from . import __version__
-from .errors import BadInput, VerificationFailed
-
-err_console = Console(stderr=True, highlight=False)
+from .errors import invoke
 
 
 class _Group(click.Group):
@@ -56,33 +53,14 @@ def _register_all() -> None:
     _register()
     if not _registered["all"]:
         _registered["all"] = True
-        from reference.cli import register as register_reference
         from parity.cli import register as register_parity
-        register_reference(cli)
         register_parity(cli)
 
 
 def main(argv: list[str] | None = None) -> int:
     _register()
-    try:
-        rv = cli.main(args=argv, prog_name="longcat-convert", standalone_mode=False)
-    except BadInput as e:
-        err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
-        return 2
-    except VerificationFailed as e:
-        err_console.print(f"[bold red]failed:[/] {e}", soft_wrap=True)
-        return 1
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return 2
-    except click.exceptions.Abort:
-        err_console.print("[bold red]aborted[/]")
-        return 130
-    # Commands return their exit code (0 ok, 1 check failed); the console-script
-    # wrapper passes main()'s return value to sys.exit.
-    return rv if isinstance(rv, int) else 0
+    # The console-script wrapper passes main()'s return value to sys.exit.
+    return invoke(cli, argv)
 
 
 if __name__ == "__main__":

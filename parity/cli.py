@@ -104,7 +104,51 @@ def parity_cmd(source, converted, mode, cases, shape, text_len, valid, batch, ti
     return 0 if report["passed"] else 1
 
 
+@click.command("golden-check")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("cases", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Write report.json, report.md and report.html into this folder.")
+@click.option("--dtype", default="float32", show_default=True,
+              type=click.Choice(["float32", "bfloat16", "float16"]), help="Model dtype.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--attention", default="sdpa", show_default=True,
+              type=click.Choice(["sdpa", "math", "flash2", "flash3"]),
+              help="Attention kernel (flash2/flash3 need flash-attn installed).")
+@click.option("--reference", "reference", default="ours", show_default=True, type=click.Choice(["ours", "upstream"]),
+              help="ours: the clean-room reference; upstream: the real LongCat-Video code from --upstream-path.")
+@click.option("--upstream-path", type=click.Path(path_type=Path), default=None,
+              help="A LongCat-Video git checkout (with --reference upstream).")
+@click.option("--quiet", is_flag=True, help="Print only the verdict line.")
+def golden_check_cmd(checkpoint, cases, report_dir, dtype, device, attention, reference, upstream_path, quiet):
+    """Run CHECKPOINT (a model folder holding dit/, or a dit/ folder) on golden CASE files and
+    compare every recorded activation (DiT cases) or every step of the denoising loop
+    (trajectory cases). Exit 0 iff all are within tolerance, 1 otherwise."""
+    from . import report as R
+    from .golden_check import golden_check
+
+    report = golden_check(checkpoint, list(cases), dtype=dtype, device=device, attention=attention,
+                          reference=reference, upstream_path=upstream_path)
+    _finish(report, report_dir, quiet, "golden-check")
+    return 0 if report["passed"] else 1
+
+
+def _finish(report: dict, report_dir, quiet: bool, what: str) -> None:
+    """Reports to disk, and the table (or one verdict line) on stderr."""
+    from rich.console import Console
+    from . import report as R
+    written = R.write_reports(report, report_dir) if report_dir is not None else []
+    if quiet:
+        verdict = "PASSED" if report["passed"] else f"FAILED (first divergent: {report['first_divergent']})"
+        Console(stderr=True, highlight=False).print(f"{what}: {verdict}")
+        return
+    R.print_table(report)
+    if written:
+        Console(stderr=True, highlight=False).print("reports: " + ", ".join(str(p) for p in written))
+
+
 def register(cli) -> None:
     cli.add_command(parity_cmd)
+    cli.add_command(golden_check_cmd)
     from .gate import gate_cmd
     cli.add_command(gate_cmd)

@@ -44,8 +44,13 @@ def forward_rank(name: str) -> tuple:
     """Sort key: the order in which the compared layers' forward hooks fire,
     derived from the mapping table (embedders, then per block attn, cross_attn,
     ffn, the block, then final_layer, output). A sub-entry such as
-    ``blocks.3.attn.kv_cache.k`` sorts right after its layer; unknown names last."""
+    ``blocks.3.attn.kv_cache.k`` sorts right after its layer, and so does a
+    golden case's returned cache ``kv_cache.3.k`` (block 3's self-attention made
+    it); unknown names last."""
     name = name[len("act."):] if name.startswith("act.") else name
+    cache = re.match(r"^kv_cache\.(\d+)\.([kv])$", name)
+    if cache:
+        name = f"blocks.{cache.group(1)}.attn.kv_cache.{cache.group(2)}"
     m = re.match(r"^blocks\.(\d+)(?=\.|$)", name)
     block = int(m.group(1)) if m else -1
     generic = re.sub(r"^blocks\.\d+(?=\.|$)", "blocks.{i}", name)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from longcat_convert.errors import BadInput
+from longcat_convert.errors import BadInput, invoke
 
 DEFAULT_GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
@@ -76,10 +76,11 @@ def plan_steps(golden: Path, work: Path, manifest: dict) -> list[Step]:
     return steps
 
 
-def run_step(step: Step) -> None:
-    from longcat_convert.cli import main
+def run_step(step: Step, root: click.Group) -> None:
+    """Run one step as the real command of ``root`` (the CLI group the gate was
+    invoked from), in this process."""
     t0 = time.perf_counter()
-    step.rc = main(step.argv)
+    step.rc = invoke(root, step.argv)
     step.seconds = time.perf_counter() - t0
     rep = None
     if step.report and (step.report / "report.json").is_file():
@@ -128,9 +129,10 @@ def gate_cmd(golden: Path, report_dir: Path, junit: Path | None):
     console = Console(stderr=True, width=None if os.isatty(2) else 160)
     manifest = load_manifest(golden)
     steps = plan_steps(golden, report_dir, manifest)
+    root = click.get_current_context().find_root().command
     for s in steps:
         console.print(f"[dim]gate:[/] {s.model}: {s.name} ...")
-        run_step(s)
+        run_step(s, root)
     t = Table(title="longcat-convert gate")
     for c in ("model", "step", "result", "seconds", "detail"):
         t.add_column(c)

@@ -1,8 +1,10 @@
-"""golden-check: run a model on golden cases and judge every recorded activation.
+"""golden-check: run a subject (our reference, or the real upstream model) on
+golden cases and judge every recorded quantity against the upstream data.
 
-Metrics, tolerances and the report format are parity's (parity.metrics,
-parity.policy, parity.report); this module only produces the activations and
-feeds them in.
+Two kinds of case: DiT cases (``act.*``: one forward, judged layer by layer)
+and trajectory cases (``traj.*``: the reference sampler drives the subject
+through the original's denoising loop, judged row by row; parity/trajectory.py).
+Metrics, tolerances and the report are the same for both.
 """
 from __future__ import annotations
 
@@ -10,8 +12,14 @@ from pathlib import Path
 
 from longcat_convert.errors import BadInput
 
-from .golden import Case, forward_rank, load_case, run_with_hooks
-from .loading import load_reference, parse_device, parse_dtype, resolve_checkpoint
+from reference.golden import Case, load_case, run_with_hooks
+from reference.loading import load_reference, parse_device, parse_dtype, resolve_checkpoint
+
+from . import report as rep
+from .correspondence import forward_rank
+from .metrics import layer_metrics
+from .policy import Policy, dtype_name
+from .trajectory import TrajectoryCase, is_trajectory, judge_rows, load_trajectory
 
 # Low-precision rules in the policy also bound ``noise_ratio``: a candidate's error
 # divided by the reference's own low-precision error. In golden-check the
@@ -46,7 +54,7 @@ class OursSubject:
 
 def build_subject(checkpoint, *, dtype, device, attention, reference="ours", upstream_path=None):
     if reference == "upstream":
-        from .upstream import load_upstream
+        from reference.upstream import load_upstream
         return load_upstream(checkpoint, upstream_path, dtype=dtype, device=device, attention=attention)
     if reference != "ours":
         raise BadInput(f"--reference {reference!r}: choose ours or upstream")
@@ -55,7 +63,7 @@ def build_subject(checkpoint, *, dtype, device, attention, reference="ours", ups
     return OursSubject(load_reference(checkpoint, dtype=dtype, device=device, attention=attention))
 
 
-def case_loras(case: Case, model_dir: Path) -> list[tuple[Path, float]]:
+def case_loras(case: Case | TrajectoryCase, model_dir: Path) -> list[tuple[Path, float]]:
     out = []
     for rel, mult in case.loras():
         p = model_dir / rel
@@ -68,15 +76,12 @@ def case_loras(case: Case, model_dir: Path) -> list[tuple[Path, float]]:
 def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", attention="sdpa",
                  reference="ours", upstream_path=None, policy=None, subject=None) -> dict:
     """-> a parity report dict (kind "golden-check"). ``subject`` overrides model building (tests)."""
-    from parity import report as rep
-    from parity.metrics import layer_metrics
-    from parity.policy import Policy, dtype_name
-
     tdtype, tdevice = parse_dtype(dtype), parse_device(device)
     dname = dtype_name(tdtype)
     if not case_paths:
         raise BadInput("give at least one golden case (.safetensors)")
-    cases = [load_case(p) for p in case_paths]              # bad cases fail before any model work
+    # Bad cases fail before any model work.
+    cases = [load_trajectory(p) if is_trajectory(p) else load_case(p) for p in case_paths]
     seen: dict[str, int] = {}
     for c in cases:                                          # report rows are keyed by case name
         seen[c.name] = seen.get(c.name, 0) + 1
@@ -84,6 +89,7 @@ def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", atten
             c.name = f"{c.name}#{seen[c.name]}"
     model_dir, _ = resolve_checkpoint(checkpoint)
     loras = [case_loras(c, model_dir) for c in cases]
+    settings = {id(c): c.settings(model_dir) for c in cases if isinstance(c, TrajectoryCase)}
     policy = policy or Policy.load()
     if subject is None:
         subject = build_subject(checkpoint, dtype=tdtype, device=tdevice, attention=attention,
@@ -100,6 +106,11 @@ def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", atten
     for case, case_lora in zip(cases, loras):
         subject.set_loras(case_lora)
         try:
+            if isinstance(case, TrajectoryCase):
+                got = run_trajectory(subject, case, settings[id(case)], dtype=tdtype, device=tdevice)
+                judge_rows(report, case.name, got, case.expected, policy=policy, dtype=dname, device=str(tdevice),
+                           names=("reference", "golden data"), skip_limits=NOT_APPLICABLE)
+                continue
             _, got = run_with_hooks(subject, case, move=lambda t: t.to(tdevice))
         except BadInput as e:
             msg = str(e)
@@ -125,3 +136,17 @@ def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", atten
     for c in report["cases"]:
         c["description"] = described.get(c["case"], "")
     return report
+
+
+def run_trajectory(subject, case: TrajectoryCase, settings, *, dtype, device) -> dict:
+    """The original's loop for the case's settings, driven by our sampler, with
+    ``subject`` as the DiT -> {row: float32 CPU tensor}."""
+    import torch
+    from reference.sampling import sample
+    got: dict = {}
+
+    def record(name, t):
+        got[name] = t.detach().float().cpu().clone()
+    with torch.no_grad():
+        sample(subject, settings, case.loop_inputs(), dtype=dtype, device=device, record=record)
+    return got

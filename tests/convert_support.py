@@ -27,15 +27,9 @@ def run(*argv) -> tuple[int, str, str]:
     """The CLI in this process: (exit code, stdout, stderr)."""
     from longcat_convert.cli import main
     out, err = io.StringIO(), io.StringIO()
-    from longcat_convert import cli as climod
-    old_console = climod.err_console
-    from rich.console import Console
-    climod.err_console = Console(file=err, highlight=False, width=400)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = main([str(a) for a in argv])
-    finally:
-        climod.err_console = old_console
+    # Errors are printed soft-wrapped (one line whatever the width) to the sys.stderr of the moment.
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
     return rc, out.getvalue(), err.getvalue()
 
 

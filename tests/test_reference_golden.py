@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reference import load_reference
-from reference.check import OursSubject, case_loras, golden_check
+from parity.golden_check import OursSubject, case_loras, golden_check
 from reference.golden import load_case, run_with_hooks
 
 ROOT = Path(__file__).resolve().parent.parent
