@@ -1,7 +1,10 @@
 """Self- and cross-attention of a LongCat block, in the original layout.
 
 Self-attention: fused ``qkv`` (channel order: q|k|v, each heads x head_dim),
-per-head RMS norm on q and k, 3D RoPE, attention, ``proj``.
+per-head RMS norm on q and k, 3D RoPE, attention, ``proj``. With ``enable_bsa``
+the attention of a multi-frame forward (T > 1) is block-sparse (bsa.py) in every
+place the original uses it: the plain call, both halves of the condition split,
+and the KV-cache continuation (queries and keys on grids of different lengths).
 Cross-attention: ``q_linear`` on video tokens, fused ``kv_linear`` (k|v) on the
 packed valid text tokens, per-head RMS norm on q and k, no RoPE, ``proj``.
 """
@@ -13,6 +16,7 @@ import torch.nn as nn
 from longcat_convert.errors import BadInput
 
 from .backends import Backend
+from .bsa import BsaParams, bsa_attention
 from .layers import Linear, RMSNormFP32
 from .rope import Rope3D
 
@@ -27,6 +31,22 @@ class SelfAttention(nn.Module):
         self.proj = Linear(hidden, hidden, device=device, dtype=dtype)
         self.rope = Rope3D(self.head_dim)
         self.backend = backend
+        # As the original: a switch and its parameters, set per module (ReferenceDiT.enable_bsa).
+        self.enable_bsa = False
+        self.bsa_params: BsaParams | None = None
+
+    def _attend(self, q, k, v, grid):
+        """Attention of q over k/v. ``grid`` is the forward's (T, H, W) token grid; q
+        and k each cover whole frames of it (their own frame counts may differ).
+        Block-sparse only for a multi-frame forward, as the original (T = 1 is an image)."""
+        T, H, W = grid
+        if not (self.enable_bsa and T > 1):
+            return self.backend.dense(q, k, v)
+        if self.bsa_params is None:
+            raise BadInput("block-sparse attention is enabled but has no bsa_params; pass params to enable_bsa()")
+        per_frame = H * W
+        return bsa_attention(q, k, v, (q.shape[2] // per_frame, H, W), (k.shape[2] // per_frame, H, W),
+                             self.bsa_params)
 
     def _qkv(self, x):
         B, N, _ = x.shape
@@ -50,11 +70,11 @@ class SelfAttention(nn.Module):
         q, k = Rope3D.rotate(q, cos, sin), Rope3D.rotate(k, cos, sin)
         n_cond = (num_cond_latents or 0) * (N // grid[0])
         if n_cond > 0:
-            o_cond = self.backend.dense(q[:, :, :n_cond], k[:, :, :n_cond], v[:, :, :n_cond])
-            o_noise = self.backend.dense(q[:, :, n_cond:], k, v)
+            o_cond = self._attend(q[:, :, :n_cond], k[:, :, :n_cond], v[:, :, :n_cond], grid)
+            o_noise = self._attend(q[:, :, n_cond:], k, v, grid)
             o = torch.cat([o_cond, o_noise], dim=2)
         else:
-            o = self.backend.dense(q, k, v)
+            o = self._attend(q, k, v, grid)
         out = self._out(o)
         return (out, cache) if return_kv else out
 
@@ -84,7 +104,8 @@ class SelfAttention(nn.Module):
         k_all = Rope3D.rotate(torch.cat([k_cache, k], dim=2), cos, sin)
         q = Rope3D.rotate(q, cos[n_cached:], sin[n_cached:])
         v_all = torch.cat([v_cache, v], dim=2)
-        return self._out(self.backend.dense(q, k_all, v_all))
+        # BSA (when on) decides on the NEW frames' T, queries on T frames, keys on c + T.
+        return self._out(self._attend(q, k_all, v_all, grid))
 
 
 class CrossAttention(nn.Module):

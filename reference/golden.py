@@ -40,6 +40,13 @@ class Case:
             out.append((item["path"], float(item.get("multiplier", 1.0))))
         return out
 
+    def bsa(self) -> dict | None:
+        """The block-sparse attention the case ran with: None when its JSON does not set
+        ``enable_bsa``; otherwise its ``bsa_params`` (checked), or {} meaning "the
+        checkpoint config's bsa_params" (what the original's ``dit.enable_bsa()`` uses).
+        Pass it to ``ReferenceDiT.enable_bsa`` (None: ``disable_bsa``)."""
+        return bsa_entry(self.meta, self.path.with_suffix(".json"))
+
     def forward_kwargs(self) -> dict:
         kw = dict(hidden_states=self.inputs["input.hidden_states"], timestep=self.inputs["input.timestep"],
                   encoder_hidden_states=self.inputs["input.encoder_hidden_states"],
@@ -51,6 +58,20 @@ class Case:
         if self.kv_cache:
             kw["kv_cache_dict"] = dict(self.kv_cache)
         return kw
+
+
+def bsa_entry(meta: dict, where) -> dict | None:
+    """A case JSON's ``enable_bsa`` / ``bsa_params`` -> None (off) or the params dict ({}: the config's)."""
+    from .bsa import BsaParams
+    on = meta.get("enable_bsa", False)
+    if not isinstance(on, bool):
+        raise BadInput(f"{where}: enable_bsa is {on!r}; expected true or false")
+    if not on:
+        return None
+    params = meta.get("bsa_params")
+    if params is None:
+        return {}
+    return BsaParams.from_dict(params, str(where)).to_dict()
 
 
 def load_case(path) -> Case:

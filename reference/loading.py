@@ -128,4 +128,7 @@ def load_block(config: ReferenceConfig, reader: ShardedReader, index: int, dtype
     with torch.device("meta"):
         block = ReferenceBlock(config.dims, backend)
     _assign(block, reader, f"blocks.{index}.", dtype, device, str(reader.path))
+    if config.enable_bsa:
+        from .model import set_block_bsa
+        set_block_bsa(block, config.bsa_params)
     return block.eval()

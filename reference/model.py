@@ -15,6 +15,7 @@ from longcat_convert.errors import BadInput
 
 from .backends import Backend, get_backend
 from .block import BlockContext, ReferenceBlock
+from .bsa import BsaParams, check_head_dim
 from .config import ReferenceConfig
 from .embedders import CaptionEmbedder, PatchEmbedder, TimestepEmbedder
 from .final_layer import FinalLayer
@@ -52,6 +53,8 @@ class ReferenceDiT(nn.Module):
         self.loras: dict[str, lora_mod.LoraNetwork] = {}
         self.active_loras: list[str] = []
         self._backend = backend
+        if config.enable_bsa:
+            self.enable_bsa()
 
     # -- configuration ------------------------------------------------------
     @property
@@ -68,6 +71,33 @@ class ReferenceDiT(nn.Module):
         for m in self.modules():
             if hasattr(m, "backend"):
                 m.backend = backend
+
+    # -- block-sparse attention (bsa.py) ------------------------------------------
+    def enable_bsa(self, params: dict | BsaParams | None = None) -> None:
+        """Switch block-sparse self-attention on in every block, as the original's
+        ``dit.enable_bsa()`` (the refinement pipeline calls it). ``params`` (the
+        original's ``bsa_params`` keys; missing keys take the original's defaults)
+        replace the config's; None or {} keeps the config's ``bsa_params``."""
+        if params:
+            bsa = BsaParams.from_dict(params, "enable_bsa")
+        elif self.config.bsa_params is not None:
+            bsa = self.config.bsa_params
+        else:
+            raise BadInput("enable_bsa: the model's config.json has no bsa_params; pass the parameters "
+                           "(sparsity, cdf_threshold, chunk_3d_shape_q, chunk_3d_shape_k)")
+        check_head_dim(self.config.dims.head_dim, "enable_bsa")
+        for block in self.blocks:
+            set_block_bsa(block, bsa)
+
+    def disable_bsa(self) -> None:
+        for block in self.blocks:
+            set_block_bsa(block, None)
+
+    @property
+    def bsa_params(self) -> BsaParams | None:
+        """The parameters in force when BSA is on in the blocks, else None."""
+        on = [b.attn.bsa_params for b in self.blocks if b.attn.enable_bsa]
+        return on[0] if on else None
 
     # -- LoRA (original semantics, see lora.py) -------------------------------
     def load_lora(self, path, key: str, multiplier: float = 1.0) -> None:
@@ -171,3 +201,10 @@ class ReferenceDiT(nn.Module):
                 x = out
         out = self.finish(x, ctx)
         return (out, caches) if return_kv else out
+
+
+def set_block_bsa(block: ReferenceBlock, params: BsaParams | None) -> None:
+    """BSA on (with ``params``) or off (None) in one block's self-attention."""
+    block.attn.enable_bsa = params is not None
+    if params is not None:
+        block.attn.bsa_params = params

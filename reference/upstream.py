@@ -3,10 +3,15 @@
 Nothing in the checkout is edited. What this module does at run time:
 
 * imports ``longcat_video.modules.longcat_video_dit`` from ``--upstream-path``
-  (a clone of github.com/meituan-longcat/LongCat-Video), after placing a stub
-  for ``longcat_video.block_sparse_attention.bsa_interface`` in ``sys.modules``:
-  the real one builds Triton kernels at import time, and the DiT only needs
-  that name when ``enable_bsa`` is on (which we refuse);
+  (a clone of github.com/meituan-longcat/LongCat-Video), by default after
+  placing a stub for ``longcat_video.block_sparse_attention.bsa_interface`` in
+  ``sys.modules``: the real one builds Triton kernels at import time, and the DiT
+  only needs that name when block-sparse attention is on. With ``real_bsa``
+  (or the first time ``UpstreamModel.set_bsa`` switches BSA on) the REAL module
+  is imported instead and bound where the upstream attention calls it; on a CPU
+  its Triton kernels run through Triton's interpreter (``TRITON_INTERPRET=1``,
+  set here before the upstream code, and so triton, is first imported; see
+  triton_cpu.py);
 * builds the model from ``dit/config.json`` with ``cp_split_hw=[1, 1]`` (the
   original forward needs a value there; [1, 1] is the single-process setting)
   on the meta device and assigns the checkpoint tensors, strictly;
@@ -36,11 +41,13 @@ import torch
 
 from longcat_convert.errors import BadInput
 
+from . import triton_cpu
 from .backends import get_backend
 from .loading import open_checkpoint, parse_device, parse_dtype, resolve_checkpoint
 
 DIT_FILE = Path("longcat_video/modules/longcat_video_dit.py")
 BSA_MODULE = "longcat_video.block_sparse_attention.bsa_interface"
+ATTN_MODULE = "longcat_video.modules.attention"
 
 
 def check_checkout(path) -> Path:
@@ -59,28 +66,64 @@ def _bsa_stub() -> types.ModuleType:
     mod = types.ModuleType(BSA_MODULE)
 
     def flash_attn_bsa_3d(*_a, **_k):
-        raise BadInput("block-sparse attention was reached in the upstream model; set enable_bsa to false")
+        raise BadInput("block-sparse attention was reached in the upstream model loaded without its real BSA "
+                       "module; load it with real_bsa=True (or switch BSA on through UpstreamModel.set_bsa)")
     mod.flash_attn_bsa_3d = flash_attn_bsa_3d
+    mod.is_stub = True
     return mod
 
 
-def import_upstream(checkout: Path):
-    """The upstream ``longcat_video_dit`` module, imported from ``checkout``."""
+def use_real_bsa(device=None):
+    """Import the checkout's REAL ``bsa_interface`` (replacing the stub) and bind its
+    ``flash_attn_bsa_3d`` where the upstream self-attention calls it. Returns the module.
+    ``import_upstream`` must have run (the package and its path are known from it)."""
+    current = sys.modules.get(BSA_MODULE)
+    if current is None or getattr(current, "is_stub", False):
+        sys.modules.pop(BSA_MODULE, None)
+        triton_cpu.prepare(device)
+        # longcat_video is a namespace package: its path is found through sys.path again.
+        checkout = str(Path(sys.modules[ATTN_MODULE].__file__).resolve().parents[2])
+        sys.path.insert(0, checkout)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):        # it prints a TMA banner on import
+                current = importlib.import_module(BSA_MODULE)
+        except ImportError as e:
+            raise BadInput(f"importing the upstream block-sparse attention failed ({e}); it needs triton installed")
+        finally:
+            sys.path.remove(checkout)
+    triton_cpu.check(current.create_mask_from_indices_kernel, "the upstream block-sparse attention", device)
+    sys.modules[ATTN_MODULE].flash_attn_bsa_3d = current.flash_attn_bsa_3d
+    return current
+
+
+def import_upstream(checkout: Path, real_bsa: bool = False, device=None):
+    """The upstream ``longcat_video_dit`` module, imported from ``checkout``; with
+    ``real_bsa`` its real block-sparse attention too (else a stub, unless already real)."""
     loaded = sys.modules.get("longcat_video.modules.longcat_video_dit")
     if loaded is not None:
         if Path(loaded.__file__).resolve() == (checkout / DIT_FILE).resolve():
+            if real_bsa:
+                use_real_bsa(device)
             return loaded
         for name in [n for n in sys.modules if n == "longcat_video" or n.startswith("longcat_video.")]:
             del sys.modules[name]
-    sys.modules[BSA_MODULE] = _bsa_stub()
+    # The DiT's imports (diffusers) import triton: on a CPU it must come up in interpreter
+    # mode for the real BSA to run later in this process; nothing else changes.
+    triton_cpu.prepare(device)
+    if not real_bsa:
+        sys.modules[BSA_MODULE] = _bsa_stub()
     sys.path.insert(0, str(checkout))
     try:
-        return importlib.import_module("longcat_video.modules.longcat_video_dit")
+        with contextlib.redirect_stdout(sys.stderr):            # the real BSA prints a banner on import
+            mod = importlib.import_module("longcat_video.modules.longcat_video_dit")
     except ImportError as e:
         raise BadInput(f"--upstream-path {checkout}: importing the LongCat-Video DiT failed ({e}); "
-                       "it needs diffusers and einops installed")
+                       "it needs diffusers and einops installed (and triton for its real block-sparse attention)")
     finally:
         sys.path.remove(str(checkout))
+    if real_bsa:
+        use_real_bsa(device)
+    return mod
 
 
 def _flash_standin(backend) -> types.ModuleType:
@@ -144,6 +187,24 @@ class UpstreamModel:
             warnings.simplefilter("ignore", UserWarning)
             return self.model(**kw)
 
+    def set_bsa(self, params: dict | None) -> None:
+        """Block-sparse attention for the next forwards, as the original pipeline does it:
+        None switches it off (``dit.disable_bsa()``); a dict switches it on
+        (``dit.enable_bsa()``) with these ``bsa_params`` set on every block's attention
+        ({} keeps the ones the model was built with from config.json). The real BSA
+        module is imported on first use."""
+        if params is None:
+            self.model.disable_bsa()
+            return
+        use_real_bsa(self.device)
+        for block in self.model.blocks:
+            if params:
+                block.attn.bsa_params = dict(params)
+            elif block.attn.bsa_params is None:
+                raise BadInput("block-sparse attention switched on but the checkpoint's config.json has no "
+                               "bsa_params; give the parameters")
+        self.model.enable_bsa()
+
     def set_loras(self, loras: list[tuple[Path, float]]) -> None:
         from safetensors import safe_open
         self.model.disable_all_loras()
@@ -164,16 +225,17 @@ class UpstreamModel:
             self.model.enable_loras(keys)
 
 
-def load_upstream(checkpoint, upstream_path, dtype="float32", device="cpu", attention="math") -> UpstreamModel:
+def load_upstream(checkpoint, upstream_path, dtype="float32", device="cpu", attention="math",
+                  real_bsa: bool = False) -> UpstreamModel:
     checkout = check_checkout(upstream_path)
     dtype, device = parse_dtype(dtype), parse_device(device)
     if device.type == "cpu" and dtype != torch.float32:
         raise BadInput("the original LongCat-Video code cannot run in low precision on the CPU (its float32 "
                        "regions are CUDA autocast); use --dtype float32 or --device cuda")
-    config, reader, _ = open_checkpoint(checkpoint)       # strict keys and shapes, BSA refused
+    config, reader, _ = open_checkpoint(checkpoint)       # strict keys and shapes, BSA settings checked
     _, dit = resolve_checkpoint(checkpoint)
     cfg = json.loads((dit / "config.json").read_text())
-    mod = import_upstream(checkout)
+    mod = import_upstream(checkout, real_bsa=real_bsa or config.enable_bsa, device=device)
     cls = mod.LongCatVideoTransformer3DModel
     params = set(inspect.signature(cls.__init__).parameters) - {"self"}
     kwargs = {k: v for k, v in cfg.items() if k in params}

@@ -141,17 +141,6 @@ def _copy_checkpoint(tmp_path, src=B):
     return dst
 
 
-def test_enable_bsa_is_refused(tmp_path, capsys):
-    dst = _copy_checkpoint(tmp_path)
-    cfg = json.loads((dst / "dit/config.json").read_text())
-    cfg["enable_bsa"] = True
-    (dst / "dit/config.json").write_text(json.dumps(cfg))
-    assert cli("golden-check", dst, VARLEN) == 2
-    assert "enable_bsa" in _one_line_error(capsys)
-    with pytest.raises(BadInput, match="enable_bsa"):
-        load_reference(dst)
-
-
 @pytest.mark.parametrize("edit,needle", [
     (lambda t: t.pop("blocks.1.ffn.w3.weight"), "missing key(s): blocks.1.ffn.w3.weight"),
     (lambda t: t.__setitem__("blocks.1.extra.weight", torch.zeros(2)), "unknown key(s): blocks.1.extra.weight"),
