@@ -40,24 +40,48 @@ def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
 @click.command("parity")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("converted", type=click.Path(path_type=Path))
-@click.option("--mode", type=click.Choice(["e2e", "layer", "blocks"]), default="e2e", show_default=True,
+@click.option("--mode", type=click.Choice(["e2e", "layer", "blocks", "sampling"]), default="e2e", show_default=True,
               help="e2e: each model on its own activations; layer: native modules fed the reference's inputs; "
-                   "blocks: one block of each model in memory at a time (real-size checkpoints).")
+                   "blocks: one block of each model in memory at a time (real-size checkpoints); sampling: the "
+                   "original's denoising loop vs FastVideo's LongCat pipeline stages, step by step.")
 @click.option("--case", "cases", multiple=True, type=click.Path(path_type=Path),
-              help="Golden case (.safetensors with .json beside it); repeatable. Without it, inputs are generated.")
+              help="Golden case (.safetensors with .json beside it); repeatable. Trajectory cases with --mode "
+                   "sampling. Without it, inputs are generated.")
 @click.option("--shape", default="3,4,6", show_default=True, help="Generated latent T,H,W.")
 @click.option("--text-len", default=12, show_default=True, help="Generated text tokens.")
 @click.option("--valid", default=None, help="Valid text tokens, one number or one per sample (default: all).")
 @click.option("--batch", default=1, show_default=True)
 @click.option("--timestep", default=700.0, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--num-cond-latents", default=0, show_default=True, help="Image-to-video: clean leading frames.")
+@click.option("--num-cond-latents", default=None, type=int,
+              help="Image-to-video / continuation / refinement: clean leading latent frames (default 0; "
+                   "sampling: 1 for i2v, 2 for vc).")
 @click.option("--kv-cache-frames", default=0, show_default=True,
               help="Video continuation: encode this many leading frames into a K/V cache, then continue.")
 @click.option("--lora", "loras", multiple=True,
               help="NAME[:MULTIPLIER]: a LoRA in SOURCE/lora (converted copy in CONVERTED/lora/NAME); repeatable, "
                    "several apply at once. Replaces the LoRAs a case names.")
 @click.option("--lora-multiplier", default=1.0, show_default=True, help="Multiplier of a --lora given without one.")
+@click.option("--bsa-sparsity", default=None,
+              help="Generated inputs: block-sparse attention on both sides with this sparsity (or 'none': CDF only). "
+                   "Any --bsa-* flag switches BSA on; keys not given come from SOURCE's config.json bsa_params.")
+@click.option("--bsa-cdf", default=None, type=float, help="Generated inputs, BSA: the CDF threshold.")
+@click.option("--bsa-chunk-q", default=None, help="Generated inputs, BSA: query chunk T,H,W (e.g. 4,4,4).")
+@click.option("--bsa-chunk-k", default=None, help="Generated inputs, BSA: key chunk T,H,W.")
+@click.option("--loop", type=click.Choice(["t2v", "i2v", "vc", "refine"]), default="t2v", show_default=True,
+              help="Sampling, generated inputs: which of the original's loops.")
+@click.option("--steps", default=4, show_default=True, help="Sampling, generated inputs: inference steps.")
+@click.option("--guidance", default=4.0, show_default=True,
+              help="Sampling, generated inputs: guidance scale (CFG-zero* when > 1; refinement never).")
+@click.option("--shift", default=12.0, show_default=True,
+              help="Sampling, generated inputs without SOURCE/scheduler: the scheduler's shift.")
+@click.option("--distill", is_flag=True, help="Sampling, generated inputs: the distilled schedule.")
+@click.option("--enhance-hf", is_flag=True, help="Sampling, generated vc inputs: the uniform high-frequency tail.")
+@click.option("--no-kv-cache", is_flag=True, help="Sampling, generated vc inputs: continue without the K/V cache.")
+@click.option("--t-thresh", default=0.5, show_default=True, help="Sampling, generated refine inputs: t_thresh.")
+@click.option("--sigmas", type=click.Choice(["fastvideo", "original"]), default="fastvideo", show_default=True,
+              help="Sampling: the schedule FastVideo gets. fastvideo: what its timestep stage makes of the step "
+                   "count; original: the original's sigmas, handed over through ForwardBatch.sigmas.")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N")
 @click.option("--attention", default="sdpa", show_default=True, help="Reference attention backend: sdpa|flash2|flash3")
@@ -65,43 +89,81 @@ def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
               help="Write report.json, report.md and report.html here.")
 @click.option("--quiet", is_flag=True)
-def parity_cmd(source, converted, mode, cases, shape, text_len, valid, batch, timestep, seed, num_cond_latents,
-               kv_cache_frames, loras, lora_multiplier, dtype, device, attention, tolerances, report_dir, quiet):
+def parity_cmd(source, converted, **o):
     """Run the reference (original weights, SOURCE) and FastVideo's native model
-    (converted weights, CONVERTED) on the same inputs and compare every layer.
+    (converted weights, CONVERTED) on the same inputs and compare every layer
+    (or, with --mode sampling, every step of the denoising loop).
 
     Exit 0 when every layer is within tolerance, 1 when not, 2 on bad input."""
-    from .inputs import generate, load_case
     from .policy import Policy
     from .runner import Setup, run_parity
-    from . import report as R
-    from . import refside
-
-    setup = Setup(source=source, converted=converted, dtype=_torch_dtype(dtype), device=device,
-                  attention=attention, mode=mode, loras=_loras(loras, lora_multiplier),
-                  policy=Policy.load(tolerances))
     from reference.loading import parse_device
-    parse_device(device)
-    if cases:
-        inputs = [load_case(c) for c in cases]
-    else:
-        dims = refside.source_dims(source)
-        vals = _ints(valid, None, "--valid") if valid else None
-        inputs = [generate(dims, shape=tuple(_ints(shape, 3, "--shape")), text_len=text_len,
-                           valid=(vals[0] if vals and len(vals) == 1 else vals), batch=batch, timestep=timestep,
-                           seed=seed, num_cond_latents=num_cond_latents)]
-    if mode == "blocks":
-        if kv_cache_frames:
+
+    mode = o["mode"]
+    setup = Setup(source=source, converted=converted, dtype=_torch_dtype(o["dtype"]), device=o["device"],
+                  attention=o["attention"], mode=mode, loras=_loras(o["loras"], o["lora_multiplier"]),
+                  policy=Policy.load(o["tolerances"]))
+    parse_device(o["device"])
+    if mode == "sampling":
+        report = _sampling(setup, source, o)
+    elif mode == "blocks":
+        if o["kv_cache_frames"]:
             raise BadInput("--kv-cache-frames needs --mode e2e or layer (blocks mode streams one forward)")
         from .blocks import run_blocks
-        report = run_blocks(setup, inputs)
+        report = run_blocks(setup, _forward_inputs(source, o))
     else:
-        report = run_parity(setup, inputs, kv_cache_frames=kv_cache_frames)
-    if not quiet:
-        R.print_table(report)
-    if report_dir:
-        R.write_reports(report, report_dir)
+        report = run_parity(setup, _forward_inputs(source, o), kv_cache_frames=o["kv_cache_frames"])
+    _finish(report, o["report_dir"], o["quiet"], "parity")
     return 0 if report["passed"] else 1
+
+
+def _generated_text(o) -> dict:
+    vals = _ints(o["valid"], None, "--valid") if o["valid"] else None
+    return dict(shape=tuple(_ints(o["shape"], 3, "--shape")), text_len=o["text_len"],
+                valid=(vals[0] if vals and len(vals) == 1 else vals), batch=o["batch"], seed=o["seed"])
+
+
+def _forward_inputs(source, o) -> list:
+    from .inputs import bsa_from_flags, generate, load_case
+    from .trajectory import is_trajectory
+    bsa = bsa_from_flags(o["bsa_sparsity"], o["bsa_cdf"], o["bsa_chunk_q"], o["bsa_chunk_k"])
+    if o["cases"] and bsa is not None:
+        raise BadInput("--bsa-* flags are for generated inputs; a case's JSON sets its own enable_bsa/bsa_params")
+    if o["cases"]:
+        for c in o["cases"]:
+            if is_trajectory(c):
+                raise BadInput(f"{c}: a trajectory case (traj.* keys) runs with --mode sampling")
+        return [load_case(c) for c in o["cases"]]
+    from . import refside
+    return [generate(refside.source_dims(source), timestep=o["timestep"], num_cond_latents=o["num_cond_latents"] or 0,
+                     bsa=bsa, **_generated_text(o))]
+
+
+def _sampling(setup, source, o) -> dict:
+    from . import refside
+    from .sampling import from_trajectory, generate, run_sampling
+    from .trajectory import is_trajectory, load_trajectory
+    model_dir = refside.model_folder(source)
+    if o["cases"]:
+        cases = []
+        for c in o["cases"]:
+            if not is_trajectory(c):
+                raise BadInput(f"{c}: --mode sampling needs trajectory cases (traj.* keys); this is a DiT case")
+            cases.append(from_trajectory(load_trajectory(c), model_dir))
+    else:
+        from reference.sampling import SchedulerConfig, Settings
+        sched_file = model_dir / "scheduler" / "scheduler_config.json" if model_dir else None
+        sched = (SchedulerConfig.from_file(sched_file) if sched_file and sched_file.is_file()
+                 else SchedulerConfig(shift=o["shift"]))
+        ncl = o["num_cond_latents"]
+        if ncl is None:
+            ncl = {"i2v": 1, "vc": 2}.get(o["loop"], 0)
+        settings = Settings(mode=o["loop"], steps=o["steps"], scheduler=sched, guidance_scale=o["guidance"],
+                            use_distill=o["distill"], enhance_hf=o["enhance_hf"], use_kv_cache=not o["no_kv_cache"],
+                            num_cond_latents=ncl, t_thresh=o["t_thresh"])
+        settings.validate("generated sampling inputs")
+        cases = [generate(refside.source_dims(source), settings, **_generated_text(o))]
+    return run_sampling(setup, cases, sigmas=o["sigmas"])
 
 
 @click.command("golden-check")
@@ -124,7 +186,6 @@ def golden_check_cmd(checkpoint, cases, report_dir, dtype, device, attention, re
     """Run CHECKPOINT (a model folder holding dit/, or a dit/ folder) on golden CASE files and
     compare every recorded activation (DiT cases) or every step of the denoising loop
     (trajectory cases). Exit 0 iff all are within tolerance, 1 otherwise."""
-    from . import report as R
     from .golden_check import golden_check
 
     report = golden_check(checkpoint, list(cases), dtype=dtype, device=device, attention=attention,

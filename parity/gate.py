@@ -21,6 +21,9 @@ import click
 from longcat_convert.errors import BadInput, invoke
 
 DEFAULT_GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+# A known difference that states its size (relative L2 at the first divergent row)
+# must reproduce it to within this relative tolerance.
+SIZE_RTOL = 0.02
 
 
 @dataclass
@@ -67,13 +70,30 @@ def plan_steps(golden: Path, work: Path, manifest: dict) -> list[Step]:
             r = rep / f"golden-check-{name}"
             steps.append(Step(label, f"golden-check {name}",
                               ["golden-check", str(src), str(cfile), "--report", str(r), "--quiet"], report=r))
-            for mode in entry.get("parity", []):
-                r = rep / f"parity-{mode}-{name}"
-                steps.append(Step(label, f"parity {mode} {name}",
-                                  ["parity", str(src), str(out), "--case", str(cfile), "--mode", mode,
-                                   "--report", str(r), "--quiet"], report=r,
-                                  expect=entry.get("known_difference")))
+            for run in entry.get("parity", []):
+                mode, args, tag, expect = _parity_run(run, entry, golden)
+                r = rep / f"parity-{tag}-{name}"
+                steps.append(Step(label, f"parity {tag} {name}",
+                                  ["parity", str(src), str(out), "--case", str(cfile), "--mode", mode, *args,
+                                   "--report", str(r), "--quiet"], report=r, expect=expect))
     return steps
+
+
+def _parity_run(run, entry: dict, golden: Path) -> tuple[str, list[str], str, dict | None]:
+    """A manifest parity entry -> (mode, extra arguments, step tag, expected known difference).
+
+    ``"e2e"`` (a mode; the case's ``known_difference`` applies), or
+    ``{"mode": "sampling", "args": ["--sigmas", "original"], "tag": "sampling-original",
+    "known_difference": {...}}`` (its own expectation)."""
+    if isinstance(run, str):
+        return run, [], run, entry.get("known_difference")
+    if not isinstance(run, dict) or not isinstance(run.get("mode"), str) or not all(
+            isinstance(a, str) for a in run.get("args", [])):
+        raise BadInput(f"{golden / 'gate.json'}: case {entry.get('case')!r}: a parity entry is a mode or "
+                       f"{{mode, args: [str], tag, known_difference}}, not {run!r}")
+    args = list(run.get("args", []))
+    return run["mode"], args, run.get("tag") or "-".join([run["mode"], *[a.lstrip("-") for a in args]]), \
+        run.get("known_difference")
 
 
 def run_step(step: Step, root: click.Group) -> None:
@@ -98,6 +118,13 @@ def run_step(step: Step, root: click.Group) -> None:
     step.message = (f"known difference reproduced: first divergent {got_first}"
                     if step.ok else f"expected a failure at {want.get('first_divergent')}, got exit {step.rc}, "
                     f"first divergent {got_first}")
+    if step.ok and "rel_l2" in want:
+        # Its size must reproduce too (a change in FastVideo that moves it fails the gate).
+        row = next((r for r in rep["layers"] if r["name"] == got_first and not r["passed"]), {})
+        got = row.get("rel_l2")
+        step.ok = isinstance(got, (int, float)) and abs(got - want["rel_l2"]) <= SIZE_RTOL * abs(want["rel_l2"])
+        step.message += (f", rel L2 {got:.4g} (expected {want['rel_l2']:.4g})" if isinstance(got, (int, float))
+                         else f", rel L2 not measured (expected {want['rel_l2']:.4g})")
 
 
 def write_junit(steps: list[Step], path: Path) -> None:

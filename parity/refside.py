@@ -37,6 +37,12 @@ def open_source(source: str | Path):
     return open_checkpoint(local)
 
 
+def model_folder(source) -> Path:
+    """The model folder of SOURCE (where lora/ and scheduler/ live)."""
+    from reference.loading import resolve_checkpoint
+    return resolve_checkpoint(local_source(source))[0]
+
+
 def source_dims(source):
     return open_source(source)[0].dims
 

@@ -9,7 +9,13 @@ A report is a plain dict:
      "policy": {"version", "path", "limits"},
      "environment": {...}, "cases": [{"case", "passed", "first_divergent"}],
      "layers": [{"name", "native_name", "case", <metrics>, "passed", "failures"}],  # forward order
-     "notes": [str]}
+     "notes": [str],
+     "timing": [{"case", "dit_calls", "reference_ms_per_dit_call", "native_ms_per_dit_call",
+                 "native_over_reference"}]}                                      # sampling mode only
+
+In sampling mode a "layer" is a row of the denoising loop (``timesteps``,
+``sigmas``, ``step.<i>.dit_out``, ..., ``output.latents``; parity/trajectory.py),
+in loop order.
 """
 from __future__ import annotations
 
@@ -144,9 +150,24 @@ def to_markdown(report: dict) -> str:
         cells += [_fmt(r.get(c), c) for c in cols]
         cells.append("pass" if r["passed"] else "**FAIL** " + "; ".join(r.get("failures", [])))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _timing_markdown(report)
     for n in report.get("notes", []):
         lines += ["", f"> {n}"]
     return "\n".join(lines) + "\n"
+
+
+def _timing_markdown(report: dict) -> list[str]:
+    rows = report.get("timing") or []
+    if not rows:
+        return []
+    out = ["", "| case | DiT calls (ref / native) | reference ms per DiT call | native ms per DiT call | native / reference |",
+           "|---|---|---|---|---|"]
+    for t in rows:
+        calls = t.get("dit_calls", {})
+        out.append(f"| {t['case']} | {calls.get('reference')} / {calls.get('native')} | "
+                   f"{_fmt(t.get('reference_ms_per_dit_call'))} | {_fmt(t.get('native_ms_per_dit_call'))} | "
+                   f"{_fmt(t.get('native_over_reference'))} |")
+    return out
 
 
 def print_table(report: dict, console=None) -> None:
@@ -175,6 +196,10 @@ def print_table(report: dict, console=None) -> None:
         row.append("[green]pass[/]" if r["passed"] else "[bold red]FAIL[/]")
         t.add_row(*row)
     console.print(t)
+    for t in report.get("timing") or []:
+        console.print(f"timing {t['case']}: reference {_fmt(t.get('reference_ms_per_dit_call'))} ms, native "
+                      f"{_fmt(t.get('native_ms_per_dit_call'))} ms per DiT call (median; native/reference "
+                      f"{_fmt(t.get('native_over_reference'))})")
     if report["passed"]:
         console.print(f"[bold green]PASSED[/] ({len(report['layers'])} layers)")
     else:
@@ -189,9 +214,13 @@ def _svg_plot(report: dict, metric: str, width=540, height=260) -> str:
     """One metric against depth (forward order), a polyline per case."""
     rows = report["layers"]
     from .correspondence import forward_rank
+    from .trajectory import is_trajectory_row, row_rank
     # One x axis for every case, in forward order (cases can lack layers: a KV-cache
-    # continuation has no self-attention hook, a cache prefill no cross-attention).
-    names = sorted({r["name"] for r in rows}, key=forward_rank)
+    # continuation has no self-attention hook, a cache prefill no cross-attention);
+    # the rows of a denoising loop in loop order.
+    names = sorted({r["name"] for r in rows},
+                   key=lambda n: (1, row_rank(n)) if is_trajectory_row(n) and not n.startswith("kv_cache.")
+                   else (0, forward_rank(n)))
     if not names:
         return ""
     series: dict[str, list[tuple[int, float]]] = {}

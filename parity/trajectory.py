@@ -130,6 +130,17 @@ def load_trajectory(path) -> TrajectoryCase:
     return TrajectoryCase(str(meta.get("case", path.stem)), path, meta, tensors, ordered)
 
 
+def _common_form(row: str, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A DiT timestep given per sample [B] means the same as [B, T] with every frame
+    equal (the DiT expands it so): one loop may hand either form."""
+    if row.endswith(".timestep") and a.dim() != b.dim() and {a.dim(), b.dim()} == {1, 2}:
+        if a.dim() == 1:
+            a = a[:, None].expand(-1, b.shape[1])
+        else:
+            b = b[:, None].expand(-1, a.shape[1])
+    return a, b
+
+
 def judge_rows(report: dict, case: str, candidate: dict[str, torch.Tensor], reference: dict[str, torch.Tensor],
                *, policy, dtype, device, truth: dict[str, torch.Tensor] | None = None,
                lowp_dtype: torch.dtype | None = None, names: tuple[str, str] = ("candidate", "reference"),
@@ -144,13 +155,13 @@ def judge_rows(report: dict, case: str, candidate: dict[str, torch.Tensor], refe
             side = names[1] if row in reference else names[0]
             R.add_layer(report, name=row, case=case, metrics={}, passed=False, failures=[f"ran in the {side} only"])
             continue
-        c, r = candidate[row], reference[row]
+        c, r = _common_form(row, candidate[row], reference[row])
+        t = _common_form(row, truth[row], r)[0] if truth is not None and row in truth else None
         if tuple(c.shape) != tuple(r.shape):
             R.add_layer(report, name=row, case=case, metrics={}, passed=False,
                         failures=[f"shape {list(c.shape)} != {names[1]} {list(r.shape)}"])
             continue
-        if truth is not None and row in truth:
-            t = truth[row]
+        if t is not None:
             m = layer_metrics(c, t)
             m["ref_rel_l2"] = rel_l2(r, t)
             m["noise_ratio"], m["noise_floor"] = noise_ratio(c, r, t, lowp_dtype)
