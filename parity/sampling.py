@@ -17,6 +17,7 @@ encoding/decoding and latent preparation, whose results the case supplies):
   i2v     TimestepPreparationStage -> LongCatRefineTimestepStage (no-op) -> LongCatI2VDenoisingStage
   vc      TimestepPreparationStage -> LongCatKVCacheInitStage -> LongCatVCDenoisingStage
   refine  TimestepPreparationStage -> LongCatRefineTimestepStage -> LongCatDenoisingStage
+          (LongCatI2VDenoisingStage with conditioning frames, as in its i2v pipeline)
 
 Two run-time adjustments (fastvideo 0.2.1 on a CPU; README "Sampling parity"):
 the stages ask ``get_local_torch_device()``, which answers ``mps`` on a CPU
@@ -120,7 +121,7 @@ def run_reference(model, case: LoopCase, *, dtype, device) -> tuple[dict, list[f
 
 # --------------------------------------------------------------------- native side
 
-def _stage_classes(mode: str) -> list:
+def _stage_classes(mode: str, num_cond_latents: int = 0) -> list:
     from fastvideo.pipelines.stages.longcat_denoising import LongCatDenoisingStage
     from fastvideo.pipelines.stages.longcat_i2v_denoising import LongCatI2VDenoisingStage
     from fastvideo.pipelines.stages.longcat_kv_cache_init import LongCatKVCacheInitStage
@@ -131,7 +132,10 @@ def _stage_classes(mode: str) -> list:
         "t2v": [TimestepPreparationStage, LongCatDenoisingStage],
         "i2v": [TimestepPreparationStage, LongCatRefineTimestepStage, LongCatI2VDenoisingStage],
         "vc": [TimestepPreparationStage, LongCatKVCacheInitStage, LongCatVCDenoisingStage],
-        "refine": [TimestepPreparationStage, LongCatRefineTimestepStage, LongCatDenoisingStage],
+        # Refinement from a stage-1 video alone goes through FastVideo's t2v pipeline; with
+        # conditioning frames (refining a continuation) through its i2v pipeline.
+        "refine": [TimestepPreparationStage, LongCatRefineTimestepStage,
+                   LongCatI2VDenoisingStage if num_cond_latents else LongCatDenoisingStage],
     }[mode]
 
 
@@ -280,7 +284,7 @@ def run_native(model, case: LoopCase, *, dtype, device, sigmas: str = "fastvideo
     try:
         # The stages draw tqdm progress bars on stderr; the report is what this tool prints.
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            for cls in _stage_classes(s.mode):
+            for cls in _stage_classes(s.mode, s.num_cond_latents):
                 if cls.__name__ == "LongCatKVCacheInitStage":
                     stage = cls(transformer=model)
                 elif "Denoising" in cls.__name__:

@@ -78,6 +78,10 @@ def test_generated_inputs(converted, tmp_path):
     rc, rep = _run(converted, tmp_path, "--loop", "vc", "--steps", "3", "--sigmas", "original", name="vc")
     assert rc == 1 and rep["first_divergent"] == "step.0.dit_in"
     assert _row(rep, "kv_cache.2.v")["passed"]       # the prefilled cache itself agrees
+    # Refining with a conditioning frame runs FastVideo's i2v denoising stage; in bf16 it passes.
+    rc, rep = _run(converted, tmp_path, "--loop", "refine", "--num-cond-latents", "1", "--steps", "20",
+                   "--sigmas", "original", "--dtype", "bf16", name="refine")
+    assert rc == 0 and rep["passed"] and max(r["noise_ratio"] for r in rep["layers"]) < 1.2
 
 
 def test_bad_sampling_inputs_are_exit_2(converted, tmp_path, capsys):
