@@ -255,7 +255,60 @@ def print_parity_blocks(res: dict) -> None:
                       f"{hi['rss'] / lo['rss']:.3f} (flat in depth when ~1)")
 
 
-SECTIONS: dict[str, Callable] = {"conversion": section_conversion, "parity_blocks": section_parity_blocks}
+def section_sampling(args) -> dict:
+    """Sampling parity's timing: each side's median wall time per DiT call, measured
+    side by side in one run (the reference sampler with our reference DiT, FastVideo's
+    LongCat stages with its native DiT): the tiny golden t2v trajectory, and a
+    generated t2v loop on the released widths (the shallowest --blocks checkpoint)."""
+    work = cache_dir() / "runs-sampling"
+    _rm(work)
+    work.mkdir(parents=True)
+    root = Path(__file__).resolve().parent.parent
+    runs = [("tiny-a (golden traj_t2v_cfg)", "fp32", root / "golden" / "tiny-a",
+             ["--case", str(root / "golden" / "tiny-a" / "cases" / "traj_t2v_cfg.safetensors")])]
+    blocks = min(args.blocks)
+    for dtype in args.dtypes:
+        runs.append((f"released widths, {blocks} blocks", dtype, cached_checkpoint(dtype, blocks),
+                     ["--loop", "t2v", "--steps", "3", "--guidance", "1", "--shape", args.parity_shape,
+                      "--text-len", "64"]))
+    rows = []
+    for label, dtype, src, extra in runs:
+        conv = work / f"conv-{len(rows)}"
+        _check(measure(CLI + ["convert", str(src), str(conv), "--quiet", "--no-fsync"]), "convert")
+        print(f"  parity --mode sampling, {label}, {dtype} ...", file=sys.stderr, flush=True)
+        rep = work / f"report-{len(rows)}"
+        s = measure(CLI + ["parity", str(src), str(conv), "--mode", "sampling", "--sigmas", "original",
+                           "--dtype", dtype, "--quiet", "--report", str(rep), *extra])
+        if s.rc not in (0, 1):
+            _check(s, "parity --mode sampling")
+        report = json.loads((rep / "report.json").read_text())
+        (t,) = report["timing"]
+        rows.append({"checkpoint": label, "dtype": dtype, "calls": t["dit_calls"],
+                     "reference_ms": t["reference_ms_per_dit_call"], "native_ms": t["native_ms_per_dit_call"],
+                     "ratio": t["native_over_reference"], "first_divergent": report["first_divergent"],
+                     "seconds": s.seconds})
+        _rm(conv)
+    _rm(work)
+    return {"shape": args.parity_shape, "rows": rows}
+
+
+def print_sampling(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    con = Console(width=200, highlight=False)
+    t = Table(title="sampling parity: wall time per DiT call, median, same run (--sigmas original)")
+    for c in ("checkpoint", "dtype", "DiT calls", "reference ms", "native ms", "native / reference",
+              "first divergent", "seconds"):
+        t.add_column(c, justify="right")
+    for r in res["rows"]:
+        t.add_row(r["checkpoint"], r["dtype"], f"{r['calls']['reference']} / {r['calls']['native']}",
+                  f"{r['reference_ms']:.1f}", f"{r['native_ms']:.1f}", f"{r['ratio']:.2f}",
+                  str(r["first_divergent"]), f"{r['seconds']:.1f}")
+    con.print(t)
+
+
+SECTIONS: dict[str, Callable] = {"conversion": section_conversion, "parity_blocks": section_parity_blocks,
+                                 "sampling": section_sampling}
 
 
 def print_conversion(res: dict) -> None:
@@ -305,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         print_conversion(results["conversion"])
     if "parity_blocks" in results:
         print_parity_blocks(results["parity_blocks"])
+    if "sampling" in results:
+        print_sampling(results["sampling"])
     print(f"bench: {time.perf_counter() - t0:.0f}s in all; checkpoints cached in {cache_dir()}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -33,12 +33,7 @@ class Case:
 
     def loras(self) -> list[tuple[str, float]]:
         """(path relative to the model folder, multiplier) of every LoRA the case applies."""
-        out = []
-        if self.meta.get("lora"):
-            out.append((self.meta["lora"], float(self.meta.get("lora_multiplier", 1.0))))
-        for item in self.meta.get("loras", []) or []:
-            out.append((item["path"], float(item.get("multiplier", 1.0))))
-        return out
+        return lora_entries(self.meta, self.path.with_suffix(".json"))
 
     def bsa(self) -> dict | None:
         """The block-sparse attention the case ran with: None when its JSON does not set
@@ -58,6 +53,19 @@ class Case:
         if self.kv_cache:
             kw["kv_cache_dict"] = dict(self.kv_cache)
         return kw
+
+
+def lora_entries(meta: dict, where) -> list[tuple[str, float]]:
+    """A case JSON's LoRAs: ``lora`` + ``lora_multiplier``, and/or ``loras``: [{path, multiplier}]."""
+    out = []
+    try:
+        if meta.get("lora"):
+            out.append((str(meta["lora"]), float(meta.get("lora_multiplier", 1.0))))
+        for item in meta.get("loras", []) or []:
+            out.append((str(item["path"]), float(item.get("multiplier", 1.0))))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise BadInput(f"{where}: 'lora'/'lora_multiplier' or 'loras' ([{{path, multiplier}}]) is malformed")
+    return out
 
 
 def bsa_entry(meta: dict, where) -> dict | None:
@@ -170,15 +178,3 @@ def run_with_hooks(model: torch.nn.Module, case: Case, move=None) -> tuple[list[
             order.append(key)
             got[key] = t.detach().float().cpu()
     return order, got
-
-
-def forward_rank(act: str) -> tuple:
-    """Sort key putting act names in the order the original's hooks fire (the
-    parity layer order, from the mapping table). A returned cache
-    ``act.kv_cache.<i>.k`` sorts with block i's self-attention, which made it."""
-    from parity.correspondence import forward_rank as rank
-    name = act[len("act."):] if act.startswith("act.") else act
-    parts = name.split(".")
-    if parts[0] == "kv_cache" and len(parts) == 3 and parts[1].isdigit():
-        name = f"blocks.{parts[1]}.attn.kv_cache.{parts[2]}"
-    return rank(name)
