@@ -140,6 +140,10 @@ class Settings:
             return kind(v)
 
         num_cond = {"t2v": 0, "i2v": 1}.get(mode)
+        if num_cond is None and meta.get("num_cond_latents") is None and meta.get("num_cond_frames") is not None:
+            num_cond = cond_latents_for_frames(mode, get("num_cond_frames", int, 0))
+        if meta.get("steps") is None and meta.get("num_inference_steps") is not None:
+            meta = dict(meta, steps=meta["num_inference_steps"])
         s = cls(mode=mode, steps=get("steps", int, 0), scheduler=sched,
                 guidance_scale=get("guidance_scale", float, 1.0), use_distill=get("use_distill", bool, False),
                 enhance_hf=get("enhance_hf", bool, False), use_kv_cache=get("use_kv_cache", bool, True),
@@ -171,6 +175,18 @@ class Settings:
             raise BadInput(f"{where}: refinement has no distilled schedule in the original")
         if self.mode == "refine" and not 0.0 < self.t_thresh < 1.0:
             raise BadInput(f"{where}: t_thresh must be in (0, 1)")
+
+
+def cond_latents_for_frames(mode: str, num_cond_frames: int, temporal_factor: int = 4) -> int:
+    """How many latent frames the original conditions on for ``num_cond_frames`` video
+    frames (VAE temporal factor 4): continuation ``1 + (n - 1) // 4``; refinement rounds
+    ``1 + ceil((n - 1) / 4)`` up to a multiple of 4 (its block-sparse granularity)."""
+    if num_cond_frames <= 0:
+        return 0
+    if mode == "refine":
+        n = 1 + math.ceil((num_cond_frames - 1) / temporal_factor)
+        return math.ceil(n / 4) * 4
+    return 1 + (num_cond_frames - 1) // temporal_factor
 
 
 # --------------------------------------------------------------------- schedule

@@ -137,3 +137,12 @@ def test_bad_settings_are_one_line_errors(meta, needle):
     with pytest.raises(BadInput, match=needle) as e:
         S.Settings.from_meta(meta, "case.json")
     assert "\n" not in str(e.value) and str(e.value).startswith("case.json")
+
+
+def test_conditioning_latents_from_frames_and_step_alias():
+    # Continuation: 1 + (n - 1) // 4; refinement rounds up to a multiple of 4.
+    assert [S.cond_latents_for_frames("vc", n) for n in (1, 5, 13)] == [1, 2, 4]
+    assert [S.cond_latents_for_frames("refine", n) for n in (0, 1, 5, 17)] == [0, 4, 4, 8]
+    s = S.Settings.from_meta({"mode": "vc", "num_inference_steps": 3, "num_cond_frames": 5,
+                              "scheduler": {"shift": 12.0}}, "case.json")
+    assert (s.steps, s.num_cond_latents) == (3, 2)
