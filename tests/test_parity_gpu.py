@@ -24,3 +24,17 @@ def test_float32_on_cuda_matches_the_reference(converted, tmp_path):
     rc = cli("parity", TINY_A, converted["tiny-a"], "--case", TINY_A / "cases" / "t2v.safetensors",
              "--device", "cuda", "--report", tmp_path, "--quiet")
     assert rc == 0, read_report(tmp_path)["first_divergent"]
+
+
+def test_sampling_bf16_on_cuda_within_the_noise_ratio(converted, tmp_path):
+    """FastVideo's LongCat stages on the GPU (its CUDA autocast active) against the
+    original's loop in bf16, judged against the float32 loop: the sampling
+    counterpart of the DiT test above, and the GPU timing per DiT call."""
+    from parity_support import GOLDEN
+    cli("parity", TINY_A, converted["tiny-a"], "--mode", "sampling", "--case",
+        GOLDEN / "tiny-a/cases/traj_t2v_cfg.safetensors", "--sigmas", "original", "--device", "cuda",
+        "--dtype", "bf16", "--report", tmp_path, "--quiet")
+    rep = read_report(tmp_path)
+    assert rep["environment"]["device"].startswith("cuda") and rep["mode"] == "sampling"
+    assert all(r["noise_ratio"] <= 3.0 for r in rep["layers"]), rep["first_divergent"]
+    assert rep["timing"][0]["native_ms_per_dit_call"] > 0
