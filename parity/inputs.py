@@ -23,6 +23,8 @@ class Inputs:
     skip_crs_attn: bool = False
     kv_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     loras: list[tuple[str, float]] = field(default_factory=list)   # (path relative to the model folder, multiplier)
+    bsa: dict | None = None      # block-sparse attention on both sides: bsa_params over the checkpoint
+                                 # config's ({}: the config's); None: off (a config's enable_bsa still applies)
     description: str = ""
     golden: dict[str, torch.Tensor] = field(default_factory=dict)   # act.* of the upstream run
 
@@ -70,14 +72,17 @@ def load_case(path: str | Path) -> Inputs:
         name=case.name, hidden_states=kw["hidden_states"], timestep=kw["timestep"], encoder_hidden_states=ehs,
         encoder_attention_mask=mask, num_cond_latents=kw["num_cond_latents"], return_kv=kw["return_kv"],
         skip_crs_attn=kw["skip_crs_attn"], kv_cache=dict(case.kv_cache),
-        loras=list(loras),
+        loras=list(loras), bsa=case.bsa(),
         description=case.description,
         golden={k[len("act."):]: v for k, v in case.acts.items()})
 
 
 def generate(dims, *, shape=(3, 4, 6), text_len=12, valid: int | list[int] | None = None, batch=1,
-             timestep: float = 700.0, seed=0, num_cond_latents=0, per_frame=False, name="generated") -> Inputs:
-    """Seeded inputs for a config. ``valid`` = valid text tokens (per sample or for all)."""
+             timestep: float = 700.0, seed=0, num_cond_latents=0, per_frame=False, name="generated",
+             bsa: dict | None = None) -> Inputs:
+    """Seeded inputs for a config. ``valid`` = valid text tokens (per sample or for all).
+    ``bsa``: run both sides with block-sparse attention, these ``bsa_params`` keys
+    replacing the checkpoint config's."""
     T, H, W = shape
     pt, ph, pw = dims.patch
     if T % pt or H % ph or W % pw:
@@ -99,6 +104,51 @@ def generate(dims, *, shape=(3, 4, 6), text_len=12, valid: int | list[int] | Non
     return Inputs(
         name=name, hidden_states=torch.randn(batch, dims.cin, T, H, W, generator=g),
         timestep=ts, encoder_hidden_states=torch.randn(batch, 1, text_len, dims.caption, generator=g),
-        encoder_attention_mask=mask, num_cond_latents=num_cond_latents,
+        encoder_attention_mask=mask, num_cond_latents=num_cond_latents, bsa=check_bsa(bsa),
         description=f"generated: shape {T},{H},{W}, text {text_len} (valid {valid_list}), batch {batch}, "
-                    f"t={timestep}, seed {seed}, cond latents {num_cond_latents}")
+                    f"t={timestep}, seed {seed}, cond latents {num_cond_latents}"
+                    + ("" if bsa is None else f", BSA {bsa}"))
+
+
+def check_bsa(params: dict | None, where: str = "--bsa-*") -> dict | None:
+    """``params`` as given (a copy), after checking its keys and values."""
+    if params is None:
+        return None
+    from reference.bsa import BsaParams
+    BsaParams.from_dict(params, where)
+    return dict(params)
+
+
+def effective_bsa(params: dict | None, config) -> dict | None:
+    """What both sides run with: None (off), or the complete ``bsa_params`` made of
+    ``params`` over the checkpoint config's (a ``ReferenceConfig``), then the original's
+    defaults -- the way FastVideo's pipeline builds its effective params."""
+    if params is None:
+        return None
+    from reference.bsa import BsaParams
+    base = config.bsa_params.to_dict() if config.bsa_params is not None else {}
+    return BsaParams.from_dict({**base, **params}, "bsa_params").to_dict()
+
+
+def bsa_from_flags(sparsity: str | None, cdf: float | None, chunk_q: str | None, chunk_k: str | None) -> dict | None:
+    """``--bsa-sparsity S|none --bsa-cdf C --bsa-chunk-q T,H,W --bsa-chunk-k T,H,W`` -> the keys
+    given (None when no flag is given: BSA off). Missing keys come from the checkpoint's
+    config, then the original's defaults (``effective_bsa``)."""
+    out: dict = {}
+    if sparsity is not None:
+        if sparsity.strip().lower() in ("none", "null"):
+            out["sparsity"] = None
+        else:
+            try:
+                out["sparsity"] = float(sparsity)
+            except ValueError:
+                raise BadInput(f"--bsa-sparsity {sparsity!r}: expected a number in [0, 1] or 'none'")
+    if cdf is not None:
+        out["cdf_threshold"] = float(cdf)
+    for key, flag, text in (("chunk_3d_shape_q", "--bsa-chunk-q", chunk_q), ("chunk_3d_shape_k", "--bsa-chunk-k", chunk_k)):
+        if text is not None:
+            try:
+                out[key] = [int(x) for x in text.split(",")]
+            except ValueError:
+                raise BadInput(f"{flag} {text!r}: expected T,H,W (three integers)")
+    return check_bsa(out, "--bsa-* flags") if out else None

@@ -4,15 +4,26 @@ single process on the CPU or one GPU.
 fastvideo is imported lazily: the converter and the reference never need it.
 The run-time adjustments below touch fastvideo internals without editing the
 package; each is needed on 0.2.1 and is documented in the README.
+
+Block-sparse attention: FastVideo's native LongCat module imports its vendored
+BSA Triton kernels, and fastvideo imports triton in many places. On a machine
+without CUDA those kernels can only run through Triton's interpreter, which
+must be switched on (``TRITON_INTERPRET=1``) before triton is first imported;
+importing this module does that (and ``ensure_runtime`` again, for a CPU run on
+a CUDA machine), so users never set the variable themselves.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 from longcat_convert.errors import BadInput
+from reference import triton_cpu
+
+triton_cpu.prepare()
 
 FASTVIDEO_VERSION = "0.2.1"
 _SDPA_BACKEND = "fastvideo.attention.backends.sdpa.SDPABackend"
@@ -32,18 +43,26 @@ def fastvideo_available() -> str | None:
     return None
 
 
-def ensure_runtime() -> None:
-    """Initialise FastVideo's single-process runtime once per process."""
+def ensure_runtime(device=None) -> None:
+    """Initialise FastVideo's single-process runtime once per process.
+    ``device``: where models will run (a CPU run gets Triton's interpreter)."""
     global _runtime_ready, _dist_dir
     if _runtime_ready:
         return
     why = fastvideo_available()
     if why:
         raise BadInput(why)
+    if "triton" not in sys.modules:
+        triton_cpu.prepare(device)
     os.environ.setdefault("FASTVIDEO_LOGGING_LEVEL", "WARNING")
     import warnings
     # Every native block enters autocast(device_type='cuda'); on a CPU torch warns each time.
     warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
+    # FastVideo's vendored BSA kernels use tl.make_block_ptr, which triton 3.8 warns about on every launch;
+    # the inductor compile of its gating logs a CUDA_HOME line on a machine without CUDA.
+    warnings.filterwarnings("ignore", message=".*make_block_ptr is deprecated.*")
+    import logging
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(open(os.devnull, "w")):  # triton prints a banner on import
         from fastvideo.platforms.cpu import CpuPlatform
         import fastvideo.distributed as fvd
@@ -85,7 +104,7 @@ def build_native_model(native_cfg: dict, dtype=None, device="cpu"):
 
     Its linears are allocated with torch.empty: load every weight before use.
     """
-    ensure_runtime()
+    ensure_runtime(device)
     import torch
     from fastvideo.configs.models.dits.longcat import LongCatVideoArchConfig, LongCatVideoConfig
     from fastvideo.models.dits.longcat import LongCatTransformer3DModel
@@ -196,6 +215,26 @@ def apply_lora(model, lora_file: str | os.PathLike, strength: float) -> list[str
                                    accumulate=stacked)
         done.append(name)
     return done
+
+
+def set_bsa(model, params: dict | None, device=None) -> None:
+    """FastVideo's own block-sparse attention switch, as its LongCat pipeline uses it:
+    None -> ``model.disable_bsa()``; a dict -> ``model.enable_bsa()`` and these
+    ``bsa_params`` set on every block's ``self_attn`` ({} keeps the ones the model
+    was built with from its config). The native forward then calls FastVideo's
+    vendored ``flash_attn_bsa_3d`` (Triton; interpreted on a CPU)."""
+    if params is None:
+        model.disable_bsa()
+        return
+    import fastvideo.models.dits.longcat as fv_longcat
+    bsa_mod = __import__(fv_longcat.flash_attn_bsa_3d.__module__, fromlist=["_"])
+    triton_cpu.check(bsa_mod.create_mask_from_indices_kernel, "FastVideo's block-sparse attention", device)
+    model.enable_bsa()
+    for block in model.blocks:
+        if params:
+            block.self_attn.bsa_params = dict(params)
+        elif block.self_attn.bsa_params is None:
+            raise BadInput("block-sparse attention switched on, but the converted config.json has no bsa_params")
 
 
 def run(model, inp, dtype, device, *, kv_cache: dict | None = None, **overrides):

@@ -13,6 +13,7 @@ that error by the reference's own error in the same low dtype.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from . import native as nat
 from . import refside
 from .capture import Feeder, Recorder
 from .correspondence import LayerPair, common_form, forward_rank, layer_pairs
-from .inputs import Inputs
+from .inputs import Inputs, effective_bsa
 from .metrics import layer_metrics, noise_ratio, rel_l2
 from .policy import Policy, dtype_name
 from . import report as R
@@ -54,6 +55,7 @@ class Sides:
     dims: object
     zero_pad: bool
     notes: list[str]
+    config: object = None              # the source's ReferenceConfig (BSA defaults)
 
 
 def resolve_lora_files(setup: Setup, model_dir: Path, name: str) -> tuple[Path, Path]:
@@ -102,7 +104,54 @@ def load_sides(setup: Setup, loras: tuple[tuple[str, float], ...] = ()) -> Sides
         notes.append("text_tokens_zero_pad=false: the original attends each sample to its valid text tokens only; "
                      "FastVideo's native model attends to every padded token (known difference, expected to fail "
                      "from the first cross-attention on)")
-    return Sides(ref, native, truth, dims, zero_pad, notes)
+    return Sides(ref, native, truth, dims, zero_pad, notes, config)
+
+
+BSA_NOTE = ("block-sparse attention on both sides ({params}): the reference's (reference/bsa.py) and FastVideo's "
+            "own path (enable_bsa(), self_attn.bsa_params, its vendored Triton flash_attn_bsa_3d{interp})")
+BSA_COND_NOTE = ("BSA with num_cond_latents > 0: the original makes both halves of the condition split "
+                 "block-sparse, FastVideo's native model computes that split densely (known difference, expected "
+                 "to diverge from the first self-attention on)")
+BSA_KV_NOTE = ("BSA with a KV-cache continuation: the original attends the new frames block-sparsely to cache + new "
+               "frames, FastVideo's native forward_with_kv_cache uses dense SDPA (known difference; the self-attention "
+               "there has no hook on either side, so it shows from the first layer after it)")
+
+
+def _bsa_notes(setup: Setup, params: dict, T: int, num_cond_latents: int, continuation: bool) -> list[str]:
+    from reference import triton_cpu
+    interp = ", in Triton's interpreter" if triton_cpu.wants_interpreter(setup.device) else ""
+    notes = [BSA_NOTE.format(params=params, interp=interp)]
+    if T > 1 and num_cond_latents and not continuation:    # both use BSA only for T > 1
+        notes.append(BSA_COND_NOTE)
+    if T > 1 and continuation:
+        notes.append(BSA_KV_NOTE)
+    return notes
+
+
+@contextlib.contextmanager
+def bsa_for(setup: Setup, sides: Sides, inp: Inputs, report: dict, *, T: int, num_cond_latents: int = 0,
+            continuation: bool = False):
+    """Both sides with the block-sparse attention ``inp`` asks for (off: each model as its
+    config builds it), back to the config's setting afterwards. ``T``: the forward's latent
+    frames (new frames in a continuation), for the report's notes."""
+    params = effective_bsa(inp.bsa, sides.config)
+    if params is None and sides.config.enable_bsa:
+        params = sides.config.bsa_params.to_dict()
+    if params is not None:
+        for note in _bsa_notes(setup, params, T, num_cond_latents, continuation):
+            if note not in report["notes"]:
+                report["notes"].append(note)
+    default = sides.config.bsa_params.to_dict() if sides.config.enable_bsa else None
+    refs = [m for m in (sides.ref, sides.truth) if m is not None]
+    try:
+        for m in refs:
+            m.set_bsa(params)
+        nat.set_bsa(sides.native, params, setup.device)
+        yield
+    finally:
+        for m in refs:
+            m.set_bsa(None)                  # as its config.json says
+        nat.set_bsa(sides.native, default, setup.device)
 
 
 def _compare(report: dict, pairs: list[LayerPair], ref_acts: dict, nat_acts: dict, *, setup: Setup,
@@ -131,30 +180,52 @@ def _compare(report: dict, pairs: list[LayerPair], ref_acts: dict, nat_acts: dic
                     failures=fails, case=case)
 
 
+def _cached_attn_names(sides: Sides, cached: bool) -> tuple[list[str], list[str]]:
+    """In a KV-cache continuation both implementations run self-attention as a plain method
+    (the original does), so no hook sees ``attn`` / ``self_attn``. Their output projections
+    do run as modules and return the same thing: recorded in its place."""
+    if not cached:
+        return [], []
+    n = len(sides.ref.blocks)
+    return [f"blocks.{i}.attn.proj" for i in range(n)], [f"blocks.{i}.self_attn.to_out" for i in range(n)]
+
+
+def _as_attn(acts: dict, suffix: str) -> None:
+    for key in [k for k in acts if k.endswith(suffix)]:
+        acts.setdefault(key[: -len(suffix)], acts[key])
+        del acts[key]
+
+
 def _forward_pair(setup: Setup, sides: Sides, inp: Inputs, pairs: list[LayerPair], *,
                   kv_ref=None, kv_nat=None, overrides: dict | None = None):
     """Run reference (and truth) then native once; returns recorded activations and outputs."""
     overrides = overrides or {}
     ref_names = [p.name for p in pairs if p.kind != "output"]
     nat_names = [p.native for p in pairs if p.kind != "output"]
+    ref_proj, nat_proj = _cached_attn_names(sides, bool(kv_ref or (kv_ref is None and inp.kv_cache)))
     layer = setup.mode == "layer"
-    with Recorder(sides.ref, ref_names, inputs=layer) as rrec:
+    with Recorder(sides.ref, ref_names, inputs=layer) as rrec, Recorder(sides.ref, ref_proj) as rproj:
         r_out, r_kv = refside.run(sides.ref, inp, setup.dtype, setup.device, kv_cache=kv_ref, **overrides)
-    ref_acts = dict(rrec.outputs, output=r_out)
+    ref_acts = dict(rproj.outputs, **rrec.outputs, output=r_out)
+    _as_attn(ref_acts, ".proj")
     truth_acts, t_kv = None, None
     if sides.truth is not None:
         # The truth sees the low-precision reference's module inputs in layer mode,
         # so its outputs are the exact counterpart of each local computation.
         feeds = rrec.inputs if layer else {}
-        with Recorder(sides.truth, ref_names) as trec, Feeder(sides.truth, feeds):
+        with Recorder(sides.truth, ref_names) as trec, Recorder(sides.truth, ref_proj) as tproj, \
+                Feeder(sides.truth, feeds):
             t_out, t_kv = refside.run(sides.truth, inp, torch.float32, setup.device,
                                       kv_cache=kv_ref, **overrides)
-        truth_acts = dict(trec.outputs, output=t_out)
+        truth_acts = dict(tproj.outputs, **trec.outputs, output=t_out)
+        _as_attn(truth_acts, ".proj")
     feeds = {p.native: rrec.inputs[p.name] for p in pairs if layer and p.name in rrec.inputs}
-    with Recorder(sides.native, nat_names) as nrec, Feeder(sides.native, feeds):
+    with Recorder(sides.native, nat_names) as nrec, Recorder(sides.native, nat_proj) as nproj, \
+            Feeder(sides.native, feeds):
         n_out, n_kv = nat.run(sides.native, inp, setup.dtype, setup.device,
                               kv_cache=(kv_ref if layer else kv_nat), **overrides)
-    nat_acts = dict(nrec.outputs, output=n_out)
+    nat_acts = dict(nproj.outputs, **nrec.outputs, output=n_out)
+    _as_attn(nat_acts, ".to_out")
     return ref_acts, nat_acts, truth_acts, (r_kv, n_kv, t_kv)
 
 
@@ -177,7 +248,9 @@ def _with_caches(pairs: list[LayerPair], acts: tuple, kvs: tuple) -> list[LayerP
 
 
 def run_case(setup: Setup, sides: Sides, inp: Inputs, report: dict, pairs: list[LayerPair]) -> None:
-    ref_acts, nat_acts, truth_acts, kvs = _forward_pair(setup, sides, inp, pairs)
+    with bsa_for(setup, sides, inp, report, T=inp.hidden_states.shape[2], num_cond_latents=inp.num_cond_latents,
+                 continuation=bool(inp.kv_cache)):
+        ref_acts, nat_acts, truth_acts, kvs = _forward_pair(setup, sides, inp, pairs)
     compared = _with_caches(pairs, (ref_acts, nat_acts, truth_acts), kvs)
     _compare(report, compared, ref_acts, nat_acts, setup=setup, inp=inp, case=inp.name,
              zero_pad=sides.zero_pad, truth_acts=truth_acts)
@@ -194,15 +267,17 @@ def run_kv_continuation(setup: Setup, sides: Sides, inp: Inputs, cond_frames: in
     ts = inp.timestep if inp.timestep.ndim == 2 else inp.timestep[:, None].expand(-1, T)
     cond = dict(hidden_states=inp.hidden_states[:, :, :cond_frames], timestep=torch.zeros_like(ts[:, :cond_frames]),
                 num_cond_latents=0, return_kv=True, skip_crs_attn=True)
-    ref_acts, nat_acts, truth_acts, kvs = _forward_pair(setup, sides, inp, pairs, overrides=cond)
+    with bsa_for(setup, sides, inp, report, T=cond_frames):
+        ref_acts, nat_acts, truth_acts, kvs = _forward_pair(setup, sides, inp, pairs, overrides=cond)
     r_kv, n_kv, _ = kvs
     cache_pairs = _with_caches(pairs, (ref_acts, nat_acts, truth_acts), kvs)
     _compare(report, cache_pairs, ref_acts, nat_acts, setup=setup, inp=inp, case=f"{inp.name}:cache",
              zero_pad=sides.zero_pad, truth_acts=truth_acts)
     cont = dict(hidden_states=inp.hidden_states[:, :, cond_frames:], timestep=ts[:, cond_frames:],
                 num_cond_latents=cond_frames, return_kv=False, skip_crs_attn=False)
-    ref_acts, nat_acts, truth_acts, _ = _forward_pair(setup, sides, inp, pairs, kv_ref=r_kv, kv_nat=n_kv,
-                                                       overrides=cont)
+    with bsa_for(setup, sides, inp, report, T=T - cond_frames, continuation=True):
+        ref_acts, nat_acts, truth_acts, _ = _forward_pair(setup, sides, inp, pairs, kv_ref=r_kv, kv_nat=n_kv,
+                                                           overrides=cont)
     _compare(report, pairs, ref_acts, nat_acts, setup=setup, inp=inp, case=f"{inp.name}:continue",
              zero_pad=sides.zero_pad, truth_acts=truth_acts)
 

@@ -93,6 +93,16 @@ class ReferenceDiT(nn.Module):
         for block in self.blocks:
             set_block_bsa(block, None)
 
+    def set_bsa(self, params: dict | BsaParams | None) -> None:
+        """Per-run switch (golden cases, parity inputs): a dict -> ``enable_bsa(params)``
+        ({} -> the config's); None -> as config.json says (its ``enable_bsa``)."""
+        if params is not None:
+            self.enable_bsa(params)
+        elif self.config.enable_bsa:
+            self.enable_bsa()
+        else:
+            self.disable_bsa()
+
     @property
     def bsa_params(self) -> BsaParams | None:
         """The parameters in force when BSA is on in the blocks, else None."""

@@ -159,9 +159,10 @@ class UpstreamModel:
     """The upstream model plus what golden-check needs: LoRA switching and a forward
     with the right attention in place. ``.model`` is the real upstream nn.Module."""
 
-    def __init__(self, model, standin, device, dtype):
+    def __init__(self, model, standin, device, dtype, bsa_config: tuple[bool, dict | None] = (False, None)):
         self.model, self.standin, self.device, self.dtype = model, standin, device, dtype
         self._lora_n = 0
+        self._bsa_config = bsa_config        # config.json's (enable_bsa, bsa_params)
 
     @contextlib.contextmanager
     def attention(self):
@@ -189,20 +190,23 @@ class UpstreamModel:
 
     def set_bsa(self, params: dict | None) -> None:
         """Block-sparse attention for the next forwards, as the original pipeline does it:
-        None switches it off (``dit.disable_bsa()``); a dict switches it on
-        (``dit.enable_bsa()``) with these ``bsa_params`` set on every block's attention
-        ({} keeps the ones the model was built with from config.json). The real BSA
-        module is imported on first use."""
+        a dict switches it on (``dit.enable_bsa()``) with these ``bsa_params`` set on every
+        block's attention ({} -> config.json's); None goes back to what config.json says
+        (``dit.disable_bsa()`` unless its enable_bsa is true). The real BSA module is
+        imported on first use."""
+        enabled, config_params = self._bsa_config
         if params is None:
-            self.model.disable_bsa()
-            return
+            if not enabled:
+                self.model.disable_bsa()
+                return
+            params = {}
+        params = dict(params) or (dict(config_params) if config_params else None)
+        if params is None:
+            raise BadInput("block-sparse attention switched on but the checkpoint's config.json has no "
+                           "bsa_params; give the parameters")
         use_real_bsa(self.device)
         for block in self.model.blocks:
-            if params:
-                block.attn.bsa_params = dict(params)
-            elif block.attn.bsa_params is None:
-                raise BadInput("block-sparse attention switched on but the checkpoint's config.json has no "
-                               "bsa_params; give the parameters")
+            block.attn.bsa_params = dict(params)
         self.model.enable_bsa()
 
     def set_loras(self, loras: list[tuple[Path, float]]) -> None:
@@ -256,4 +260,4 @@ def load_upstream(checkpoint, upstream_path, dtype="float32", device="cpu", atte
                        f"unexpected {unexpected[:5]}")
     model.eval()
     standin = None if real_flash else _flash_standin(get_backend(attention))
-    return UpstreamModel(model, standin, device, dtype)
+    return UpstreamModel(model, standin, device, dtype, (config.enable_bsa, cfg.get("bsa_params")))

@@ -261,6 +261,16 @@ def test_config_enable_bsa_builds_with_bsa_on(tmp_path):
     (dst / "dit/config.json").write_text(json.dumps(_config(enable_bsa=True)))
     m = load_reference(dst)
     assert all(b.attn.enable_bsa for b in m.blocks) and m.bsa_params.sparsity == 0.9375
+    # the per-run switch golden-check and parity use: a case's params, then back to the config's
+    m.set_bsa({"sparsity": 0.5})
+    assert m.bsa_params.sparsity == 0.5 and m.bsa_params.chunk_q == (4, 4, 8)   # the original's defaults
+    m.set_bsa(None)
+    assert m.bsa_params == m.config.bsa_params
+    plain = load_reference(TINY_A)
+    plain.set_bsa({})
+    assert plain.bsa_params == plain.config.bsa_params
+    plain.set_bsa(None)
+    assert plain.bsa_params is None
 
 
 @pytest.mark.parametrize("edits,needle", [
