@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 from dataclasses import replace
+from types import SimpleNamespace
 
 import torch
 
@@ -27,7 +28,7 @@ from .capture import Feeder, Recorder
 from .correspondence import layer_pairs
 from .inputs import Inputs
 from .policy import dtype_name
-from .runner import LOW_PRECISION, Setup, _compare
+from .runner import LOW_PRECISION, Setup, _compare, bsa_for
 
 
 def _block_keys(reader: ShardedReader, i: int) -> tuple[list[str], dict[str, str]]:
@@ -87,46 +88,58 @@ def run_blocks(setup: Setup, inputs: list[Inputs]) -> dict:
     block = [p for p in pairs_one if p.name.startswith("blocks.0")]
     tail = [p for p in pairs_one if p.kind in ("final_layer", "output")]
 
+    one_block = SimpleNamespace(ref=ref, truth=truth, native=native, config=config)
     for inp in inputs:
-        carried = None
-        for i in range(depth):
-            for m, reader in ((ref, src), (native, conv), (truth, src)):
-                if m is not None:
-                    _load_block(m, reader, i, setup.device)
-            last = i == depth - 1
-            pairs = (embed if i == 0 else []) + block + (tail if last else [])
-            names = [p.name for p in pairs if p.kind != "output"]
-            rename = {p.name: p.name.replace("blocks.0", f"blocks.{i}", 1) for p in block}
-            kv = {0: inp.kv_cache[i]} if inp.kv_cache else None
-            ref_feed = {"blocks.0": carried} if carried is not None else {}
-            # Feeder before Recorder: the recorded input must be the one the block got.
-            rec_names = list(dict.fromkeys(names + ["blocks.0", "final_layer"]))
-            with Feeder(ref, ref_feed), Recorder(ref, rec_names, inputs=True) as rrec:
-                r_out, _ = refside.run(ref, inp, setup.dtype, setup.device, kv_cache=kv)
-            feeds = {"blocks.0": rrec.inputs["blocks.0"]}
-            if last:
-                feeds["final_layer"] = rrec.inputs["final_layer"]
-            nat_feeds = {p.native: t for p in pairs_one for n, t in feeds.items() if p.name == n}
-            with Recorder(native, [p.native for p in pairs if p.kind != "output"]) as nrec, \
-                    Feeder(native, nat_feeds):
-                n_out, _ = nat.run(native, inp, setup.dtype, setup.device, kv_cache=kv)
-            truth_acts = None
-            if truth is not None:
-                with Recorder(truth, names) as trec, Feeder(truth, feeds):
-                    t_out, _ = refside.run(truth, inp, torch.float32, setup.device, kv_cache=kv)
-                truth_acts = dict(trec.outputs, output=t_out)
-            ref_acts = dict(rrec.outputs, output=r_out)
-            nat_acts = dict(nrec.outputs, output=n_out)
-            renamed = [replace(p, name=rename.get(p.name, p.name),
-                               native=p.native.replace("blocks.0", f"blocks.{i}", 1)) for p in pairs]
-            ref_acts = {rename.get(k, k): v for k, v in ref_acts.items()}
-            nat_acts = {(k.replace("blocks.0", f"blocks.{i}", 1) if k.startswith("blocks.0") else k): v
-                        for k, v in nat_acts.items()}
-            if truth_acts is not None:
-                truth_acts = {rename.get(k, k): v for k, v in truth_acts.items()}
-            _compare(report, renamed, ref_acts, nat_acts, setup=setup, inp=inp, case=inp.name, zero_pad=zero_pad,
-                     truth_acts=truth_acts)
-            carried = rrec.outputs["blocks.0"]
-            del rrec, nrec, ref_acts, nat_acts, truth_acts
-            gc.collect()
+        with bsa_for(setup, one_block, inp, report, T=inp.hidden_states.shape[2],
+                     num_cond_latents=inp.num_cond_latents):
+            _stream(setup, inp, report, depth, (ref, native, truth), (src, conv), (embed, block, tail, pairs_one),
+                    zero_pad)
     return R.finalize(report)
+
+
+def _stream(setup: Setup, inp: Inputs, report: dict, depth: int, models, readers, groups, zero_pad) -> None:
+    """One input through every block, one block of each model in memory at a time."""
+    ref, native, truth = models
+    src, conv = readers
+    embed, block, tail, pairs_one = groups
+    carried = None
+    for i in range(depth):
+        for m, reader in ((ref, src), (native, conv), (truth, src)):
+            if m is not None:
+                _load_block(m, reader, i, setup.device)
+        last = i == depth - 1
+        pairs = (embed if i == 0 else []) + block + (tail if last else [])
+        names = [p.name for p in pairs if p.kind != "output"]
+        rename = {p.name: p.name.replace("blocks.0", f"blocks.{i}", 1) for p in block}
+        kv = {0: inp.kv_cache[i]} if inp.kv_cache else None
+        ref_feed = {"blocks.0": carried} if carried is not None else {}
+        # Feeder before Recorder: the recorded input must be the one the block got.
+        rec_names = list(dict.fromkeys(names + ["blocks.0", "final_layer"]))
+        with Feeder(ref, ref_feed), Recorder(ref, rec_names, inputs=True) as rrec:
+            r_out, _ = refside.run(ref, inp, setup.dtype, setup.device, kv_cache=kv)
+        feeds = {"blocks.0": rrec.inputs["blocks.0"]}
+        if last:
+            feeds["final_layer"] = rrec.inputs["final_layer"]
+        nat_feeds = {p.native: t for p in pairs_one for n, t in feeds.items() if p.name == n}
+        with Recorder(native, [p.native for p in pairs if p.kind != "output"]) as nrec, \
+                Feeder(native, nat_feeds):
+            n_out, _ = nat.run(native, inp, setup.dtype, setup.device, kv_cache=kv)
+        truth_acts = None
+        if truth is not None:
+            with Recorder(truth, names) as trec, Feeder(truth, feeds):
+                t_out, _ = refside.run(truth, inp, torch.float32, setup.device, kv_cache=kv)
+            truth_acts = dict(trec.outputs, output=t_out)
+        ref_acts = dict(rrec.outputs, output=r_out)
+        nat_acts = dict(nrec.outputs, output=n_out)
+        renamed = [replace(p, name=rename.get(p.name, p.name),
+                           native=p.native.replace("blocks.0", f"blocks.{i}", 1)) for p in pairs]
+        ref_acts = {rename.get(k, k): v for k, v in ref_acts.items()}
+        nat_acts = {(k.replace("blocks.0", f"blocks.{i}", 1) if k.startswith("blocks.0") else k): v
+                    for k, v in nat_acts.items()}
+        if truth_acts is not None:
+            truth_acts = {rename.get(k, k): v for k, v in truth_acts.items()}
+        _compare(report, renamed, ref_acts, nat_acts, setup=setup, inp=inp, case=inp.name, zero_pad=zero_pad,
+                 truth_acts=truth_acts)
+        carried = rrec.outputs["blocks.0"]
+        del rrec, nrec, ref_acts, nat_acts, truth_acts
+        gc.collect()

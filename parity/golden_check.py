@@ -40,6 +40,10 @@ class OursSubject:
     def __call__(self, **kw):
         return self.model(**kw)
 
+    def set_bsa(self, params: dict | None) -> None:
+        """A case's block-sparse attention (None: as the checkpoint's config.json says)."""
+        self.model.set_bsa(params)
+
     def set_loras(self, loras: list[tuple[Path, float]]) -> None:
         self.model.disable_all_loras()
         self.model.loras.clear()
@@ -90,6 +94,7 @@ def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", atten
     model_dir, _ = resolve_checkpoint(checkpoint)
     loras = [case_loras(c, model_dir) for c in cases]
     settings = {id(c): c.settings(model_dir) for c in cases if isinstance(c, TrajectoryCase)}
+    bsa = {id(c): c.bsa() for c in cases}                  # checked before any model work
     policy = policy or Policy.load()
     if subject is None:
         subject = build_subject(checkpoint, dtype=tdtype, device=tdevice, attention=attention,
@@ -105,6 +110,7 @@ def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", atten
 
     for case, case_lora in zip(cases, loras):
         subject.set_loras(case_lora)
+        subject.set_bsa(bsa[id(case)])
         try:
             if isinstance(case, TrajectoryCase):
                 got = run_trajectory(subject, case, settings[id(case)], dtype=tdtype, device=tdevice)

@@ -58,11 +58,12 @@ class LoopCase:
     loras: list[tuple[str, float]] = field(default_factory=list)
     description: str = ""
     golden: dict = field(default_factory=dict)
+    bsa: dict | None = None                   # block-sparse attention on both sides (parity/inputs.py)
 
 
 def from_trajectory(case: TrajectoryCase, model_dir: Path | None) -> LoopCase:
     return LoopCase(case.name, case.settings(model_dir), case.loop_inputs(), case.loras(), case.description,
-                    dict(case.expected))
+                    dict(case.expected), case.bsa())
 
 
 def generate(dims, settings, *, shape=(3, 4, 6), text_len=12, valid=None, batch=1, seed=0,
@@ -309,7 +310,7 @@ def _median_ms(seconds: list[float]) -> float | None:
 
 def run_sampling(setup, cases: list[LoopCase], *, sigmas: str = "fastvideo", title: str | None = None) -> dict:
     """The sampling-parity report: every row of every case, in loop order."""
-    from .runner import LOW_PRECISION, load_sides
+    from .runner import LOW_PRECISION, bsa_for, load_sides
     if sigmas not in SIGMAS:
         raise BadInput(f"--sigmas {sigmas!r}: choose {' or '.join(SIGMAS)}")
     dname = dtype_name(setup.dtype)
@@ -326,12 +327,14 @@ def run_sampling(setup, cases: list[LoopCase], *, sigmas: str = "fastvideo", tit
         sides = load_sides(setup, loras)
         report["notes"] += [n for n in sides.notes if n not in report["notes"]]
         for case in group:
-            ref, ref_s = run_reference(sides.ref, case, dtype=setup.dtype, device=setup.device)
-            truth = None
-            if sides.truth is not None:
-                truth, _ = run_reference(sides.truth, case, dtype=torch.float32, device=setup.device)
-            got, nat_s, notes = run_native(sides.native, case, dtype=setup.dtype, device=setup.device, sigmas=sigmas,
-                                           converted=Path(setup.converted))
+            T = case.inputs.latents.shape[2]
+            with bsa_for(setup, sides, case, report, T=T, num_cond_latents=case.settings.num_cond_latents):
+                ref, ref_s = run_reference(sides.ref, case, dtype=setup.dtype, device=setup.device)
+                truth = None
+                if sides.truth is not None:
+                    truth, _ = run_reference(sides.truth, case, dtype=torch.float32, device=setup.device)
+                got, nat_s, notes = run_native(sides.native, case, dtype=setup.dtype, device=setup.device,
+                                               sigmas=sigmas, converted=Path(setup.converted))
             report["notes"] += [n for n in notes if n not in report["notes"]]
             judge_rows(report, case.name, got, ref, policy=setup.policy, dtype=setup.dtype, device=setup.device,
                        truth=truth, lowp_dtype=lowp, names=("native pipeline", "reference"))

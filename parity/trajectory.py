@@ -84,6 +84,12 @@ class TrajectoryCase:
         from reference.golden import lora_entries
         return lora_entries(self.meta, self.path.with_suffix(".json"))
 
+    def bsa(self) -> dict | None:
+        """The block-sparse attention the loop ran with (``enable_bsa``/``bsa_params``, as in
+        DiT cases): None off, {} the checkpoint config's, else the checked params."""
+        from reference.golden import bsa_entry
+        return bsa_entry(self.meta, self.path.with_suffix(".json"))
+
 
 def is_trajectory(path) -> bool:
     """True when the case file holds ``traj.*`` keys (reads only its header)."""

@@ -169,3 +169,25 @@ def test_cli_in_a_fresh_process_without_the_variable(converted, tmp_path):
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((tmp_path / "report.json").read_text())["passed"]
+
+
+def test_golden_check_applies_each_cases_bsa(tmp_path):
+    """golden-check honours a case's enable_bsa/bsa_params: every BSA case passes, and the
+    same case judged with BSA forced off (the model dense) misses the upstream data."""
+    cases = [GOLDEN / "tiny-a/cases/bsa_t2v.safetensors", *sorted(EXTRA.glob("bsa_*.safetensors"))]
+    assert cli("golden-check", TINY_A, *cases, "--report", tmp_path / "on", "--quiet") == 0
+    from parity.golden_check import OursSubject, golden_check
+    from reference import load_reference
+
+    class Dense(OursSubject):
+        def set_bsa(self, params):
+            super().set_bsa(None)
+    rep = golden_check(TINY_A, cases[:1], subject=Dense(load_reference(TINY_A)))
+    assert not rep["passed"] and rep["first_divergent"] == "blocks.0.attn"
+
+
+def test_blocks_mode_applies_the_cases_bsa(converted, tmp_path):
+    rc, rep = parity(converted, tmp_path / "t2v", "--mode", "blocks", "--case", GOLDEN / "tiny-a/cases/bsa_t2v.safetensors")
+    assert rc == 0 and any("block-sparse attention on both sides" in n for n in rep["notes"])
+    rc, rep = parity(converted, tmp_path / "i2v", "--mode", "blocks", "--case", EXTRA / "bsa_i2v.safetensors")
+    assert rc == 1 and rep["first_divergent"] == "blocks.0.attn"
