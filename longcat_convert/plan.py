@@ -37,6 +37,10 @@ def build(reader: ShardedReader, ops: list[Op], *, what: str = "source",
                 raise BadInput(f"{info.file}: {info.key!r} has shape {list(info.shape)} but config.json implies "
                                f"{list(shape)}; the checkpoint does not match its config.json")
         src_dtype = infos[0].dtype
+        for info in infos:
+            if info.dtype not in DTYPES:
+                raise BadInput(f"{info.file}: {info.key!r} is {info.dtype}; the converter handles "
+                               f"{', '.join(DTYPES)} tensors only")
         for info in infos[1:]:
             if info.dtype != src_dtype:
                 raise BadInput(f"{info.file}: {info.key!r} is {info.dtype} but {infos[0].key!r} is {src_dtype}; "
@@ -80,14 +84,15 @@ def dtype_name(st: str) -> str:
 
 
 def _index_weight_map(dit: Path) -> dict[str, str]:
-    import json
+    from .jsonfile import load
     indexes = sorted(dit.glob("*.safetensors.index.json"))
     if not indexes:
         raise BadInput(f"{dit}: no shards and no *.safetensors.index.json to plan from")
-    try:
-        return dict(json.loads(indexes[0].read_text())["weight_map"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise BadInput(f"{indexes[0]}: not a valid shard index (needs a 'weight_map' object)")
+    data = load(indexes[0], "a shard index ({'weight_map': {key: shard file name}})")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise BadInput(f"{indexes[0]}: not a valid shard index (needs a 'weight_map' object of file names)")
+    return weight_map
 
 
 def describe(source: str, *, revision: str | None = None) -> dict:
