@@ -82,6 +82,15 @@ def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
 @click.option("--sigmas", type=click.Choice(["fastvideo", "original"]), default="fastvideo", show_default=True,
               help="Sampling: the schedule FastVideo gets. fastvideo: what its timestep stage makes of the step "
                    "count; original: the original's sigmas, handed over through ForwardBatch.sigmas.")
+@click.option("--sp", default=None, type=int,
+              help="Sequence parallelism: the native side runs under FastVideo's own SP in N processes (gloo on a "
+                   "CPU, NCCL on N GPUs) plus a 1-process baseline; every rank is compared, and the report gives "
+                   "each rank's attention work, time and memory against the baseline (e2e and layer modes).")
+@click.option("--sp-timeout", default=600.0, show_default=True,
+              help="--sp: seconds the baseline, then the N ranks, may take before their processes are killed.")
+@click.option("--sp-start", type=click.Choice(["auto", "fork", "spawn"]), default="auto", show_default=True,
+              help="--sp: fork this process (the CPU default: FastVideo imported once) or spawn "
+                   "`python -m parity.sp_worker` per rank (always on CUDA).")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N")
 @click.option("--attention", default="sdpa", show_default=True, help="Reference attention backend: sdpa|flash2|flash3")
@@ -104,7 +113,13 @@ def parity_cmd(source, converted, **o):
                   attention=o["attention"], mode=mode, loras=_loras(o["loras"], o["lora_multiplier"]),
                   policy=Policy.load(o["tolerances"]))
     parse_device(o["device"])
-    if mode == "sampling":
+    if o["sp"] is not None:
+        if mode not in ("e2e", "layer"):
+            raise BadInput(f"--sp runs with --mode e2e or layer, not {mode}")
+        from .distributed import run_sp_parity
+        report = run_sp_parity(setup, _forward_inputs(source, o), sp=o["sp"], kv_cache_frames=o["kv_cache_frames"],
+                               timeout=o["sp_timeout"], start=o["sp_start"])
+    elif mode == "sampling":
         report = _sampling(setup, source, o)
     elif mode == "blocks":
         if o["kv_cache_frames"]:
@@ -163,6 +178,12 @@ def _sampling(setup, source, o) -> dict:
                             num_cond_latents=ncl, t_thresh=o["t_thresh"])
         settings.validate("generated sampling inputs")
         cases = [generate(refside.source_dims(source), settings, **_generated_text(o))]
+    from .inputs import bsa_from_flags
+    bsa = bsa_from_flags(o["bsa_sparsity"], o["bsa_cdf"], o["bsa_chunk_q"], o["bsa_chunk_k"])
+    if bsa is not None:
+        if o["cases"]:
+            raise BadInput("--bsa-* flags are for generated inputs; a case's JSON sets its own enable_bsa/bsa_params")
+        cases[0].bsa = bsa
     return run_sampling(setup, cases, sigmas=o["sigmas"])
 
 

@@ -43,9 +43,12 @@ def fastvideo_available() -> str | None:
     return None
 
 
-def ensure_runtime(device=None) -> None:
+def ensure_runtime(device=None, *, sp_size: int = 1, init_file: str | None = None) -> None:
     """Initialise FastVideo's single-process runtime once per process.
-    ``device``: where models will run (a CPU run gets Triton's interpreter)."""
+    ``device``: where models will run (a CPU run gets Triton's interpreter).
+    ``sp_size``/``init_file``: a rank of a sequence-parallel run (parity/sp_worker.py):
+    FastVideo's own ``maybe_init_distributed_environment_and_model_parallel(1, sp_size)``
+    rendezvous on ``file://init_file`` (RANK / LOCAL_RANK / WORLD_SIZE from the environment)."""
     global _runtime_ready, _dist_dir
     if _runtime_ready:
         return
@@ -75,9 +78,11 @@ def ensure_runtime(device=None) -> None:
     import torch
     if not torch.cuda.is_available():
         fv_lora.get_local_torch_device = lambda: torch.device("cpu")
-    _dist_dir = tempfile.TemporaryDirectory(prefix="lcc-dist-")
+    if init_file is None:
+        _dist_dir = tempfile.TemporaryDirectory(prefix="lcc-dist-")
+        init_file = str(Path(_dist_dir.name) / "init")
     fvd.maybe_init_distributed_environment_and_model_parallel(
-        1, 1, distributed_init_method="file://" + str(Path(_dist_dir.name) / "init"))
+        1, sp_size, distributed_init_method="file://" + str(init_file))
     _runtime_ready = True
 
 
@@ -229,6 +234,15 @@ def set_bsa(model, params: dict | None, device=None) -> None:
     import fastvideo.models.dits.longcat as fv_longcat
     bsa_mod = __import__(fv_longcat.flash_attn_bsa_3d.__module__, fromlist=["_"])
     triton_cpu.check(bsa_mod.create_mask_from_indices_kernel, "FastVideo's block-sparse attention", device)
+    import torch
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32 and torch.device(device or "cpu").type == "cpu":
+        # Measured: under Triton's interpreter both the original's and FastVideo's BSA kernel
+        # return values ~1e9 for bf16 inputs of order 1 (float32 agrees with a dense masked
+        # attention to 2e-7). A comparison would only measure the interpreter.
+        raise BadInput(f"block-sparse attention in {str(dtype).replace('torch.', '')} cannot be checked on the "
+                       "CPU: Triton's interpreter computes the low-precision BSA kernel wrongly (the original's "
+                       "too); use --dtype fp32 on the CPU, or --device cuda")
     model.enable_bsa()
     for block in model.blocks:
         if params:

@@ -191,3 +191,12 @@ def test_blocks_mode_applies_the_cases_bsa(converted, tmp_path):
     assert rc == 0 and any("block-sparse attention on both sides" in n for n in rep["notes"])
     rc, rep = parity(converted, tmp_path / "i2v", "--mode", "blocks", "--case", EXTRA / "bsa_i2v.safetensors")
     assert rc == 1 and rep["first_divergent"] == "blocks.0.attn"
+
+
+def test_low_precision_bsa_on_the_cpu_is_refused(converted, capsys):
+    """Triton's interpreter computes the bf16 BSA kernel wrongly (the original's as well as
+    FastVideo's): such a run would measure the interpreter, so it is a one-line exit 2."""
+    rc = cli("parity", TINY_A, converted["tiny-a"], *BIG, "--bsa-sparsity", "0.875", "--bsa-chunk-q", "4,4,8",
+             "--bsa-chunk-k", "4,4,8", "--dtype", "bf16")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "Triton's interpreter" in err and len(err.splitlines()) == 1
