@@ -34,7 +34,7 @@ import contextlib
 import io
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -349,9 +349,3 @@ def run_sampling(setup, cases: list[LoopCase], *, sigmas: str = "fastvideo", tit
                            "DiT call, CFG batch included")
     return R.finalize(report)
 
-
-def with_overrides(settings, **kw):
-    """Settings with some fields replaced (and checked again)."""
-    s = replace(settings, **{k: v for k, v in kw.items() if v is not None})
-    s.validate()
-    return s
