@@ -1,7 +1,8 @@
 """All-or-nothing output folders: build in a hidden temporary folder beside
 OUTPUT, rename it into place at the end, and remove it on any failure
 (including Ctrl-C, SIGTERM and a full disk). A failure while writing -- an
-OSError or an interruption -- becomes a one-line BadInput (exit 2)."""
+OSError -- becomes a one-line BadInput (exit 2); an interruption becomes
+Interrupted (exit 130)."""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,7 @@ import signal
 import threading
 from pathlib import Path
 
-from .errors import BadInput
+from .errors import BadInput, Interrupted
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -138,8 +139,8 @@ class AtomicFolder:
         if isinstance(exc, OSError) and not isinstance(exc, BadInput):
             raise os_error(exc, self.output) from exc
         if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM via sigterm_as_interrupt
-            raise BadInput(f"{self.output}: interrupted while writing; nothing was left behind "
-                           "and the source is untouched") from exc
+            raise Interrupted(f"{self.output}: interrupted while writing; nothing was left behind "
+                              "and the source is untouched") from exc
         return False
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 
@@ -36,8 +37,8 @@ class Reporter:
         return lambda n: progress.advance(tid, n)
 
     def note(self, text: str) -> None:
-        self.console.print(text, soft_wrap=True)
+        self.console.print(escape(text), soft_wrap=True)
 
     def warn(self, text: str) -> None:
         # warnings are shown even with --quiet
-        Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] {text}", soft_wrap=True)
+        Console(stderr=True, highlight=False).print(f"[yellow]warning:[/] {escape(text)}", soft_wrap=True)

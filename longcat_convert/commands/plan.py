@@ -5,6 +5,7 @@ import json
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..plan import describe
@@ -29,7 +30,7 @@ def command(source, revision, as_json):
         console = Console(highlight=False, width=180)
     n = plan["tensors"]
     size = f"{n['bytes'] / 1e9:.3f} GB" if n["bytes"] is not None else "size unknown"
-    table = Table(title=f"{plan['source']['spec']}: {n['source']} source -> {n['native']} native tensors "
+    table = Table(title=f"{escape(plan['source']['spec'])}: {n['source']} source -> {n['native']} native tensors "
                         f"({size}), table {plan['table_hash']}")
     for col in ("source key", "shape", "dtype", "op", "native key", "shape"):
         table.add_column(col, overflow="fold")
@@ -41,7 +42,7 @@ def command(source, revision, as_json):
                       "\n".join(_shape(t["shape"]) for t in row["targets"]))
     console.print(table)
     for lora in plan["loras"]:
-        lt = Table(title=f"LoRA {lora['source']} -> {lora['output']}")
+        lt = Table(title=escape(f"LoRA {lora['source']} -> {lora['output']}"))
         for col in ("original module", "native target", "rank", "alpha_scale", "lora_alpha", "alpha folded into B"):
             lt.add_column(col)
         for d in lora["targets"]:
@@ -49,7 +50,7 @@ def command(source, revision, as_json):
                        "yes" if d["alpha_folded_into_B"] else "no")
         console.print(lt)
     for w in plan["config"]["warnings"]:
-        console.print(f"[yellow]warning:[/] {w}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
     for n in plan["config"]["notes"]:
-        console.print(f"note: {n}", soft_wrap=True)
+        console.print(f"note: {escape(n)}", soft_wrap=True)
     return 0
