@@ -21,6 +21,23 @@ INDEX_ENTRIES = {
     "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
 }
 
+# model_index.json's _class_name per workload (--workload): FastVideo 0.2.1 resolves its
+# pipeline class from it (fastvideo/pipelines/basic/longcat/). Refinement (480p -> 720p)
+# runs through its t2v pipeline (LongCatRefineInitStage / LongCatRefineTimestepStage).
+WORKLOADS = {
+    "t2v": "LongCatPipeline",
+    "i2v": "LongCatImageToVideoPipeline",
+    "vc": "LongCatVideoContinuationPipeline",
+    "refine": "LongCatPipeline",
+}
+
+
+def pipeline_class(workload: str) -> str:
+    """FastVideo's LongCat pipeline class for a workload (one-line BadInput otherwise)."""
+    if workload not in WORKLOADS:
+        raise BadInput(f"--workload: {workload!r} is not one of {', '.join(WORKLOADS)}")
+    return WORKLOADS[workload]
+
 
 def list_files(folder: Path) -> list[Path]:
     """Files under ``folder`` (symlinks followed, as in a Hugging Face cache snapshot)."""

@@ -43,6 +43,7 @@ class Options:
     chunk: int = CHUNK
     workers: int = WORKERS
     hash_tensors: bool = True             # sha256 of every output tensor (the costly part of a copy)
+    workload: str = "t2v"                 # t2v | i2v | vc | refine: model_index.json's pipeline class
 
     def checked_max_shard(self) -> int:
         """Validate the choices (one-line BadInput) and return the shard size in bytes."""
@@ -50,6 +51,7 @@ class Options:
             raise BadInput(f"--components: {self.components!r} is not one of {', '.join(comp.MODES)}")
         if self.dtype is not None and self.dtype not in planmod.DTYPE_CHOICES:
             raise BadInput(f"--dtype: {self.dtype!r} is not one of {', '.join(planmod.DTYPE_CHOICES)}")
+        comp.pipeline_class(self.workload)
         return parse_size(self.max_shard_size)
 
 
@@ -166,7 +168,8 @@ def convert(source: str, output: str | Path, opts: Options | None = None,
         for name in skipped:
             comp_record[name] = {"mode": "skip"}
         notes += comp_notes
-        index = {"_class_name": config_map.PIPELINE_CLASS,
+        pipeline = comp.pipeline_class(opts.workload)
+        index = {"_class_name": pipeline,
                  "_diffusers_version": orig_cfg.get("_diffusers_version", "0.35.1")}
         for name in ("tokenizer", "text_encoder", "vae", "scheduler"):
             if name in components:
@@ -175,7 +178,7 @@ def convert(source: str, output: str | Path, opts: Options | None = None,
         missing = [c for c in comp.INDEX_ENTRIES if c not in components]
         if missing:
             notes.append(f"model_index.json lists only the transformer and the components written; "
-                         f"FastVideo's {config_map.PIPELINE_CLASS} also needs {', '.join(missing)}")
+                         f"FastVideo's {pipeline} also needs {', '.join(missing)}")
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
         src_files = source_records(result, reader, src_root,
@@ -187,7 +190,7 @@ def convert(source: str, output: str | Path, opts: Options | None = None,
             "source": src.describe(),
             "options": {"dtype": opts.dtype, "max_shard_size": max_shard, "components": opts.components,
                         "loras": opts.loras, "strict": opts.strict, "source_sha256": opts.source_sha256,
-                        "hash_tensors": opts.hash_tensors, "fsync": opts.fsync},
+                        "hash_tensors": opts.hash_tensors, "fsync": opts.fsync, "workload": opts.workload},
             "config": {"original": orig_cfg, "native": native_cfg},
             "warnings": warnings, "notes": notes,
             "dtype": planmod.dtype_decisions(tensors),
@@ -204,6 +207,7 @@ def convert(source: str, output: str | Path, opts: Options | None = None,
     return {"ok": True, "command": "convert", "source": src.describe(), "output": str(out),
             "tensors": len(tensors), "shards": len(shards), "bytes": sum(t.nbytes for t in tensors),
             "loras": [lp.out_relpath for lp in lora_plans], "components": {k: v["mode"] for k, v in comp_record.items()},
+            "workload": opts.workload, "pipeline": pipeline,
             "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings, "notes": notes}
 
 

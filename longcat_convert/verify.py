@@ -197,9 +197,12 @@ def verify(source: str, output: str | Path, *, revision: str | None = None,
         idx = out / "model_index.json"
         try:
             mi = config_map.load(idx)
-            if mi.get("_class_name") != config_map.PIPELINE_CLASS or \
+            workload = (record or {}).get("options", {}).get("workload", "t2v")
+            want_pipeline = comp.WORKLOADS.get(workload, config_map.PIPELINE_CLASS)
+            if mi.get("_class_name") != want_pipeline or \
                     mi.get("transformer") != ["diffusers", config_map.NATIVE_CLASS]:
-                problems.add(f"{idx}: does not name {config_map.PIPELINE_CLASS} and {config_map.NATIVE_CLASS}")
+                problems.add(f"{idx}: does not name {want_pipeline} (--workload {workload}) and "
+                             f"{config_map.NATIVE_CLASS}")
         except BadInput as e:
             problems.add(str(e))
         lora_names = {p.stem for p in src.loras}
