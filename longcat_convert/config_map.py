@@ -42,15 +42,9 @@ NATIVE_ONLY = ("attention_head_dim", "num_channels_latents", "exclude_lora_layer
 
 
 def load(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise BadInput(f"{path}: missing; a LongCat-Video dit/ folder needs its config.json")
-    except (OSError, ValueError) as e:
-        raise BadInput(f"{path}: not valid JSON ({e}); re-download it")
-    if not isinstance(data, dict):
-        raise BadInput(f"{path}: expected a JSON object")
-    return data
+    from .jsonfile import load_object
+    return load_object(path, "a JSON object (re-download it)",
+                       missing=f"{path}: missing; a LongCat-Video dit/ folder needs its config.json")
 
 
 def to_native(original: dict, where: str = "dit/config.json") -> tuple[dict, list[str], list[str]]:

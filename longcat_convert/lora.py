@@ -35,13 +35,16 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import BadInput
-from .shards import DTYPES, ShardedReader
+from .shards import DTYPES, ShardedReader, short_repr
 from .table import Dims, LeafModule, leaf_modules, lora_targets
 from .writer import encode_header
 
 PREFIX = "lora___lorahyphen___"
 SEP = "___lorahyphen___"
-_SUFFIX = re.compile(r"^(lora_down\.weight|lora_up\.weight|lora_up\.blocks\.(\d+)\.weight|alpha_scale)$")
+_SUFFIX = re.compile(r"^(lora_down\.weight|lora_up\.weight|lora_up\.blocks\.([0-9]{1,6})\.weight|alpha_scale)$")
+# LoRA weights: the floating dtypes the converter handles
+_WEIGHT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+_F32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -107,7 +110,8 @@ def plan_lora(path: Path, dims: Dims) -> LoraPlan:
         modules.setdefault(module, {})[suffix] = key
     if unknown_keys:
         raise BadInput(f"{path}: {len(unknown_keys)} key(s) not in the original LongCat LoRA format: "
-                       + ", ".join(unknown_keys[:5]) + (" ..." if len(unknown_keys) > 5 else ""))
+                       + ", ".join(short_repr(k, 160) for k in unknown_keys[:5])
+                       + (" ..." if len(unknown_keys) > 5 else ""))
     unmappable = [m for m in modules if m not in leaves]
     if unmappable:
         raise BadInput(f"{path}: LoRA module(s) with no place in the model for this config.json: "
@@ -133,7 +137,7 @@ def _plan_module(plan: LoraPlan, reader: ShardedReader, leaf: LeafModule, parts:
     for need in ("lora_down.weight", "alpha_scale"):
         if need not in parts:
             raise BadInput(f"{path}: LoRA module {m!r} has no {need}; the file is incomplete")
-    block_keys = {int(re.match(r"lora_up\.blocks\.(\d+)\.weight", s).group(1)): k
+    block_keys = {int(re.match(r"lora_up\.blocks\.([0-9]+)\.weight", s).group(1)): k
                   for s, k in parts.items() if s.startswith("lora_up.blocks.")}
     if n == 1:
         if block_keys or "lora_up.weight" not in parts:
@@ -154,12 +158,17 @@ def _plan_module(plan: LoraPlan, reader: ShardedReader, leaf: LeafModule, parts:
             raise BadInput(f"{path}: {u.key!r} has shape {list(u.shape)}; expected [{out_f // n}, {r}]")
     if len({u.dtype for u in up_infos}) != 1:
         raise BadInput(f"{path}: up blocks of {m!r} have different dtypes")
+    for info in [down, up_infos[0]]:
+        if info.dtype not in _WEIGHT_DTYPES:
+            raise BadInput(f"{path}: {info.key!r} is {info.dtype}; LoRA weights must be one of "
+                           f"{', '.join(_WEIGHT_DTYPES)}")
     alpha_info = reader.info(parts["alpha_scale"])
     if alpha_info.shape not in ((), (1,)):
         raise BadInput(f"{path}: {alpha_info.key!r} must be a scalar, has shape {list(alpha_info.shape)}")
     alpha_scale = _read_scalar(reader, alpha_info.key)
-    if alpha_scale != alpha_scale or alpha_scale in (float("inf"), float("-inf")):
-        raise BadInput(f"{path}: {alpha_info.key!r} is not finite")
+    if not abs(alpha_scale) <= _F32_MAX:
+        raise BadInput(f"{path}: {alpha_info.key!r} is {alpha_scale}; expected a finite number "
+                       "within float32's range")
 
     t = len(leaf.native)
     if t == n and n > 1:
@@ -173,7 +182,8 @@ def _plan_module(plan: LoraPlan, reader: ShardedReader, leaf: LeafModule, parts:
     for native, (a0, a1), blocks in targets:
         rank = a1 - a0
         prod = alpha_scale * rank
-        keep = prod != 0 and float(prod).is_integer() and int(prod) / rank == alpha_scale
+        keep = (prod != 0 and float(prod).is_integer() and int(prod) / rank == alpha_scale
+                and _is_f32(float(int(prod))))
         lora_alpha = float(int(prod)) if keep else float(rank)
         fold = None if keep else alpha_scale
         plan.decisions.append({"module": m, "target": native, "rank": rank, "alpha_scale": alpha_scale,
@@ -183,6 +193,12 @@ def _plan_module(plan: LoraPlan, reader: ShardedReader, leaf: LeafModule, parts:
         plan.tensors.append(LoraTensor(f"{native}.lora_B.weight", b_dtype, (len(blocks) * (out_f // n), rank),
                                        _up(reader, [ups[j] for j in blocks], r, fold)))
         plan.tensors.append(LoraTensor(f"{native}.lora_alpha", "F32", (), _scalar(lora_alpha)))
+
+
+def _is_f32(x: float) -> bool:
+    """x is exactly a float32 (FastVideo reads lora_alpha from a float32 tensor)."""
+    import struct
+    return abs(x) <= _F32_MAX and struct.unpack("<f", struct.pack("<f", x))[0] == x
 
 
 def _read_scalar(reader: ShardedReader, key: str) -> float:

@@ -140,7 +140,7 @@ def json_depth(text: str) -> int:
     return deepest
 
 
-def _short(v, limit: int = 60) -> str:
+def short_repr(v, limit: int = 60) -> str:
     r = repr(v)
     return r if len(r) <= limit else r[:limit] + "..."
 
@@ -198,10 +198,10 @@ def parse_header(raw: bytes, data_len: int, where: str) -> tuple[dict, dict]:
             if value is None:
                 continue
             if not isinstance(value, _Obj):
-                raise bad(f"'__metadata__' must be an object of strings, not {_short(value)}")
+                raise bad(f"'__metadata__' must be an object of strings, not {short_repr(value)}")
             for mk, mv in value:
                 if not isinstance(mv, str):
-                    raise bad(f"'__metadata__' value of {_short(mk)} must be a string, not {_short(mv)}")
+                    raise bad(f"'__metadata__' value of {short_repr(mk)} must be a string, not {short_repr(mv)}")
                 meta[mk] = mv
             continue
         entries[key] = _entry(key, value, bad)     # a repeated key: the last one counts
@@ -211,21 +211,21 @@ def parse_header(raw: bytes, data_len: int, where: str) -> tuple[dict, dict]:
         for s in shape:
             numel *= s
             if numel >= _U64:
-                raise bad(f"{_short(key)}: shape {_short(shape)} overflows")
+                raise bad(f"{short_repr(key)}: shape {short_repr(shape)} overflows")
         bits = numel * FORMAT_BITS[dtype]
         if bits >= _U64:
-            raise bad(f"{_short(key)}: shape {_short(shape)} overflows")
+            raise bad(f"{short_repr(key)}: shape {short_repr(shape)} overflows")
         if bits % 8:
-            raise bad(f"{_short(key)}: {numel} elements of {dtype} do not end on a byte boundary")
+            raise bad(f"{short_repr(key)}: {numel} elements of {dtype} do not end on a byte boundary")
         if b < a or b - a != bits // 8:
-            raise bad(f"{_short(key)}: data_offsets [{a}, {b}] do not hold shape {_short(shape)} of {dtype} "
+            raise bad(f"{short_repr(key)}: data_offsets [{a}, {b}] do not hold shape {short_repr(shape)} of {dtype} "
                       f"({bits // 8} bytes)")
         spans.append((a, b, key))
     pos = 0
     for a, b, key in sorted(spans, key=lambda t: (t[0], t[1])):
         if a != pos:
             what = "overlaps another tensor" if a < pos else f"leaves bytes {pos}..{a} of the data section unused"
-            raise bad(f"{_short(key)}: data_offsets [{a}, {b}] {what}")
+            raise bad(f"{short_repr(key)}: data_offsets [{a}, {b}] {what}")
         pos = b
     if pos != data_len:
         if pos > data_len:
@@ -240,7 +240,7 @@ def _entry(key: str, value, bad) -> tuple[str, list[int], tuple[int, int]]:
     """One tensor's entry: an object with dtype, shape and data_offsets (other fields are
     ignored, a repeated one is an error) or, as the format's parser also takes, the
     array [dtype, shape, data_offsets]."""
-    k = _short(key)
+    k = short_repr(key)
     if isinstance(value, _Obj):
         fields: dict = {}
         for name, v in value:
@@ -255,15 +255,15 @@ def _entry(key: str, value, bad) -> tuple[str, list[int], tuple[int, int]]:
     elif isinstance(value, list) and len(value) == 3:
         dtype, shape, offsets = value
     else:
-        raise bad(f"{k}: expected {{dtype, shape, data_offsets}}, got {_short(value)}")
+        raise bad(f"{k}: expected {{dtype, shape, data_offsets}}, got {short_repr(value)}")
     if isinstance(dtype, _Obj) and len(dtype) == 1 and dtype[0][1] is None:
         dtype = dtype[0][0]                          # {"F32": null} spells F32 too
     if not isinstance(dtype, str) or dtype not in FORMAT_BITS:
-        raise bad(f"{k}: unknown dtype {_short(dtype)}")
+        raise bad(f"{k}: unknown dtype {short_repr(dtype)}")
     if type(shape) is not list or not all(_size(s) for s in shape):
-        raise bad(f"{k}: shape must be a list of non-negative integers, not {_short(shape)}")
+        raise bad(f"{k}: shape must be a list of non-negative integers, not {short_repr(shape)}")
     if type(offsets) is not list or len(offsets) != 2 or not all(_size(o) for o in offsets):
-        raise bad(f"{k}: data_offsets must be two non-negative integers, not {_short(offsets)}")
+        raise bad(f"{k}: data_offsets must be two non-negative integers, not {short_repr(offsets)}")
     return dtype, shape, (offsets[0], offsets[1])
 
 
@@ -326,19 +326,20 @@ class ShardedReader:
         by_file: dict[str, set[str]] = {}
         for key, fname in weight_map.items():
             if not isinstance(fname, str) or not fname or "\0" in fname:
-                raise BadInput(f"{index}: {_short(key)} maps to {_short(fname)}, not a file name; fix the index")
+                raise BadInput(f"{index}: {short_repr(key)} maps to {short_repr(fname)}, not a file name; "
+                               "fix the index")
             norm = os.path.normpath(os.path.join(root, fname))
             if os.path.isabs(fname) or not norm.startswith(root + os.sep):
-                raise BadInput(f"{index}: shard {_short(fname)} lies outside {self.path}; refusing to read it")
+                raise BadInput(f"{index}: shard {short_repr(fname)} lies outside {self.path}; refusing to read it")
             by_file.setdefault(os.path.relpath(norm, root), set()).add(key)
         for fname in sorted(by_file):
             p = self.path / fname
             try:
                 present = p.is_file()
             except OSError as e:
-                raise BadInput(f"{index}: shard {_short(fname)}: {e.strerror or e}")
+                raise BadInput(f"{index}: shard {short_repr(fname)}: {e.strerror or e}")
             if not present:
-                raise BadInput(f"{index}: shard {_short(fname)} is missing from {self.path}")
+                raise BadInput(f"{index}: shard {short_repr(fname)} is missing from {self.path}")
             self._reject_pickle(p)
         for fname in sorted(by_file):
             p = self.path / fname
@@ -347,10 +348,10 @@ class ShardedReader:
             listed = by_file[fname]
             if listed - have:
                 k = sorted(listed - have)[0]
-                raise BadInput(f"{index}: {_short(k)} is listed in {fname} but that shard does not contain it")
+                raise BadInput(f"{index}: {short_repr(k)} is listed in {fname} but that shard does not contain it")
             if have - listed:
                 k = sorted(have - listed)[0]
-                raise BadInput(f"{p}: holds {_short(k)}, which {index.name} does not list; fix the index "
+                raise BadInput(f"{p}: holds {short_repr(k)}, which {index.name} does not list; fix the index "
                                "(or re-download both)")
         self.index = index
 
@@ -358,7 +359,7 @@ class ShardedReader:
         hdr, data_start, meta = read_header(p)
         for key, info in hdr.items():
             if key in self.tensors:
-                raise BadInput(f"{p}: duplicate key {_short(key)} (also in {self.tensors[key].file.name}); "
+                raise BadInput(f"{p}: duplicate key {short_repr(key)} (also in {self.tensors[key].file.name}); "
                                "remove one copy")
             a, b = info["data_offsets"]
             self.tensors[key] = TensorInfo(key, p, info["dtype"], tuple(int(s) for s in info["shape"]),

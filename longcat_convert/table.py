@@ -65,24 +65,57 @@ class Dims:
 
     @classmethod
     def from_original_config(cls, cfg: dict, where: str = "config.json") -> "Dims":
-        try:
-            hidden, heads = int(cfg["hidden_size"]), int(cfg["num_heads"])
-            dims = cls(hidden=hidden, heads=heads, depth=int(cfg["depth"]),
-                       cin=int(cfg["in_channels"]),
-                       cout=int(cfg.get("out_channels") or cfg["in_channels"]),
-                       caption=int(cfg["caption_channels"]), adaln=int(cfg["adaln_tembed_dim"]),
-                       freq=int(cfg.get("frequency_embedding_size", 256)),
-                       mlp_ratio=float(cfg.get("mlp_ratio", 4)),
-                       patch=tuple(int(p) for p in cfg.get("patch_size", (1, 2, 2))))
-        except KeyError as e:
-            raise BadInput(f"{where}: missing key {e.args[0]!r}; is this a LongCat-Video dit/config.json?")
-        except (TypeError, ValueError) as e:
-            raise BadInput(f"{where}: malformed value ({e})")
+        if not isinstance(cfg, dict):
+            raise BadInput(f"{where}: expected a JSON object")
+
+        def need(key: str):
+            if key not in cfg:
+                raise BadInput(f"{where}: missing key {key!r}; is this a LongCat-Video dit/config.json?")
+            return cfg[key]
+
+        def size(key: str, value, limit: int = MAX_SIZE) -> int:
+            # a JSON integer (1.0, "64" and true are not sizes), positive and sane
+            if type(value) is not int or not 1 <= value <= limit:
+                raise BadInput(f"{where}: {key} is {_json_repr(value)}; expected an integer from 1 to {limit}")
+            return value
+
+        hidden, heads = size("hidden_size", need("hidden_size")), size("num_heads", need("num_heads"))
         if hidden % heads:
             raise BadInput(f"{where}: hidden_size {hidden} is not divisible by num_heads {heads}")
-        if len(dims.patch) != 3:
-            raise BadInput(f"{where}: patch_size must have 3 entries, got {list(dims.patch)}")
+        cin = size("in_channels", need("in_channels"))
+        cout = cfg.get("out_channels")
+        cout = cin if cout is None else size("out_channels", cout)
+        mlp_ratio = cfg.get("mlp_ratio", 4)
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) \
+                or not 0 < mlp_ratio <= MAX_MLP_RATIO:
+            raise BadInput(f"{where}: mlp_ratio is {_json_repr(mlp_ratio)}; expected a number in (0, {MAX_MLP_RATIO}]")
+        patch = cfg.get("patch_size", [1, 2, 2])
+        if not isinstance(patch, (list, tuple)) or len(patch) != 3:
+            raise BadInput(f"{where}: patch_size must have 3 entries, got {_json_repr(patch)}")
+        patch = tuple(size("patch_size", p, 64) for p in patch)
+        dims = cls(hidden=hidden, heads=heads, depth=size("depth", need("depth"), MAX_DEPTH),
+                   cin=cin, cout=cout, caption=size("caption_channels", need("caption_channels")),
+                   adaln=size("adaln_tembed_dim", need("adaln_tembed_dim")),
+                   freq=size("frequency_embedding_size", cfg.get("frequency_embedding_size", 256)),
+                   mlp_ratio=float(mlp_ratio), patch=patch)
+        if dims.ffn < 1:
+            raise BadInput(f"{where}: mlp_ratio {mlp_ratio} gives hidden_size {hidden} an empty feed-forward layer")
         return dims
+
+
+# Bounds on config values: far above any real model, low enough that a hostile
+# config cannot make the table (one entry per block) or a shape absurd.
+MAX_SIZE = 2**31
+MAX_DEPTH = 4096
+MAX_MLP_RATIO = 1024
+
+
+def _json_repr(v) -> str:
+    try:
+        text = json.dumps(v)
+    except (TypeError, ValueError):
+        text = repr(v)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def _eval(expr: str | int, env: dict[str, int]) -> int:

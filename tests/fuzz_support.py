@@ -419,3 +419,355 @@ def check_differential(blob: bytes, path: Path) -> str:
     for k in want:
         assert got[k] == want[k], k
     return "accept"
+
+
+# -- whole JSON documents: the generic breakages --------------------------------------------
+
+def broken_documents():
+    """Byte strings that are not the JSON object a file should hold."""
+    return st.sampled_from([
+        b"", b" ", b"null", b"[]", b"0", b'"x"', b"{", b"{}}", b"\xff\xfe{}", b"\xef\xbb\xbf{}", b'{"a":NaN}',
+        b'{"a":1e400}', b"[" * 100_000 + b"]" * 100_000, b'{"k":' * 5000 + b"1" + b"}" * 5000,
+        b'{"\\ud800":1}', b'{"a":"\x01"}', b"\x00" * 8, b'{"a":1,"a":2}'])
+
+
+def as_json_bytes(draw, doc, cut_ok: bool = True) -> bytes:
+    text = emit(doc).encode("utf-8", "surrogatepass")
+    if cut_ok and draw(st.integers(0, 9)) == 0:
+        text = text[:draw(st.integers(0, len(text)))]
+    return text
+
+
+# -- config.json ----------------------------------------------------------------------------
+
+CONFIG_KEYS = ["hidden_size", "num_heads", "depth", "in_channels", "out_channels", "caption_channels",
+               "adaln_tembed_dim", "frequency_embedding_size", "mlp_ratio", "patch_size", "_class_name",
+               "text_tokens_zero_pad", "enable_bsa", "bsa_params", "enable_flashattn3", "cp_split_hw",
+               "_diffusers_version"]
+CONFIG_VALUES = [0, -1, 1, 2, 3, 7, 255, 257, 2**31, 2**31 + 1, 10**9, 2**63, 2**64, 64.0, 2.5, "64", True, False,
+                 None, [], {}, [1, 2], [1, 2, 2, 2], [0, 2, 2], [1, 0, 2], [2, 2, 2], [1, 2.0, 2], [1, "2", 2],
+                 Raw("NaN"), Raw("Infinity"), Raw("-0"), 1e-9, 1e300, "[/]", "LongCatTransformer3DModel"]
+
+
+def tiny_config() -> dict:
+    return json.loads((TINY_A / "dit" / "config.json").read_text())
+
+
+@st.composite
+def config_files(draw) -> bytes:
+    if draw(st.integers(0, 7)) == 0:
+        return draw(broken_documents())
+    cfg = Obj(list(tiny_config().items()))
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["value", "value", "heads", "drop", "bsa", "dup"]))
+        key = draw(st.sampled_from(CONFIG_KEYS))
+        if op == "value":
+            cfg.set(key, draw(st.one_of(st.sampled_from(CONFIG_VALUES), json_values())))
+        elif op == "heads":
+            cfg.set("num_heads", draw(st.integers(1, 300)))
+        elif op == "drop":
+            cfg.pairs = [p for p in cfg.pairs if p[0] != key]
+        elif op == "bsa":
+            bsa = dict(tiny_config()["bsa_params"])
+            bsa[draw(st.sampled_from(list(bsa) + ["x"]))] = draw(st.one_of(st.sampled_from(CONFIG_VALUES),
+                                                                          json_values()))
+            cfg.set("bsa_params", bsa)
+            cfg.set("enable_bsa", draw(st.booleans()))
+        else:
+            cfg.pairs.append([key, draw(st.sampled_from(CONFIG_VALUES))])
+    return as_json_bytes(draw, cfg)
+
+
+# -- shard indexes --------------------------------------------------------------------------
+
+INDEX = "dit/diffusion_pytorch_model.safetensors.index.json"
+SHARD_NAMES = ["diffusion_pytorch_model-00001-of-00002.safetensors",
+               "diffusion_pytorch_model-00002-of-00002.safetensors"]
+ODD_FILE_NAMES = ["x.safetensors", "../x.safetensors", "../dit/" + SHARD_NAMES[0], "./" + SHARD_NAMES[0],
+                  "/etc/passwd", "", ".", "..", "config.json", "model.bin", "\u0000.safetensors",
+                  "a" * 300 + ".safetensors", "diffusion_pytorch_model.safetensors.index.json",
+                  "sub/x.safetensors", SHARD_NAMES[0] + "/", "[/].safetensors"]
+
+
+@st.composite
+def index_files(draw) -> bytes:
+    if draw(st.integers(0, 7)) == 0:
+        return draw(broken_documents())
+    idx = parse_obj((TINY_A / INDEX).read_text())
+    wm = idx.get("weight_map")
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["file", "file", "drop", "add", "weight_map", "metadata", "dup"]))
+        if op == "file":
+            p = draw(st.sampled_from(wm.pairs))
+            p[1] = draw(st.one_of(st.sampled_from(ODD_FILE_NAMES + SHARD_NAMES), json_scalars()))
+        elif op == "drop":
+            wm.pairs.remove(draw(st.sampled_from(wm.pairs)))
+        elif op == "add":
+            wm.pairs.append([draw(st.sampled_from(["extra.weight", "", "blocks.0.attn.qkv.weight"])),
+                             draw(st.sampled_from(SHARD_NAMES + ODD_FILE_NAMES))])
+        elif op == "weight_map":
+            idx.set("weight_map", draw(json_values()))
+        elif op == "metadata":
+            idx.set("metadata", draw(json_values()))
+        else:
+            p = draw(st.sampled_from(wm.pairs))
+            wm.pairs.append([p[0], draw(st.sampled_from(SHARD_NAMES))])
+    return as_json_bytes(draw, idx)
+
+
+# -- safetensors files as lists of tensors (for edits that keep a valid layout) -------------
+
+def decode(blob: bytes) -> tuple[dict, list[list]]:
+    (n,) = struct.unpack("<Q", blob[:8])
+    hdr = json.loads(blob[8:8 + n])
+    meta = hdr.pop("__metadata__", None) or {}
+    data = blob[8 + n:]
+    out = [[k, v["dtype"], list(v["shape"]), data[v["data_offsets"][0]:v["data_offsets"][1]]]
+           for k, v in hdr.items()]
+    return meta, out
+
+
+def encode(meta: dict, tensors: list[list]) -> bytes:
+    hdr, pos, data = Obj([["__metadata__", meta]]), 0, b""
+    for k, dt, shape, b in tensors:
+        hdr.pairs.append([k, {"dtype": dt, "shape": shape, "data_offsets": [pos, pos + len(b)]}])
+        pos += len(b)
+        data += b
+    raw = emit(hdr).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+FLOAT_BYTES = {"F32": "<f", "F64": "<d", "F16": "<e"}
+ODD_FLOATS = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e30, 3.4e38, 1e-45, 1e300, 0.5, 64.0, 2.0**24 + 1,
+              1.0 / 3]
+
+
+@st.composite
+def tensor_edit(draw, tensors: list[list], keys=None) -> None:
+    """One semantic edit that keeps the file valid: a key renamed or dropped, a dtype or
+    shape changed over the same bytes, a tensor's values replaced."""
+    if not tensors:
+        return
+    t = draw(st.sampled_from(tensors))
+    op = draw(st.sampled_from(["rename", "drop", "dtype", "shape", "value", "duplicate_rows"]))
+    if op == "rename":
+        t[0] = draw(st.sampled_from(keys)) if keys and draw(st.booleans()) else t[0] + draw(
+            st.sampled_from(["x", ".weight", "2", ""]))
+    elif op == "drop":
+        tensors.remove(t)
+    elif op == "dtype":
+        n = len(t[3])
+        dt = draw(st.sampled_from([d for d in ST_DTYPES if (n * 8) % ST_BITS.get(d, 8) == 0] or ["U8"]))
+        numel = n * 8 // ST_BITS.get(dt, 8)
+        t[1], t[2] = dt, ([numel] if not t[2] or len(t[2]) == 1 or numel % t[2][0] else [t[2][0], numel // t[2][0]])
+    elif op == "shape":
+        s = list(t[2])
+        choice = draw(st.sampled_from(["reverse", "flatten", "unsqueeze", "squeeze"]))
+        if choice == "reverse":
+            s = s[::-1]
+        elif choice == "flatten":
+            n = 1
+            for x in s:
+                n *= x
+            s = [n]
+        elif choice == "unsqueeze":
+            s.insert(draw(st.integers(0, len(s))), 1)
+        elif 1 in s:
+            s.remove(1)
+        t[2] = s
+    elif op == "value" and t[1] in FLOAT_BYTES:
+        fmt = FLOAT_BYTES[t[1]]
+        size = struct.calcsize(fmt)
+        v = draw(st.sampled_from(ODD_FLOATS))
+        try:
+            packed = struct.pack(fmt, v)
+        except (OverflowError, struct.error):
+            packed = struct.pack(fmt, float("inf"))
+        b = bytearray(t[3])
+        if len(b) >= size:
+            i = draw(st.integers(0, len(b) // size - 1)) * size
+            b[i:i + size] = packed if draw(st.booleans()) else packed * (len(b) // size)
+            t[3] = bytes(b[:len(t[3])])
+    elif op == "duplicate_rows" and t[2]:
+        t[2] = [t[2][0] * 2] + list(t[2][1:])
+        t[3] = t[3] * 2
+
+
+# -- LoRA files -----------------------------------------------------------------------------
+
+LORA = TINY_A / "lora" / "tiny_lora.safetensors"
+LORA_KEYS = ["lora___lorahyphen___blocks___lorahyphen___0___lorahyphen___attn___lorahyphen___qkv.lora_up.blocks.7.weight",
+             "lora___lorahyphen___blocks___lorahyphen___0___lorahyphen___attn___lorahyphen___qkv.lora_up.blocks."
+             "\u0663.weight",
+             "lora___lorahyphen___blocks___lorahyphen___0___lorahyphen___attn___lorahyphen___qkv.lora_up.blocks."
+             + "9" * 5000 + ".weight",
+             "lora___lorahyphen___blocks___lorahyphen___99___lorahyphen___attn___lorahyphen___qkv.alpha_scale",
+             "lora___lorahyphen___blocks___lorahyphen___0___lorahyphen___mod_norm_attn.alpha_scale",
+             "lora___lorahyphen___x_embedder___lorahyphen___proj.lora_down.weight",
+             "lora___lorahyphen___blocks___lorahyphen___0___lorahyphen___attn___lorahyphen___q_norm.lora_down.weight",
+             "lora___lorahyphen___.alpha_scale", "lora___lorahyphen___", "alpha_scale", "[/]"]
+
+
+@st.composite
+def lora_files(draw) -> bytes:
+    if draw(st.integers(0, 3)) == 0:
+        return draw(safetensors_files(seeds=[LORA]))
+    meta, tensors = decode(LORA.read_bytes())
+    for _ in range(draw(st.integers(1, 3))):
+        draw(tensor_edit(tensors, keys=LORA_KEYS))
+    return encode(meta, tensors)
+
+
+# -- golden case files and their JSON -------------------------------------------------------
+
+CASES = TINY_A / "cases"
+CASE_KEYS = ["input.hidden_states", "input.timestep", "input.encoder_hidden_states", "input.encoder_attention_mask",
+             "input.kv_cache.0.k", "input.kv_cache.0.v", "input.kv_cache.x.k", "input.kv_cache.0.q",
+             "input.kv_cache.99.k", "act.blocks.0", "act.blocks.9", "act.nope", "act.output", "act.kv_cache.0.k",
+             "foo", "traj.step.0.latents", "output.latents", "input.latents"]
+CASE_META_KEYS = ["case", "description", "lora", "lora_multiplier", "loras", "num_cond_latents", "return_kv",
+                  "skip_crs_attn", "offload_kv_cache", "enable_bsa", "bsa_params"]
+TRAJ_META_KEYS = ["mode", "steps", "guidance_scale", "use_distill", "scheduler", "seed", "enhance_hf",
+                  "use_kv_cache", "num_cond_latents", "t_thresh", "lora", "loras", "enable_bsa", "bsa_params"]
+META_VALUES = [0, 1, 2, 3, -1, 99, 2**63, 1.5, "1", "x", True, False, None, [], {}, [{"path": 1}],
+               [{"multiplier": 1}], [{"path": "lora/tiny_lora.safetensors", "multiplier": "x"}],
+               "lora/tiny_lora.safetensors", "../../../etc/passwd", "lora", Raw("NaN"), Raw("Infinity"),
+               {"shift": "x"}, {"_class_name": 1}, {"shift": -1.0, "num_train_timesteps": 0}, "t2v", "i2v", "vc",
+               "refine", "[/]"]
+
+
+@st.composite
+def case_blobs(draw, name: str) -> bytes:
+    path = CASES / f"{name}.safetensors"
+    if draw(st.integers(0, 3)) == 0:
+        return draw(safetensors_files(seeds=[path], small=False))
+    meta, tensors = decode(path.read_bytes())
+    for _ in range(draw(st.integers(1, 3))):
+        draw(tensor_edit(tensors, keys=CASE_KEYS))
+    return encode(meta, tensors)
+
+
+@st.composite
+def case_json(draw, name: str) -> bytes:
+    if draw(st.integers(0, 7)) == 0:
+        return draw(broken_documents())
+    meta = Obj(list(json.loads((CASES / f"{name}.json").read_text()).items()))
+    keys = TRAJ_META_KEYS if name.startswith("traj") else CASE_META_KEYS
+    for _ in range(draw(st.integers(1, 3))):
+        meta.set(draw(st.sampled_from(keys)), draw(st.one_of(st.sampled_from(META_VALUES), json_values())))
+    return as_json_bytes(draw, meta)
+
+
+# -- gate.json ------------------------------------------------------------------------------
+
+GATE_VALUES = [None, 1, "x", [], {}, ["e2e"], ["nope"], [{"mode": 1}], [{"mode": "e2e", "args": "x"}],
+               [{"mode": "e2e", "args": [1]}], [{"mode": "e2e", "tag": 5}], [{"mode": "sampling", "args": ["--x"]}],
+               {"passed": False}, {"first_divergent": 5, "rel_l2": "x"}, {"rel_l2": Raw("NaN")}, "/abs", "../up",
+               "tiny-z", "tiny-z/cases/none", "[/]", [None], [{"case": 1}], [{"case": "tiny-z/c", "parity": "e2e"}]]
+
+
+@st.composite
+def gate_files(draw) -> bytes:
+    if draw(st.integers(0, 7)) == 0:
+        return draw(broken_documents())
+    # model and case names point into an empty golden folder: every step fails fast
+    doc = {"models": [{"model": "tiny-z", "cases": [{"case": "tiny-z/cases/t2v", "parity": ["e2e"]},
+                                                      {"case": "tiny-z/cases/i2v", "parity": [
+                                                          {"mode": "sampling", "args": ["--sigmas", "original"],
+                                                           "known_difference": {"first_divergent": "x",
+                                                                                "rel_l2": 0.1}}]}]}]}
+    for _ in range(draw(st.integers(1, 3))):
+        where = draw(st.sampled_from(["top", "models", "model", "cases", "case", "entry", "parity", "known"]))
+        v = draw(st.one_of(st.sampled_from(GATE_VALUES), json_values()))
+        m = doc["models"][0] if isinstance(doc.get("models"), list) and doc["models"] and isinstance(
+            doc["models"][0], dict) else None
+        c = m["cases"][0] if m and isinstance(m.get("cases"), list) and m["cases"] and isinstance(
+            m["cases"][0], dict) else None
+        if where == "top":
+            doc = {"models": doc.get("models"), draw(st.sampled_from(["about", "x"])): v} if draw(
+                st.booleans()) else v
+            if not isinstance(doc, dict):
+                break
+        elif where == "models":
+            doc["models"] = v
+        elif where == "model" and m:
+            m["model"] = v
+        elif where == "cases" and m:
+            m["cases"] = v
+        elif where == "case" and c:
+            c["case"] = v
+        elif where == "entry" and m and isinstance(m.get("cases"), list):
+            m["cases"].append(v)
+        elif where == "parity" and c:
+            c["parity"] = v
+        elif where == "known" and c:
+            c["known_difference"] = v
+    return as_json_bytes(draw, doc)
+
+
+# -- tolerance files ------------------------------------------------------------------------
+
+TOL = ROOT / "parity" / "tolerances.json"
+TOL_VALUES = [None, 1, "x", [], {}, {"rel_l2": "x"}, {"rel_l2": Raw("NaN")}, {"rel_l2": Raw("Infinity")},
+              {"rel_l2": True}, {"rel_l2": -1}, {"rel_l2": None}, {"": 1}, {"rel_l2": [1]}, 1.5, "2", "v1",
+              Raw("1e400"), "[", "*", "float32", "cuda:0", [[]], [{"max": {"rel_l2": 1}}], [{"dtype": 1, "max": {"a": 1}}]]
+
+
+@st.composite
+def tolerance_files(draw) -> bytes:
+    if draw(st.integers(0, 7)) == 0:
+        return draw(broken_documents())
+    doc = json.loads(TOL.read_text())
+    for _ in range(draw(st.integers(1, 3))):
+        where = draw(st.sampled_from(["version", "rules", "rule", "field", "max"]))
+        v = draw(st.one_of(st.sampled_from(TOL_VALUES), json_values()))
+        rules = doc.get("rules") if isinstance(doc, dict) else None
+        if where == "version":
+            doc["version"] = v
+        elif where == "rules":
+            doc["rules"] = v
+        elif where == "rule" and isinstance(rules, list) and rules:
+            rules[draw(st.integers(0, len(rules) - 1))] = v
+        elif where in ("field", "max") and isinstance(rules, list) and rules and isinstance(rules[0], dict):
+            key = "max" if where == "max" else draw(st.sampled_from(["dtype", "device", "layer", "x"]))
+            rules[0][key] = v
+    return as_json_bytes(draw, doc)
+
+
+# -- running the real commands --------------------------------------------------------------
+
+
+def model_folder(root: Path, files: dict[str, bytes | None]) -> Path:
+    """tiny-a's dit/ and lora/ as links to the golden files; ``files`` (paths relative to the
+    model folder) replaces some with bytes, or removes them (None)."""
+    import shutil
+    if root.exists():
+        shutil.rmtree(root)
+    for src in sorted(TINY_A.rglob("*")):
+        rel = src.relative_to(TINY_A)
+        if rel.parts[0] not in ("dit", "lora") or not src.is_file() or str(rel) in files:
+            continue
+        dst = root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(src, dst)
+    for rel, blob in files.items():
+        if blob is not None:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(blob)
+    return root
+
+
+def check_command(*argv, out: Path | None = None) -> int:
+    """Run a command of the CLI in this process: exit 0, 1 or 2, never an exception (one
+    would propagate and fail the test with its traceback); 2 is one line; a failed run
+    leaves no OUTPUT and no temporary folder."""
+    from convert_support import leftovers, one_line, run
+    rc, _, err = run(*argv)
+    assert rc in (0, 1, 2), (rc, err)
+    assert "Traceback" not in err, err
+    if rc == 2:
+        assert one_line(err).startswith("error:"), err
+    if out is not None and rc != 0:
+        assert leftovers(out.parent, out.name) == [], err
+    return rc
