@@ -41,21 +41,48 @@ class Step:
 
 
 def load_manifest(golden: Path) -> dict:
+    from longcat_convert.jsonfile import load_object
     p = golden / "gate.json"
-    try:
-        return json.loads(p.read_text())
-    except OSError:
-        raise BadInput(f"{p}: no gate manifest in the golden folder")
-    except ValueError as e:
-        raise BadInput(f"{p}: not valid JSON ({e})")
+    return load_object(p, "a gate manifest object", missing=f"{p}: no gate manifest in the golden folder")
+
+
+def _check_manifest(golden: Path, manifest: dict) -> None:
+    """Every model and case a relative path inside the golden folder, every entry of the
+    shape plan_steps reads: one line naming what is wrong, before anything runs."""
+    where = golden / "gate.json"
+    shape = "needs models: [{model, cases: [{case, parity: [mode | {mode, args, tag, known_difference}]}]}]"
+
+    def path_ok(v) -> bool:
+        return isinstance(v, str) and v and "\0" not in v and not Path(v).is_absolute() and ".." not in Path(v).parts
+
+    models = manifest.get("models")
+    if not isinstance(models, list):
+        raise BadInput(f"{where}: {shape}")
+    for m in models:
+        if not isinstance(m, dict) or not path_ok(m.get("model")) or not isinstance(m.get("cases"), list):
+            raise BadInput(f"{where}: model entry {json.dumps(m)[:80]}: {shape} (paths relative to the golden folder)")
+        for c in m["cases"]:
+            if not isinstance(c, dict) or not path_ok(c.get("case")) or not isinstance(c.get("parity", []), list):
+                raise BadInput(f"{where}: case entry {json.dumps(c)[:80]}: {shape} (paths relative to the golden "
+                               "folder)")
+            for run in c.get("parity", []):
+                _parity_run(run, c, golden)
+            for known in [c.get("known_difference")] + [r.get("known_difference") for r in c.get("parity", [])
+                                                        if isinstance(r, dict)]:
+                if known is not None and not (isinstance(known, dict) and _number_or_none(known.get("rel_l2"))
+                                              and isinstance(known.get("first_divergent", ""), str)):
+                    raise BadInput(f"{where}: case {c['case']!r}: known_difference {json.dumps(known)[:80]} must be "
+                                   "{first_divergent: layer, rel_l2: number, why: text}")
+
+
+def _number_or_none(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == v)
 
 
 def plan_steps(golden: Path, work: Path, manifest: dict) -> list[Step]:
     steps: list[Step] = []
-    try:
-        models = [(m["model"], m["cases"]) for m in manifest["models"]]
-    except (KeyError, TypeError):
-        raise BadInput(f"{golden / 'gate.json'}: needs models: [{{model, cases: [{{case, parity}}]}}]")
+    _check_manifest(golden, manifest)
+    models = [(m["model"], m["cases"]) for m in manifest["models"]]
     for model, cases in models:
         src = golden / model
         label = model
@@ -87,8 +114,9 @@ def _parity_run(run, entry: dict, golden: Path) -> tuple[str, list[str], str, di
     "known_difference": {...}}`` (its own expectation)."""
     if isinstance(run, str):
         return run, [], run, entry.get("known_difference")
-    if not isinstance(run, dict) or not isinstance(run.get("mode"), str) or not all(
-            isinstance(a, str) for a in run.get("args", [])):
+    if not isinstance(run, dict) or not isinstance(run.get("mode"), str) or not isinstance(
+            run.get("args", []), list) or not all(isinstance(a, str) for a in run.get("args", [])) \
+            or not isinstance(run.get("tag", ""), (str, type(None))):
         raise BadInput(f"{golden / 'gate.json'}: case {entry.get('case')!r}: a parity entry is a mode or "
                        f"{{mode, args: [str], tag, known_difference}}, not {run!r}")
     args = list(run.get("args", []))

@@ -28,15 +28,32 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "Policy":
+        from longcat_convert.jsonfile import load
         p = Path(path) if path else DEFAULT_PATH
-        try:
-            data = json.loads(p.read_text())
-            rules = tuple(data["rules"])
-            for r in rules:
-                assert isinstance(r["max"], dict) and r["max"]
-        except (OSError, ValueError, KeyError, AssertionError, TypeError):
-            raise BadInput(f"{p}: not a valid tolerance policy (needs 'version' and 'rules' with 'max' limits)")
-        return cls(int(data.get("version", 0)), rules, str(p))
+        data = load(p, "a tolerance policy (needs 'version' and 'rules' with 'max' limits)")
+
+        def bad(why: str) -> BadInput:
+            return BadInput(f"{p}: not a valid tolerance policy: {why} (needs 'version' and 'rules' with 'max' limits)")
+        if not isinstance(data, dict):
+            raise bad("not a JSON object")
+        version, rules = data.get("version", 0), data.get("rules")
+        if type(version) is not int:
+            raise bad(f"version is {json.dumps(version)[:40]}, not an integer")
+        if not isinstance(rules, list):
+            raise bad("'rules' is not a list")
+        for i, r in enumerate(rules):
+            if not isinstance(r, dict):
+                raise bad(f"rule {i} is not an object")
+            for key in ("dtype", "device", "layer"):
+                if not isinstance(r.get(key, "*"), str):
+                    raise bad(f"rule {i}: {key} is not a pattern (string)")
+            limits = r.get("max")
+            if not isinstance(limits, dict) or not limits:
+                raise bad(f"rule {i}: 'max' is not an object of limits")
+            for name, lim in limits.items():
+                if isinstance(lim, bool) or not isinstance(lim, (int, float)) or math.isnan(lim):
+                    raise bad(f"rule {i}: limit {name!r} is {json.dumps(lim)[:40]}, not a number")
+        return cls(version, tuple(rules), str(p))
 
     def limits(self, dtype, device: str, layer: str) -> dict[str, float]:
         dt, dev = dtype_name(dtype), str(device).split(":")[0]

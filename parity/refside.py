@@ -3,7 +3,6 @@ model (reference/), loaded with the ORIGINAL weights from SOURCE through the
 reference's own strict loader."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -27,10 +26,8 @@ def open_source(source: str | Path):
     from reference.loading import open_checkpoint, resolve_checkpoint
     local = local_source(source)
     _, dit = resolve_checkpoint(local)
-    try:
-        cls = json.loads((dit / "config.json").read_text()).get("_class_name")
-    except ValueError as e:
-        raise BadInput(f"{dit / 'config.json'}: not valid JSON ({e})")
+    from longcat_convert.jsonfile import load_object
+    cls = load_object(dit / "config.json", "a JSON object (the checkpoint's config)").get("_class_name")
     if cls == "LongCatTransformer3DModel":
         raise BadInput(f"{dit / 'config.json'}: this is a converted (FastVideo-layout) folder; SOURCE must be "
                        "the original checkpoint")

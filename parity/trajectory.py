@@ -104,12 +104,10 @@ def load_trajectory(path) -> TrajectoryCase:
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
         raise BadInput(f"{meta_path}: a trajectory case needs its JSON (mode, steps, scheduler, ...) beside it")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError:
-        raise BadInput(f"{meta_path}: not valid JSON")
-    if not isinstance(meta, dict):
-        raise BadInput(f"{meta_path}: expected a JSON object")
+    from longcat_convert.jsonfile import load_object
+    meta = load_object(meta_path, "a trajectory case's JSON object")
+    if not isinstance(meta.get("case", ""), str):
+        raise BadInput(f"{meta_path}: case is {json.dumps(meta['case'])[:60]}; expected a name (string)")
     reader = ShardedReader(path)
     tensors, expected = {}, {}
     for key in reader.keys():
@@ -132,8 +130,30 @@ def load_trajectory(path) -> TrajectoryCase:
     if tensors["input.latents"].dim() != 5:
         raise BadInput(f"{path}: input.latents has shape {list(tensors['input.latents'].shape)}; "
                        "expected [B, C, T, H, W]")
+    _check_text(path, tensors)
     ordered = dict(sorted(expected.items(), key=lambda kv: row_rank(kv[0])))
     return TrajectoryCase(str(meta.get("case", path.stem)), path, meta, tensors, ordered)
+
+
+def _check_text(path: Path, t: dict) -> None:
+    """Prompt embeddings [B, 1, L, C] with an integer mask [B, L], the negative ones
+    (when given, both) of the same shape: the loop concatenates them."""
+    B = t["input.latents"].shape[0]
+    pairs = [("input.prompt_embeds", "input.prompt_attention_mask")]
+    neg = ("input.negative_prompt_embeds", "input.negative_prompt_attention_mask")
+    if (neg[0] in t) != (neg[1] in t):
+        raise BadInput(f"{path}: {neg[0]} and {neg[1]} come together (or neither)")
+    if neg[0] in t:
+        pairs.append(neg)
+    for ek, mk in pairs:
+        e, m = t[ek], t[mk]
+        if e.dim() != 4 or e.shape[0] != B or e.shape[1] != 1:
+            raise BadInput(f"{path}: {ek} has shape {list(e.shape)}; expected [{B}, 1, L, C]")
+        if m.is_floating_point() or m.is_complex() or tuple(m.shape) != (B, e.shape[2]):
+            raise BadInput(f"{path}: {mk} is {m.dtype} {list(m.shape)}; expected an integer mask [{B}, {e.shape[2]}]")
+        if e.shape[1:] != t[pairs[0][0]].shape[1:]:
+            raise BadInput(f"{path}: {ek} has shape {list(e.shape)}, {pairs[0][0]} {list(t[pairs[0][0]].shape)}; "
+                           "they must agree")
 
 
 def _common_form(row: str, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

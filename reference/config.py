@@ -6,7 +6,6 @@ parameters) and refuses configurations the reference does not model.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +48,6 @@ class ReferenceConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ReferenceConfig":
+        from longcat_convert.jsonfile import load
         path = Path(path)
-        try:
-            cfg = json.loads(path.read_text())
-        except OSError as e:
-            raise BadInput(f"{path}: cannot read ({e.strerror})")
-        except ValueError:
-            raise BadInput(f"{path}: not valid JSON")
-        return cls.from_original(cfg, str(path))
+        return cls.from_original(load(path, "a JSON object (the checkpoint's config.json)"), str(path))

@@ -89,14 +89,7 @@ def load_case(path) -> Case:
     if not path.is_file():
         raise BadInput(f"{path}: no such case file")
     meta_path = path.with_suffix(".json")
-    meta = {}
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError:
-            raise BadInput(f"{meta_path}: not valid JSON")
-        if not isinstance(meta, dict):
-            raise BadInput(f"{meta_path}: expected a JSON object")
+    meta = read_meta(meta_path) if meta_path.is_file() else {}
     reader = ShardedReader(path)
     inputs, acts, kv = {}, {}, {}
     for key in reader.keys():
@@ -120,7 +113,53 @@ def load_case(path) -> Case:
         if set(pair) != {"k", "v"}:
             raise BadInput(f"{path}: input.kv_cache.{i} needs both .k and .v")
     kv_cache = {i: (p["k"], p["v"]) for i, p in sorted(kv.items())}
+    check_inputs(path, inputs, kv_cache)
     return Case(meta.get("case", path.stem), path, meta, inputs, acts, kv_cache)
+
+
+# A case JSON's fields with the type each must have when present.
+META_TYPES = {"case": str, "description": str, "num_cond_latents": int, "return_kv": bool,
+              "skip_crs_attn": bool, "offload_kv_cache": bool}
+
+
+def read_meta(meta_path: Path, types: dict = META_TYPES) -> dict:
+    """A case's JSON: an object whose known fields have their types (LoRAs and BSA are
+    checked by lora_entries / bsa_entry)."""
+    from longcat_convert.jsonfile import load_object
+    meta = load_object(meta_path, "a golden case's JSON object")
+    for key, want in types.items():
+        v = meta.get(key)
+        if v is not None and (type(v) is not want and not (want is float and type(v) is int)):
+            raise BadInput(f"{meta_path}: {key} is {json.dumps(v)[:60]}; expected {want.__name__}")
+    if meta.get("num_cond_latents") is not None and meta["num_cond_latents"] < 0:
+        raise BadInput(f"{meta_path}: num_cond_latents is {meta['num_cond_latents']}; expected >= 0")
+    lora_entries(meta, meta_path)
+    return meta
+
+
+def check_inputs(path: Path, inputs: dict, kv_cache: dict) -> None:
+    """The forward's inputs are the tensors the original takes: floating hidden states
+    [B, C, T, H, W], text [B, 1, L, C'] and timestep [B] or [B, T]; an integer or bool
+    mask [B, L]; one batch size throughout."""
+    hs, ts, ehs = (inputs[k] for k in INPUTS)
+    mask = inputs.get("input.encoder_attention_mask")
+    for key, t, dims in (("input.hidden_states", hs, (5,)), ("input.timestep", ts, (1, 2)),
+                         ("input.encoder_hidden_states", ehs, (4,))):
+        if not t.is_floating_point() or t.dim() not in dims:
+            raise BadInput(f"{path}: {key} is {t.dtype} {list(t.shape)}; expected a floating tensor with "
+                           f"{' or '.join(map(str, dims))} dims")
+    B = hs.shape[0]
+    if ts.shape[0] != B or ehs.shape[0] != B or ehs.shape[1] != 1 or (ts.dim() == 2 and ts.shape[1] != hs.shape[2]):
+        raise BadInput(f"{path}: input shapes disagree: hidden_states {list(hs.shape)}, timestep {list(ts.shape)}, "
+                       f"encoder_hidden_states {list(ehs.shape)}; expected [B,C,T,H,W], [B] or [B,T], [B,1,L,C]")
+    if mask is not None and (mask.is_floating_point() or mask.is_complex() or tuple(mask.shape) != (B, ehs.shape[2])):
+        raise BadInput(f"{path}: input.encoder_attention_mask is {mask.dtype} {list(mask.shape)}; expected an "
+                       f"integer mask [{B}, {ehs.shape[2]}]")
+    for i, (k, v) in kv_cache.items():
+        if not k.is_floating_point() or not v.is_floating_point() or k.shape != v.shape or k.dim() != 4 \
+                or k.shape[0] not in (1, B):
+            raise BadInput(f"{path}: input.kv_cache.{i}.k/.v are {k.dtype} {list(k.shape)} and {v.dtype} "
+                           f"{list(v.shape)}; expected two floating tensors of one shape [B, heads, tokens, head_dim]")
 
 
 def module_of(act: str) -> str | None:

@@ -28,7 +28,6 @@ received and returned: only the noisy frames where the loop steps a slice.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,13 +83,8 @@ class SchedulerConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> "SchedulerConfig":
-        try:
-            cfg = json.loads(path.read_text())
-        except OSError as e:
-            raise BadInput(f"{path}: cannot read ({e.strerror})")
-        except ValueError:
-            raise BadInput(f"{path}: not valid JSON")
-        return cls.from_dict(cfg, str(path))
+        from longcat_convert.jsonfile import load
+        return cls.from_dict(load(path, "a scheduler config (JSON object)"), str(path))
 
 
 @dataclass(frozen=True)

@@ -597,7 +597,8 @@ def tensor_edit(draw, tensors: list[list], keys=None) -> None:
 # -- LoRA files -----------------------------------------------------------------------------
 
 LORA = TINY_A / "lora" / "tiny_lora.safetensors"
-LORA_KEYS = ["lora___lorahyphen___blocks___lorahyphen___0___lorahyphen___attn___lorahyphen___qkv.lora_up.blocks.7.weight",
+LORA_KEYS = ["lora___lorahyphen___blocks___lorahyphen___0___lorahyphen___attn___lorahyphen___qkv.lora_up.blocks."
+             "7.weight",
              "lora___lorahyphen___blocks___lorahyphen___0___lorahyphen___attn___lorahyphen___qkv.lora_up.blocks."
              "\u0663.weight",
              "lora___lorahyphen___blocks___lorahyphen___0___lorahyphen___attn___lorahyphen___qkv.lora_up.blocks."
@@ -679,7 +680,7 @@ def gate_files(draw) -> bytes:
                                                                                 "rel_l2": 0.1}}]}]}]}
     for _ in range(draw(st.integers(1, 3))):
         where = draw(st.sampled_from(["top", "models", "model", "cases", "case", "entry", "parity", "known"]))
-        v = draw(st.one_of(st.sampled_from(GATE_VALUES), json_values()))
+        v = copy.deepcopy(draw(st.one_of(st.sampled_from(GATE_VALUES), json_values())))
         m = doc["models"][0] if isinstance(doc.get("models"), list) and doc["models"] and isinstance(
             doc["models"][0], dict) else None
         c = m["cases"][0] if m and isinstance(m.get("cases"), list) and m["cases"] and isinstance(
@@ -711,7 +712,8 @@ def gate_files(draw) -> bytes:
 TOL = ROOT / "parity" / "tolerances.json"
 TOL_VALUES = [None, 1, "x", [], {}, {"rel_l2": "x"}, {"rel_l2": Raw("NaN")}, {"rel_l2": Raw("Infinity")},
               {"rel_l2": True}, {"rel_l2": -1}, {"rel_l2": None}, {"": 1}, {"rel_l2": [1]}, 1.5, "2", "v1",
-              Raw("1e400"), "[", "*", "float32", "cuda:0", [[]], [{"max": {"rel_l2": 1}}], [{"dtype": 1, "max": {"a": 1}}]]
+              Raw("1e400"), "[", "*", "float32", "cuda:0", [[]], [{"max": {"rel_l2": 1}}],
+              [{"dtype": 1, "max": {"a": 1}}]]
 
 
 @st.composite
@@ -721,7 +723,7 @@ def tolerance_files(draw) -> bytes:
     doc = json.loads(TOL.read_text())
     for _ in range(draw(st.integers(1, 3))):
         where = draw(st.sampled_from(["version", "rules", "rule", "field", "max"]))
-        v = draw(st.one_of(st.sampled_from(TOL_VALUES), json_values()))
+        v = copy.deepcopy(draw(st.one_of(st.sampled_from(TOL_VALUES), json_values())))
         rules = doc.get("rules") if isinstance(doc, dict) else None
         if where == "version":
             doc["version"] = v

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 
 import fuzz_support as F
+from convert_support import needs_native
 
 CORPUS_ST = sorted(F.CORPUS.glob("st-*.safetensors"))
 
@@ -116,3 +117,126 @@ def test_a_lora_cut_to_one_module_still_converts(scratch):
     model = _model(scratch, "lora/tiny_lora.safetensors", (F.CORPUS / "lora-edge-one-module-valid.safetensors")
                    .read_bytes())
     assert F.check_command("plan", model) == 0
+
+
+# golden cases: the case file and its JSON, through golden-check (and parity)
+
+CASE_NAMES = ["t2v", "t2v_lora", "traj_t2v_cfg"]
+
+
+def _case(scratch: Path, name: str, blob: bytes | None = None, meta: bytes | None = None) -> Path:
+    """A case named ``name`` in a scratch folder: the golden one, with its file or JSON replaced."""
+    d = scratch / "cases"
+    d.mkdir(exist_ok=True)
+    (d / f"{name}.safetensors").write_bytes(blob if blob is not None else (F.CASES / f"{name}.safetensors")
+                                            .read_bytes())
+    (d / f"{name}.json").write_bytes(meta if meta is not None else (F.CASES / f"{name}.json").read_bytes())
+    return d / f"{name}.safetensors"
+
+
+def _case_samples():
+    from hypothesis import strategies as st
+    return st.sampled_from(CASE_NAMES).flatmap(lambda n: st.one_of(
+        st.tuples(st.just(n), F.case_blobs(n), st.none()), st.tuples(st.just(n), st.none(), F.case_json(n))))
+
+
+@F.examples(8)
+@given(_case_samples())
+def test_golden_case(scratch, sample):
+    F.check_command("golden-check", F.TINY_A, _case(scratch, *sample), "--quiet")
+
+
+@F.examples(5)
+@given(F.config_files())
+def test_config_json_in_golden_check(scratch, blob):
+    F.check_command("golden-check", _model(scratch, "dit/config.json", blob), F.CASES / "t2v.safetensors", "--quiet")
+
+
+@needs_native
+@pytest.mark.skipif(F.PROFILE == "ci", reason="long run only (make fuzz): parity reads cases with golden-check's reader")
+@F.examples(3)
+@given(_case_samples().filter(lambda s: not s[0].startswith("traj")))
+def test_golden_case_in_parity(scratch, converted, sample):
+    F.check_command("parity", F.TINY_A, converted["tiny-a"], "--case", _case(scratch, *sample), "--quiet")
+
+
+CORPUS_CASES = sorted({p.with_suffix("").name for p in F.CORPUS.glob("case-*")})
+CASES_OK = {"case-t2v-edge-inputs-and-output-only"}
+
+
+@pytest.mark.parametrize("stem", CORPUS_CASES)
+def test_case_corpus(scratch, stem):
+    """case-<name>-<id>.safetensors / .json: that file (or JSON) in place of the golden one."""
+    from convert_support import one_line, run
+    name = next(n for n in sorted(CASE_NAMES, key=len, reverse=True) if stem.startswith(f"case-{n}-"))
+    files = {ext: F.CORPUS / f"{stem}.{ext}" for ext in ("safetensors", "json")}
+    case = _case(scratch, name, *(p.read_bytes() if p.is_file() else None for p in files.values()))
+    rc, _, err = run("golden-check", F.TINY_A, case, "--quiet")
+    if stem in CASES_OK:
+        assert rc in (0, 1), err            # runs (it holds only the output to compare)
+    else:
+        assert rc == 2 and name in one_line(err), err
+
+
+# gate.json and tolerance files
+
+
+@F.examples(20)
+@given(F.gate_files())
+def test_gate_manifest(scratch, blob):
+    import shutil
+    from longcat_convert.errors import BadInput
+    from parity.gate import load_manifest, plan_steps
+    golden = scratch / "golden"
+    golden.mkdir(exist_ok=True)
+    (golden / "gate.json").write_bytes(blob)
+    work = scratch / "gate-work"
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        steps = plan_steps(golden, work, load_manifest(golden))
+    except BadInput as e:
+        assert "\n" not in str(e) and not work.exists()    # refused before anything was made
+    else:
+        assert all(isinstance(a, str) for s in steps for a in s.argv)
+    shutil.rmtree(work, ignore_errors=True)
+    # the real command: its models are not there, so every step fails fast (exit 1), or the manifest is bad (2)
+    F.check_command("gate", "--golden", golden, "--report", work)
+
+
+@F.examples(30)
+@given(F.tolerance_files())
+def test_tolerance_file(scratch, blob):
+    from longcat_convert.errors import BadInput
+    from parity.policy import Policy
+    p = scratch / "tolerances.json"
+    p.write_bytes(blob)
+    try:
+        policy = Policy.load(p)
+    except BadInput as e:
+        assert "\n" not in str(e)
+    else:
+        for dtype, device, layer in [("float32", "cpu", "blocks.0.attn"), ("bf16", "cuda:0", "*")]:
+            try:
+                assert isinstance(policy.describe(dtype, device), str)
+                policy.failures({"rel_l2": 1e-3, "noise_ratio": 1.0, "cosine": float("nan")}, dtype, device, layer)
+            except BadInput as e:
+                assert "\n" not in str(e)
+    F.check_command("parity", scratch / "nope", scratch / "nope", "--tolerances", p)
+
+
+@pytest.mark.parametrize("path", sorted(F.CORPUS.glob("gate-*.json")), ids=lambda p: p.name)
+def test_gate_corpus(scratch, path):
+    from convert_support import one_line, run
+    golden = scratch / "golden-corpus"
+    golden.mkdir(exist_ok=True)
+    (golden / "gate.json").write_bytes(path.read_bytes())
+    rc, _, err = run("gate", "--golden", golden, "--report", scratch / "gate-corpus-work")
+    assert rc == 2 and "gate.json" in one_line(err), err
+    assert not (scratch / "gate-corpus-work").exists()
+
+
+@pytest.mark.parametrize("path", sorted(F.CORPUS.glob("tol-*.json")), ids=lambda p: p.name)
+def test_tolerance_corpus(scratch, path):
+    from convert_support import one_line, run
+    rc, _, err = run("parity", scratch / "nope", scratch / "nope", "--tolerances", path)
+    assert rc == 2 and path.name in one_line(err), err
