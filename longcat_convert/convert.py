@@ -215,7 +215,12 @@ def load_record(output: Path) -> dict | None:
     p = output / RECORD
     if not p.is_file():
         return None
-    try:
-        return json.loads(p.read_text())
-    except ValueError:
-        raise BadInput(f"{p}: not valid JSON; the output folder is damaged, convert again")
+    from .jsonfile import load_object
+    record = load_object(p, "this tool's conversion record (the output folder is damaged: convert again)")
+    shapes = {"direction": str, "options": dict, "components": dict}
+    for key, kind in shapes.items():
+        if key in record and not isinstance(record[key], kind):
+            raise BadInput(f"{p}: {key!r} is not a {kind.__name__}; the output folder is damaged, convert again")
+    if not all(isinstance(v, dict) for v in record.get("components", {}).values()):
+        raise BadInput(f"{p}: 'components' entries are not objects; the output folder is damaged, convert again")
+    return record

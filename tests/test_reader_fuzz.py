@@ -240,3 +240,53 @@ def test_tolerance_corpus(scratch, path):
     from convert_support import one_line, run
     rc, _, err = run("parity", scratch / "nope", scratch / "nope", "--tolerances", path)
     assert rc == 2 and path.name in one_line(err), err
+
+
+# a converted (FastVideo-layout) folder as input: export and verify
+
+
+def _native(scratch: Path, converted: Path, rel: str, blob: bytes) -> Path:
+    """The converted tiny-a as links, with one file replaced."""
+    import os
+    import shutil
+    root = scratch / "native"
+    shutil.rmtree(root, ignore_errors=True)
+    for f in sorted(converted.rglob("*")):
+        if f.is_file():
+            dst = root / f.relative_to(converted)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if str(f.relative_to(converted)) == rel:
+                dst.write_bytes(blob)
+            else:
+                os.symlink(f, dst)
+    return root
+
+
+def _native_samples():
+    from hypothesis import strategies as st
+    t = "transformer/"
+    return st.one_of(st.tuples(st.just(t + "config.json"), F.config_files()),
+                     st.tuples(st.just("model_index.json"), F.config_files()),
+                     st.tuples(st.just("conversion.json"), F.config_files()),
+                     st.tuples(st.just("lora/tiny_lora/tiny_lora.safetensors"), F.lora_files()),
+                     st.tuples(st.just(t + "diffusion_pytorch_model.safetensors.index.json"), F.index_files()),
+                     st.tuples(st.just(t + "diffusion_pytorch_model-00001-of-00001.safetensors"),
+                               F.safetensors_files(seeds=[F.TINY_A / "dit" / F.SHARD_NAMES[0]], small=False)))
+
+
+@F.examples(10)
+@given(_native_samples())
+def test_converted_folder_in_export_and_verify(scratch, converted, sample):
+    import shutil
+    native = _native(scratch, converted["tiny-a"], *sample)
+    out = scratch / "exported"
+    shutil.rmtree(out, ignore_errors=True)
+    F.check_command("export", native, out, "--quiet", out=out)
+    F.check_command("verify", F.TINY_A, native, "--quiet")
+
+
+@pytest.mark.parametrize("path", sorted(F.CORPUS.glob("record-*.json")), ids=lambda p: p.name)
+def test_conversion_record_corpus(scratch, converted, path):
+    from convert_support import one_line, run
+    rc, _, err = run("verify", F.TINY_A, _native(scratch, converted["tiny-a"], "conversion.json", path.read_bytes()))
+    assert rc == 2 and "conversion.json" in one_line(err), err
