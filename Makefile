@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 CLI    := $(VENV)/bin/longcat-convert
 FASTVIDEO_VERSION := 0.2.1
 
-.PHONY: install demo test gate bench clean
+.PHONY: install demo test fuzz gate bench clean
 
 # fastvideo goes in last and without its dependencies (README, Installing): its own pins
 # ask for a CUDA torch build and a fastvideo-kernel that only builds with CUDA.
@@ -27,6 +27,13 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The input fuzz tests, long and randomized: every property of tests/test_reader_fuzz.py with
+# FUZZ_SCALE times its `make test` examples (default 50: about 15 minutes on 2 cores).
+# A failure prints the example (and a @reproduce_failure blob); keep it in tests/fuzz_corpus/.
+FUZZ_SCALE ?= 50
+fuzz: install
+	LONGCAT_FUZZ=long LONGCAT_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest -q tests/test_reader_fuzz.py -p no:cacheprovider
 
 gate: install
 	$(CLI) gate --report reports/gate
