@@ -79,6 +79,10 @@ def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
 @click.option("--enhance-hf", is_flag=True, help="Sampling, generated vc inputs: the uniform high-frequency tail.")
 @click.option("--no-kv-cache", is_flag=True, help="Sampling, generated vc inputs: continue without the K/V cache.")
 @click.option("--t-thresh", default=0.5, show_default=True, help="Sampling, generated refine inputs: t_thresh.")
+@click.option("--component", type=click.Choice(["text_encoder", "vae", "pipeline"]), default=None,
+              help="Compare one component instead of the DiT: the original text encoder / VAE vs the ones "
+                   "FastVideo loads from CONVERTED, or the whole pipeline from prompt to frames (FastVideo's "
+                   "LongCat pipeline vs the original); --case takes component cases (golden/tiny-bundle/cases).")
 @click.option("--sigmas", type=click.Choice(["fastvideo", "original"]), default="fastvideo", show_default=True,
               help="Sampling: the schedule FastVideo gets. fastvideo: what its timestep stage makes of the step "
                    "count; original: the original's sigmas, handed over through ForwardBatch.sigmas.")
@@ -113,7 +117,10 @@ def parity_cmd(source, converted, **o):
                   attention=o["attention"], mode=mode, loras=_loras(o["loras"], o["lora_multiplier"]),
                   policy=Policy.load(o["tolerances"]))
     parse_device(o["device"])
-    if o["sp"] is not None:
+    if o["component"] is not None:
+        from .components import run_component
+        report = run_component(setup, o["component"], o["cases"], seed=o["seed"], sigmas=o["sigmas"])
+    elif o["sp"] is not None:
         if mode not in ("e2e", "layer"):
             raise BadInput(f"--sp runs with --mode e2e or layer, not {mode}")
         from .distributed import run_sp_parity
