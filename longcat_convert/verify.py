@@ -198,7 +198,10 @@ def verify(source: str, output: str | Path, *, revision: str | None = None,
         try:
             mi = config_map.load(idx)
             workload = (record or {}).get("options", {}).get("workload", "t2v")
-            want_pipeline = comp.WORKLOADS.get(workload, config_map.PIPELINE_CLASS)
+            if not isinstance(workload, str) or workload not in comp.WORKLOADS:
+                problems.add(f"{RECORD}: options.workload {workload!r} is not one of {', '.join(comp.WORKLOADS)}")
+                workload = "t2v"
+            want_pipeline = comp.WORKLOADS[workload]
             if mi.get("_class_name") != want_pipeline or \
                     mi.get("transformer") != ["diffusers", config_map.NATIVE_CLASS]:
                 problems.add(f"{idx}: does not name {want_pipeline} (--workload {workload}) and "
