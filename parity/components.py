@@ -614,3 +614,46 @@ def run_component(setup, component: str, case_paths, *, seed: int = 0, sigmas: s
                                "upstream LongCat-Video pipeline and its own AutoencoderKLWan copy "
                                "(reference/make_component_golden.py)")
     return R.finalize(report)
+
+
+def golden_check_components(checkpoint, case_paths, *, dtype="float32", device="cpu", policy=None) -> dict:
+    """golden-check of component cases: the original side (reference/components.py, transformers'
+    UMT5, diffusers' Wan VAE, our reference sampler and DiT) against the data recorded from the
+    upstream pipeline. -> a report of kind "golden-check"."""
+    from longcat_convert.sources import resolve
+    from .policy import Policy
+    if dtype_name(dtype) != "float32":
+        raise BadInput("component cases are checked in float32")
+    cases = [load_case(p) for p in case_paths]
+    src = resolve(str(checkpoint))
+    if src.root is None:
+        raise BadInput(f"{checkpoint}: component cases need the model folder (with text_encoder/, vae/, ...)")
+    policy = policy or Policy.load()
+    device = torch.device(device)
+    env = R.environment(device=str(device), dtype="float32", attention="sdpa")
+    env.update(reference="ours", checkpoint=str(checkpoint))
+    report = R.new_report("golden-check", f"golden-check (original components, float32, {device}) "
+                          f"{Path(checkpoint).name}", mode=None, policy=policy, dtype="float32",
+                          device=str(device), env=env)
+    for case in cases:
+        if not case.golden:
+            raise BadInput(f"{case.path}: no golden rows to check")
+        if case.component == "text_encoder":
+            ref = run_reference_text(src.root, case, device)
+            order = ["input_ids", "attention_mask", *[r for r in ref if r.startswith("encoder.")], "prompt_embeds"]
+        elif case.component == "vae":
+            ref = run_reference_vae(src.root, case, device)
+            order = list(ref)
+        else:
+            from .pipeline_run import _order, golden_rows, run_reference_pipeline
+            ref = run_reference_pipeline(src.root, case, device)
+            gold = golden_rows(case)
+            _judge_in_order(report, case.name, {k: v for k, v in ref.items() if k in gold}, gold,
+                            _order(set(ref) | set(gold)), policy=policy, names=("original", "golden data"))
+            continue
+        _judge_in_order(report, case.name, {k: v for k, v in ref.items() if k in case.golden}, case.golden,
+                        order, policy=policy, names=("original", "golden data"))
+    R.finalize(report)
+    for c in report["cases"]:
+        c["description"] = next((k.meta.get("description", "") for k in cases if k.name == c["case"]), "")
+    return report

@@ -84,6 +84,12 @@ def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", atten
     dname = dtype_name(tdtype)
     if not case_paths:
         raise BadInput("give at least one golden case (.safetensors)")
+    from .components import component_of, golden_check_components
+    kinds = {bool(component_of(p)) for p in case_paths}
+    if kinds == {True}:          # text encoder / VAE / full-pipeline cases (golden/tiny-bundle/cases)
+        return golden_check_components(checkpoint, case_paths, dtype=dtype, device=device, policy=policy)
+    if len(kinds) > 1:
+        raise BadInput("component cases (text_encoder, vae, pipeline) are checked apart from DiT and trajectory cases")
     # Bad cases fail before any model work.
     cases = [load_trajectory(p) if is_trajectory(p) else load_case(p) for p in case_paths]
     seen: dict[str, int] = {}
