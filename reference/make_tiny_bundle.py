@@ -8,7 +8,7 @@ the released folder has, laid out the same way, small and deterministic.
     text_encoder/             transformers UMT5EncoderModel, d_model 64 (= the DiT's caption width),
                               2 layers, 4 heads x 16, gated-gelu FFN 128, vocab 160; config.json +
                               model.safetensors written by save_pretrained
-    tokenizer/                a T5 (Unigram, SentencePiece-style) tokenizer of 124 pieces built offline
+    tokenizer/                a T5 (Unigram, SentencePiece-style) tokenizer of 106 pieces built offline
                               with the tokenizers library (pad 0, eos 1, unk 2), as transformers saves it
     vae/                      diffusers AutoencoderKLWan with the released structure (z_dim 16, dim_mult
                               [1, 2, 4, 4], 2 res blocks, temporal downsample [F, T, T], mid-block
