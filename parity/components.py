@@ -82,7 +82,7 @@ def component_of(path) -> str | None:
         return None
     try:
         meta = json.loads(p.read_text())
-    except ValueError:
+    except (ValueError, RecursionError):   # not JSON (or nested too deeply): the case readers say so
         return None
     return meta.get("component") if isinstance(meta, dict) else None
 
@@ -95,10 +95,8 @@ def load_case(path) -> ComponentCase:
         raise BadInput(f"{path}: no such case file")
     if not meta_path.is_file():
         raise BadInput(f"{meta_path}: a component case needs its JSON beside it")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError:
-        raise BadInput(f"{meta_path}: not valid JSON")
+    from longcat_convert.jsonfile import load
+    meta = load(meta_path, "a component case's JSON object")
     if not isinstance(meta, dict) or meta.get("component") not in COMPONENTS:
         raise BadInput(f"{meta_path}: 'component' must be one of {', '.join(COMPONENTS)}")
     try:
