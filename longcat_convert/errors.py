@@ -72,7 +72,7 @@ def invoke(group, argv: list[str] | None) -> int:
         say("interrupted:", e)
         return EXIT_INTERRUPTED
     except (click.exceptions.Abort, KeyboardInterrupt):
-        say("interrupted:", "stopped by Ctrl-C or SIGTERM")
+        say("interrupted:", "aborted by Ctrl-C or SIGTERM")
         return EXIT_INTERRUPTED
     except click.exceptions.Exit as e:
         return e.exit_code
