@@ -29,7 +29,7 @@ test: install
 	$(PY) -m pytest -q
 
 # The input fuzz tests, long and randomized: every property of tests/test_reader_fuzz.py with
-# FUZZ_SCALE times its `make test` examples (default 50: about 15 minutes on 2 cores).
+# FUZZ_SCALE times its `make test` examples (default 50: about 8 minutes on 2 cores).
 # A failure prints the example (and a @reproduce_failure blob); keep it in tests/fuzz_corpus/.
 FUZZ_SCALE ?= 50
 fuzz: install
