@@ -11,7 +11,27 @@ A report is a plain dict:
      "layers": [{"name", "native_name", "case", <metrics>, "passed", "failures"}],  # forward order
      "notes": [str],
      "timing": [{"case", "dit_calls", "reference_ms_per_dit_call", "native_ms_per_dit_call",
-                 "native_over_reference"}]}                                      # sampling mode only
+                 "native_over_reference"}],                                      # sampling mode only
+     "sp": {...}}                                                                # --sp N only
+
+``sp`` (``parity --sp N``, parity/distributed.py; cases are ``<case>:1proc`` for the
+one-process baseline and ``<case>:rank<r>`` per rank): ``world_size``, ``backend``
+(gloo | nccl), ``start`` (fork | spawn), ``device``, ``timeout_s``, ``cores``,
+``threads`` ({baseline, rank}: torch threads per process), ``baseline`` (the same
+native model alone in one process) and
+``ranks`` [{``rank``, ``ok``, ``error`` (when not ok), ``forward_ms`` (sum over the
+case's forwards of the median wall time of each), ``peak_memory_mib`` (the peak above
+what the process held before it built the model), ``memory_kind`` (peak RSS
+(getrusage) | cuda max_memory_allocated),
+``attention_calls``, ``attention`` ({kind: {calls, work, batch, heads, q_len,
+k_len, head_dim, tokens_in}}, kinds ``self_attn.distributed`` / ``.sdpa`` /
+``.kv_cache`` / ``.bsa``, ``cross_attn``), ``attention_work`` (sum of
+B*heads*Sq*Sk*head_dim), ``attention_work_ratio`` (/ baseline's),
+``attention_work_ratio_by_kind``}], ``attention_work_ratio`` (the largest rank's),
+``attention_work_ratio_by_kind``, ``speedup`` (baseline ms / slowest rank ms),
+``memory_ratio`` (largest rank's memory above start / baseline's),
+``every_rank_whole_sequence`` (no rank did less attention work than one process),
+``finding`` (a sentence when it holds; also in ``notes``).
 
 In sampling mode a "layer" is a row of the denoising loop (``timesteps``,
 ``sigmas``, ``step.<i>.dit_out``, ..., ``output.latents``; parity/trajectory.py),
@@ -151,6 +171,7 @@ def to_markdown(report: dict) -> str:
         cells.append("pass" if r["passed"] else "**FAIL** " + "; ".join(r.get("failures", [])))
         lines.append("| " + " | ".join(cells) + " |")
     lines += _timing_markdown(report)
+    lines += _sp_markdown(report)
     for n in report.get("notes", []):
         lines += ["", f"> {n}"]
     return "\n".join(lines) + "\n"
@@ -168,6 +189,47 @@ def _timing_markdown(report: dict) -> list[str]:
                    f"{_fmt(t.get('reference_ms_per_dit_call'))} | {_fmt(t.get('native_ms_per_dit_call'))} | "
                    f"{_fmt(t.get('native_over_reference'))} |")
     return out
+
+
+def sp_rows(report: dict) -> tuple[str, list[list[str]], str]:
+    """The ``sp`` section as (heading, rows [run, forward ms, peak MiB (+ above start),
+    attention calls, work vs 1 process], speedup line)."""
+    sp = report.get("sp")
+    if not sp:
+        return "", [], ""
+    head = (f"Sequence parallelism: {sp['world_size']} ranks ({sp['backend']}, {sp['start']}, {sp['device']}), "
+            f"{sp['threads']['rank']} torch thread(s) per rank, {sp['threads']['baseline']} for the 1-process run")
+    rows = []
+    for label, r in [("1 process", sp.get("baseline") or {})] + [(f"rank {r['rank']}", r) for r in sp["ranks"]]:
+        if "forward_ms" not in r:
+            rows.append([label, "", "", f"failed: {r.get('error', '')}", ""])
+            continue
+        calls = "; ".join(
+            f"{k} {v['calls']}x B{_vals(v.get('batch'))} H{_vals(v.get('heads'))} q{_vals(v.get('q_len'))} "
+            f"k{_vals(v.get('k_len'))}" for k, v in r["attention"].items())
+        ratio = r.get("attention_work_ratio", 1.0 if label == "1 process" else None)
+        rows.append([label, _fmt(r["forward_ms"]), f"{r['peak_memory_mib']:.1f}",
+                     calls, "" if ratio is None else f"{ratio:.3f}"])
+    speed = (f"speedup (1-process ms / slowest rank ms) {sp['speedup']:.2f}x, attention work per rank "
+             f"{sp['attention_work_ratio']:.3f}x of one process" if sp.get("speedup") is not None
+             else "no speedup: a run did not finish")
+    return head, rows, speed
+
+
+def _vals(v) -> str:
+    return "/".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+_SP_HEAD = ["run", "forward ms", "peak MiB (model + work)", "attention calls", "attention work / 1 process"]
+
+
+def _sp_markdown(report: dict) -> list[str]:
+    head, rows, speed = sp_rows(report)
+    if not head:
+        return []
+    out = ["", f"**{head}**", "", "| " + " | ".join(_SP_HEAD) + " |", "|" + "---|" * len(_SP_HEAD)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out + ["", speed]
 
 
 def print_table(report: dict, console=None) -> None:
@@ -200,6 +262,12 @@ def print_table(report: dict, console=None) -> None:
         console.print(f"timing {t['case']}: reference {_fmt(t.get('reference_ms_per_dit_call'))} ms, native "
                       f"{_fmt(t.get('native_ms_per_dit_call'))} ms per DiT call (median; native/reference "
                       f"{_fmt(t.get('native_over_reference'))})")
+    head, rows, speed = sp_rows(report)
+    if head:
+        console.print(head)
+        for r in rows:
+            console.print(f"  {r[0]}: {r[1]} ms, {r[2]} MiB, work x{r[4] or '?'}; {r[3]}", highlight=False)
+        console.print(f"  {speed}")
     if report["passed"]:
         console.print(f"[bold green]PASSED[/] ({len(report['layers'])} layers)")
     else:
@@ -313,6 +381,11 @@ def to_html(report: dict) -> str:
     env = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                   for k, v in report["environment"].items())
     notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in report.get("notes", []))
+    sp_head, sp_body, sp_speed = sp_rows(report)
+    if sp_head:
+        notes += (f"<h2>{html.escape(sp_head)}</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in _SP_HEAD)
+                  + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                                      for r in sp_body) + f"</table><p>{html.escape(sp_speed)}</p>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(report['title'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ddd;padding:2px 6px;text-align:right}}td:nth-child(-n+3){{text-align:left}}
