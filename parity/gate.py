@@ -33,6 +33,7 @@ class Step:
     argv: list[str]
     report: Path | None = None
     expect: dict | None = None        # known difference: {"passed": false, "first_divergent": ..., "why": ...}
+    expect_sp: dict | None = None     # --sp steps: the report's sp section must hold these (numbers within SIZE_RTOL)
     rc: int | None = None
     seconds: float = 0.0
     ok: bool = False
@@ -102,7 +103,8 @@ def plan_steps(golden: Path, work: Path, manifest: dict) -> list[Step]:
                 r = rep / f"parity-{tag}-{name}"
                 steps.append(Step(label, f"parity {tag} {name}",
                                   ["parity", str(src), str(out), "--case", str(cfile), "--mode", mode, *args,
-                                   "--report", str(r), "--quiet"], report=r, expect=expect))
+                                   "--report", str(r), "--quiet"], report=r, expect=expect,
+                                  expect_sp=_expect_sp(run, entry, golden)))
     return steps
 
 
@@ -124,6 +126,35 @@ def _parity_run(run, entry: dict, golden: Path) -> tuple[str, list[str], str, di
         run.get("known_difference")
 
 
+def _expect_sp(run, entry: dict, golden: Path) -> dict | None:
+    """A parity entry's ``expect_sp`` (``{"every_rank_whole_sequence": true, "attention_work_ratio": 1.6}``)."""
+    want = run.get("expect_sp") if isinstance(run, dict) else None
+    if want is not None and not (isinstance(want, dict) and want):
+        raise BadInput(f"{golden / 'gate.json'}: case {entry.get('case')!r}: expect_sp must be an object of the "
+                       f"report's sp keys and their values, not {want!r}")
+    return want
+
+
+def _same(want, have) -> bool:
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(_same(v, have.get(k)) for k, v in want.items())
+    if isinstance(want, (int, float)) and not isinstance(want, bool):
+        return isinstance(have, (int, float)) and not isinstance(have, bool) and \
+            abs(have - want) <= SIZE_RTOL * abs(want)
+    return have == want
+
+
+def _check_sp(step: Step, rep: dict | None) -> None:
+    """An --sp step: what the report's ``sp`` section recorded must hold (a change in
+    FastVideo's sequence parallelism -- sharding the sequence, say -- fails the gate)."""
+    if step.expect_sp is None:
+        return
+    got = (rep or {}).get("sp") or {}
+    bad = [f"{k} {got.get(k)!r} (expected {v!r})" for k, v in step.expect_sp.items() if not _same(v, got.get(k))]
+    step.ok = step.ok and not bad
+    step.message += "; SP expectations " + ("hold" if not bad else "differ: " + ", ".join(bad))
+
+
 def run_step(step: Step, root: click.Group) -> None:
     """Run one step as the real command of ``root`` (the CLI group the gate was
     invoked from), in this process."""
@@ -138,6 +169,7 @@ def run_step(step: Step, root: click.Group) -> None:
         step.ok = step.rc == 0
         step.message = "ok" if step.ok else f"exit {step.rc}" + (
             f", first divergent {rep['first_divergent']}" if rep and rep.get("first_divergent") else "")
+        _check_sp(step, rep)
         return
     want = step.expect
     got_first = rep.get("first_divergent") if rep else None
@@ -153,6 +185,7 @@ def run_step(step: Step, root: click.Group) -> None:
         step.ok = isinstance(got, (int, float)) and abs(got - want["rel_l2"]) <= SIZE_RTOL * abs(want["rel_l2"])
         step.message += (f", rel L2 {got:.4g} (expected {want['rel_l2']:.4g})" if isinstance(got, (int, float))
                          else f", rel L2 not measured (expected {want['rel_l2']:.4g})")
+    _check_sp(step, rep)
 
 
 def write_junit(steps: list[Step], path: Path) -> None:
