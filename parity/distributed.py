@@ -14,9 +14,11 @@ PR_SET_PDEATHSIG). Start methods: ``spawn`` runs ``python -m parity.sp_worker``
 (a fresh interpreter per rank; always on CUDA, where a CUDA context cannot be
 forked); ``fork`` (the CPU default where each rank gets one thread) forks this
 process after FastVideo is imported, which saves its import (about 8 s per process
-on the 2-core CI machine; measured forward times and memory of a forked process
-stay within a few percent of a fresh one's). The timeout bounds each launch (the
-baseline, then the N ranks).
+on the 2-core CI machine). GNU OpenMP runs parallel regions slower in a forked
+process, so ``auto`` forks only where each rank gets one thread (where forked and
+fresh ranks time alike), and the forked baseline's forward times are taken from the
+same model run again in this process, with all cores. The timeout bounds each
+launch (the baseline, then the N ranks).
 """
 from __future__ import annotations
 
@@ -438,7 +440,10 @@ def _check(setup: Setup, sp: int, start: str, timeout: float) -> str:
             raise BadInput("--sp-start fork: a CUDA context does not survive fork(); use spawn on CUDA")
         return "spawn"
     if start == "auto":
-        return "fork" if hasattr(os, "fork") else "spawn"
+        # Fork only where each rank runs one thread: GNU OpenMP runs parallel regions
+        # slower in a forked process (measured: 2x on tiny-a's 10 ms forwards, 17% at
+        # 2048 tokens, with 2 threads; the same at 1 thread).
+        return "fork" if hasattr(os, "fork") and cpu_cores() // sp <= 1 else "spawn"
     return start
 
 
@@ -456,6 +461,9 @@ def run_sp_parity(setup: Setup, inputs: list[Inputs], *, sp: int, kv_cache_frame
         nat.ensure_runtime(setup.device)     # imported once here, inherited by every forked process
     cores = cpu_cores()
     threads = {"baseline": cores, "sp": max(1, cores // sp)}
+    if start == "fork" and threads["sp"] > 1:
+        report["notes"].append(f"--sp-start fork with {threads['sp']} threads per rank: OpenMP runs parallel regions "
+                               "slower in a forked process, so the ranks' forward times are pessimistic")
     runs: dict[str, list[dict]] = {}          # run label -> per-group worker results (or errors)
     by_lora: dict[tuple, list[Inputs]] = {}
     for inp in inputs:
@@ -480,6 +488,8 @@ def run_sp_parity(setup: Setup, inputs: list[Inputs], *, sp: int, kv_cache_frame
             (work / "spec.json").write_text(json.dumps(spec, indent=1))
             launcher = Launcher(work, work / "spec.json", start, timeout)
             outcomes = {"1proc": launcher.run("baseline", 1)[0]}
+            if start == "fork" and outcomes["1proc"]["ok"]:
+                _time_here(spec, jobs, setup.device, threads["baseline"], outcomes["1proc"]["result"])
             outcomes.update({f"rank{o['rank']}": o for o in launcher.run("sp", sp)})
             _compare_jobs(setup, sides, report, pairs, jobs, outcomes)
             for label, o in outcomes.items():
@@ -490,6 +500,22 @@ def run_sp_parity(setup: Setup, inputs: list[Inputs], *, sp: int, kv_cache_frame
     if report["sp"].get("finding"):
         report["notes"].append(report["sp"]["finding"])
     return report
+
+
+def _time_here(spec: dict, jobs: list[Job], device: str, threads: int, result: dict) -> None:
+    """Fork start: the baseline's forward times come from the same model run again in
+    this process, with all cores (a forked process's OpenMP runs them slower, see
+    ``_check``); its activations, attention calls and memory from its own process."""
+    from .sp_worker import native_work
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        here = native_work(spec, [j.payload() for j in jobs], device, 1, {})
+    finally:
+        torch.set_num_threads(prev)
+    for label, job in here["jobs"].items():
+        result["jobs"][label]["ms"] = job["ms"]
+    result["timed_in"] = "the launching process"
 
 
 def _compare_jobs(setup, sides, report, pairs, jobs: list[Job], outcomes: dict[str, dict]) -> None:
@@ -552,6 +578,7 @@ def _run_stats(results: list[dict]) -> dict:
     calls = [c for j in jobs for c in j["attention"]]
     mem = [r["memory"] for r in results]
     return {"forward_ms": sum(statistics.median(j["ms"]) for j in jobs),
+            "timed_in": results[0].get("timed_in", "its own process"),
             "forwards": len(jobs),
             "threads": results[0]["threads"],
             "peak_memory_mib": round(max(m["peak_mib"] - m["start_mib"] for m in mem), 1),

@@ -20,7 +20,8 @@ one-process baseline and ``<case>:rank<r>`` per rank): ``world_size``, ``backend
 ``threads`` ({baseline, rank}: torch threads per process), ``baseline`` (the same
 native model alone in one process) and
 ``ranks`` [{``rank``, ``ok``, ``error`` (when not ok), ``forward_ms`` (sum over the
-case's forwards of the median wall time of each), ``peak_memory_mib`` (the peak above
+case's forwards of the median wall time of each; ``timed_in``: its own process, or for a
+forked baseline the launching process), ``peak_memory_mib`` (the peak above
 what the process held before it built the model), ``memory_kind`` (peak RSS
 (getrusage) | cuda max_memory_allocated),
 ``attention_calls``, ``attention`` ({kind: {calls, work, batch, heads, q_len,
