@@ -5,12 +5,9 @@ OSError -- becomes a one-line BadInput (exit 2); an interruption becomes
 Interrupted (exit 130)."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
-import signal
-import threading
 from pathlib import Path
 
 from .errors import BadInput, Interrupted
@@ -65,23 +62,6 @@ def fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(Path(dirpath))
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Let SIGTERM unwind like Ctrl-C so the temporary folder is removed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt()
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 class AtomicFolder:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, components as comp, config_map, plan as planmod, sources
-from .atomic import AtomicFolder, check_output, existing_ancestor, sigterm_as_interrupt
-from .errors import BadInput
+from .atomic import AtomicFolder, check_output, existing_ancestor
+from .errors import BadInput, sigterm_as_interrupt
 from .lora import LoraPlan, plan_lora, write_lora
 from .progress import Reporter
 from .shards import ShardedReader

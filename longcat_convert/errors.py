@@ -22,7 +22,7 @@ class Interrupted(Exception):
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
+def sigterm_as_interrupt():
     """SIGTERM unwinds like Ctrl-C (KeyboardInterrupt), so temporary output is removed
     and the command ends with 130 wherever it was."""
     if threading.current_thread() is not threading.main_thread():
@@ -60,7 +60,7 @@ def invoke(group, argv: list[str] | None) -> int:
         err.print(Text.assemble((label, "bold red"), " ", _one_line(message)), soft_wrap=True)
 
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             rv = group.main(args=argv, prog_name="longcat-convert", standalone_mode=False)
     except BadInput as e:
         say("error:", e)

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, components as comp, config_map, plan as planmod
-from .atomic import AtomicFolder, check_output, sigterm_as_interrupt
+from .atomic import AtomicFolder, check_output
 from .convert import (RECORD, TOOL, Options, check_space, source_records, tensor_records, warn_nonfinite,
                       write_weights)
-from .errors import BadInput
+from .errors import BadInput, sigterm_as_interrupt
 from .progress import Reporter
 from .shards import ShardedReader
 from .sources import COMPONENTS

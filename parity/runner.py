@@ -282,6 +282,16 @@ def run_kv_continuation(setup: Setup, sides: Sides, inp: Inputs, cond_frames: in
              zero_pad=sides.zero_pad, truth_acts=truth_acts)
 
 
+def by_loras(setup: Setup, items: list) -> dict[tuple, list]:
+    """Inputs (or loop cases) grouped by the LoRAs they run with (--lora, else each one's
+    own ``loras``), so each group loads the models once."""
+    groups: dict[tuple, list] = {}
+    for item in items:
+        key = setup.loras or tuple((Path(p).stem, float(m)) for p, m in item.loras)
+        groups.setdefault(key, []).append(item)
+    return groups
+
+
 def run_parity(setup: Setup, inputs: list[Inputs], *, kv_cache_frames: int = 0, title: str | None = None) -> dict:
     """The parity report for every input (one case per input) in e2e or layer mode."""
     if setup.mode not in ("e2e", "layer"):
@@ -290,11 +300,7 @@ def run_parity(setup: Setup, inputs: list[Inputs], *, kv_cache_frames: int = 0, 
     report = R.new_report("parity", title or f"LongCat parity ({setup.mode}, {dtype_name(setup.dtype)}, "
                           f"{setup.device})", mode=setup.mode, policy=setup.policy, dtype=setup.dtype,
                           device=setup.device, env=env)
-    by_lora: dict[tuple, list[Inputs]] = {}
-    for inp in inputs:
-        key = setup.loras or tuple((Path(p).stem, float(m)) for p, m in inp.loras)
-        by_lora.setdefault(key, []).append(inp)
-    for loras, group in by_lora.items():
+    for loras, group in by_loras(setup, inputs).items():
         sides = load_sides(setup, loras)
         report["notes"] += [n for n in sides.notes if n not in report["notes"]]
         pairs = layer_pairs(sides.dims)

@@ -310,7 +310,7 @@ def _median_ms(seconds: list[float]) -> float | None:
 
 def run_sampling(setup, cases: list[LoopCase], *, sigmas: str = "fastvideo", title: str | None = None) -> dict:
     """The sampling-parity report: every row of every case, in loop order."""
-    from .runner import LOW_PRECISION, bsa_for, load_sides
+    from .runner import LOW_PRECISION, bsa_for, by_loras, load_sides
     if sigmas not in SIGMAS:
         raise BadInput(f"--sigmas {sigmas!r}: choose {' or '.join(SIGMAS)}")
     dname = dtype_name(setup.dtype)
@@ -319,11 +319,7 @@ def run_sampling(setup, cases: list[LoopCase], *, sigmas: str = "fastvideo", tit
                           mode="sampling", policy=setup.policy, dtype=setup.dtype, device=setup.device, env=env)
     report["timing"] = []
     lowp = setup.dtype if setup.dtype in LOW_PRECISION else None
-    by_lora: dict[tuple, list[LoopCase]] = {}
-    for c in cases:
-        key = setup.loras or tuple((Path(p).stem, float(m)) for p, m in c.loras)
-        by_lora.setdefault(key, []).append(c)
-    for loras, group in by_lora.items():
+    for loras, group in by_loras(setup, cases).items():
         sides = load_sides(setup, loras)
         report["notes"] += [n for n in sides.notes if n not in report["notes"]]
         for case in group:
