@@ -89,7 +89,7 @@ def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
 @click.option("--sp", default=None, type=int,
               help="Sequence parallelism: the native side runs under FastVideo's own SP in N processes (gloo on a "
                    "CPU, NCCL on N GPUs) plus a 1-process baseline; every rank is compared, and the report gives "
-                   "each rank's attention work, time and memory against the baseline (e2e and layer modes).")
+                   "each rank's attention work, time and memory against the baseline (e2e, layer and sampling modes).")
 @click.option("--sp-timeout", default=600.0, show_default=True,
               help="--sp: seconds the baseline, then the N ranks, may take before their processes are killed.")
 @click.option("--sp-start", type=click.Choice(["auto", "fork", "spawn"]), default="auto", show_default=True,
@@ -120,9 +120,13 @@ def parity_cmd(source, converted, **o):
     if o["component"] is not None:
         from .components import run_component
         report = run_component(setup, o["component"], o["cases"], seed=o["seed"], sigmas=o["sigmas"])
+    elif o["sp"] is not None and mode == "sampling":
+        from .distributed import run_sp_sampling
+        report = run_sp_sampling(setup, _loop_cases(source, o), sp=o["sp"], sigmas=o["sigmas"],
+                                 timeout=o["sp_timeout"], start=o["sp_start"])
     elif o["sp"] is not None:
         if mode not in ("e2e", "layer"):
-            raise BadInput(f"--sp runs with --mode e2e or layer, not {mode}")
+            raise BadInput(f"--sp runs with --mode e2e, layer or sampling, not {mode}")
         from .distributed import run_sp_parity
         report = run_sp_parity(setup, _forward_inputs(source, o), sp=o["sp"], kv_cache_frames=o["kv_cache_frames"],
                                timeout=o["sp_timeout"], start=o["sp_start"])
@@ -162,8 +166,14 @@ def _forward_inputs(source, o) -> list:
 
 
 def _sampling(setup, source, o) -> dict:
+    from .sampling import run_sampling
+    return run_sampling(setup, _loop_cases(source, o), sigmas=o["sigmas"])
+
+
+def _loop_cases(source, o) -> list:
+    """--mode sampling: the trajectory cases, or one generated loop."""
     from . import refside
-    from .sampling import from_trajectory, generate, run_sampling
+    from .sampling import from_trajectory, generate
     from .trajectory import is_trajectory, load_trajectory
     model_dir = refside.model_folder(source)
     if o["cases"]:
@@ -191,7 +201,7 @@ def _sampling(setup, source, o) -> dict:
         if o["cases"]:
             raise BadInput("--bsa-* flags are for generated inputs; a case's JSON sets its own enable_bsa/bsa_params")
         cases[0].bsa = bsa
-    return run_sampling(setup, cases, sigmas=o["sigmas"])
+    return cases
 
 
 @click.command("golden-check")

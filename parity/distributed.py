@@ -423,8 +423,8 @@ def _jobs(setup: Setup, sides: Sides, inp: Inputs, pairs, report: dict, sp: int,
 # --------------------------------------------------------------------------- the run
 
 def _check(setup: Setup, sp: int, start: str, timeout: float) -> str:
-    if setup.mode not in ("e2e", "layer"):
-        raise BadInput(f"--sp runs with --mode e2e or layer, not {setup.mode}")
+    if setup.mode not in ("e2e", "layer", "sampling"):
+        raise BadInput(f"--sp runs with --mode e2e, layer or sampling, not {setup.mode}")
     if sp < 2:
         raise BadInput(f"--sp {sp}: the number of sequence-parallel ranks, at least 2")
     if not timeout > 0:
@@ -478,19 +478,8 @@ def run_sp_parity(setup: Setup, inputs: list[Inputs], *, sp: int, kv_cache_frame
             report["notes"] += [n for n in sides.notes if n not in report["notes"]]
             pairs = layer_pairs(sides.dims)
             jobs = [j for inp in group for j in _jobs(setup, sides, inp, pairs, report, sp, kv_cache_frames)]
-            work = Path(tmp) / f"g{g}"
-            work.mkdir()
-            torch.save({"jobs": [j.payload() for j in jobs]}, work / "payload.pt")
-            spec = dict(dir=str(work), payload=str(work / "payload.pt"), converted=str(Path(setup.converted).resolve()),
-                        dtype=str(setup.dtype).replace("torch.", ""), device=setup.device, loras=conv,
-                        threads=threads, repeats=REPEATS,
-                        init={"baseline": str(work / "init-baseline"), "sp": str(work / "init-sp")})
-            (work / "spec.json").write_text(json.dumps(spec, indent=1))
-            launcher = Launcher(work, work / "spec.json", start, timeout)
-            outcomes = {"1proc": launcher.run("baseline", 1)[0]}
-            if start == "fork" and outcomes["1proc"]["ok"]:
-                _time_here(spec, jobs, setup.device, threads["baseline"], outcomes["1proc"]["result"])
-            outcomes.update({f"rank{o['rank']}": o for o in launcher.run("sp", sp)})
+            outcomes = _launch(setup, Path(tmp) / f"g{g}", [j.payload() for j in jobs], conv, sp=sp, start=start,
+                               timeout=timeout, threads=threads)
             _compare_jobs(setup, sides, report, pairs, jobs, outcomes)
             for label, o in outcomes.items():
                 runs.setdefault(label, []).append(o)
@@ -502,7 +491,108 @@ def run_sp_parity(setup: Setup, inputs: list[Inputs], *, sp: int, kv_cache_frame
     return report
 
 
-def _time_here(spec: dict, jobs: list[Job], device: str, threads: int, result: dict) -> None:
+def _launch(setup: Setup, work: Path, payloads: list[dict], conv, *, sp: int, start: str, timeout: float,
+            threads: dict) -> dict[str, dict]:
+    """The 1-process baseline, then the ``sp`` ranks, each running ``payloads`` on the
+    native model built from the converted folder (``conv``: converted LoRAs) ->
+    outcomes by run label (``1proc``, ``rank<r>``)."""
+    work.mkdir()
+    torch.save({"jobs": payloads}, work / "payload.pt")
+    spec = dict(dir=str(work), payload=str(work / "payload.pt"), converted=str(Path(setup.converted).resolve()),
+                dtype=str(setup.dtype).replace("torch.", ""), device=setup.device, loras=conv,
+                threads=threads, repeats=REPEATS,
+                init={"baseline": str(work / "init-baseline"), "sp": str(work / "init-sp")})
+    (work / "spec.json").write_text(json.dumps(spec, indent=1))
+    launcher = Launcher(work, work / "spec.json", start, timeout)
+    outcomes = {"1proc": launcher.run("baseline", 1)[0]}
+    if start == "fork" and outcomes["1proc"]["ok"]:
+        _time_here(spec, payloads, setup.device, threads["baseline"], outcomes["1proc"]["result"])
+    outcomes.update({f"rank{o['rank']}": o for o in launcher.run("sp", sp)})
+    return outcomes
+
+
+def run_sp_sampling(setup: Setup, cases: list, *, sp: int, sigmas: str = "fastvideo",
+                    timeout: float = DEFAULT_TIMEOUT, start: str = "auto", title: str | None = None) -> dict:
+    """Sampling parity (parity/sampling.py) with FastVideo's LongCat pipeline stages driving
+    the native model under FastVideo's sequence parallelism in ``sp`` processes, plus the
+    1-process baseline: the reference loop runs once here; every run's rows (cases
+    ``<case>:1proc``, ``<case>:rank<r>``) are judged against it, and the ``sp`` section
+    measures the work per rank over the whole loop (forward ms: median per DiT call)."""
+    from .sampling import SIGMAS, run_reference
+    from .trajectory import judge_rows
+    if sigmas not in SIGMAS:
+        raise BadInput(f"--sigmas {sigmas!r}: choose {' or '.join(SIGMAS)}")
+    start = _check(setup, sp, start, timeout)
+    cuda = setup.device.startswith("cuda")
+    dname = dtype_name(setup.dtype)
+    env = R.environment(setup.device, dname, setup.attention)
+    report = R.new_report("parity", title or f"LongCat sampling parity ({dname}, {setup.device}, sigmas {sigmas}, "
+                          f"sequence parallel x{sp})", mode="sampling", policy=setup.policy, dtype=setup.dtype,
+                          device=setup.device, env=env)
+    if start == "fork":
+        nat.ensure_runtime(setup.device)
+    cores = cpu_cores()
+    threads = {"baseline": cores, "sp": max(1, cores // sp)}
+    lowp = setup.dtype if setup.dtype in LOW_PRECISION else None
+    runs: dict[str, list[dict]] = {}
+    by_lora: dict[tuple, list] = {}
+    for c in cases:
+        key = setup.loras or tuple((Path(p).stem, float(m)) for p, m in c.loras)
+        by_lora.setdefault(key, []).append(c)
+    with _TermAsInterrupt(), tempfile.TemporaryDirectory(prefix="lcc-sp-") as tmp:
+        for g, (loras, group) in enumerate(by_lora.items()):
+            sides, conv = _reference_side(setup, loras)
+            if sides.dims.heads % sp:
+                raise BadInput(f"--sp {sp}: FastVideo's DistributedAttention divides the {sides.dims.heads} attention "
+                               f"heads among the ranks; {sides.dims.heads} is not divisible by {sp}")
+            report["notes"] += [n for n in sides.notes if n not in report["notes"]]
+            refs, payloads = {}, []
+            for case in group:
+                T = case.inputs.latents.shape[2]
+                bsa = _bsa_params(setup, sides, case, report, sp, T=T,
+                                  num_cond_latents=case.settings.num_cond_latents)
+                refs_m = [m for m in (sides.ref, sides.truth) if m is not None]
+                try:
+                    for m in refs_m:
+                        m.set_bsa(bsa)
+                    ref, _ = run_reference(sides.ref, case, dtype=setup.dtype, device=setup.device)
+                    truth = None
+                    if sides.truth is not None:
+                        truth, _ = run_reference(sides.truth, case, dtype=torch.float32, device=setup.device)
+                finally:
+                    for m in refs_m:
+                        m.set_bsa(None)
+                refs[case.name] = (ref, truth)
+                payloads.append(dict(label=case.name, loop=replace(case, golden={}), sigmas=sigmas, bsa=bsa))
+            outcomes = _launch(setup, Path(tmp) / f"g{g}", payloads, conv, sp=sp, start=start, timeout=timeout,
+                               threads=threads)
+            for case in group:
+                ref, truth = refs[case.name]
+                for label in _order(outcomes):
+                    o, name = outcomes[label], f"{case.name}:{label}"
+                    if o["ok"]:
+                        res = o["result"]["jobs"][case.name]
+                        report["notes"] += [n for n in res["notes"] if n not in report["notes"]]
+                        judge_rows(report, name, res["rows"], ref, policy=setup.policy, dtype=setup.dtype,
+                                   device=setup.device, truth=truth, lowp_dtype=lowp,
+                                   names=("native pipeline", "reference"))
+                    elif (o["error"].get("job") or group[0].name) == case.name:
+                        R.add_layer(report, name=label, native_name=o["error"].get("where"), metrics={},
+                                    passed=False, failures=[_failure(label, o["error"])], case=name)
+            for label, o in outcomes.items():
+                runs.setdefault(label, []).append(o)
+    report["notes"].append("sampling under SP: FastVideo's LongCat stages drive each rank's native model through the "
+                           "whole loop; forward ms in the sp section: median wall time per denoising DiT call; "
+                           "attention work: every attention call of the loop")
+    R.finalize(report)
+    report["sp"] = summarize(runs, sp=sp, start=start, backend="nccl" if cuda else "gloo", device=setup.device,
+                             timeout=timeout, threads=threads, cores=cores)
+    if report["sp"].get("finding"):
+        report["notes"].append(report["sp"]["finding"])
+    return report
+
+
+def _time_here(spec: dict, payloads: list[dict], device: str, threads: int, result: dict) -> None:
     """Fork start: the baseline's forward times come from the same model run again in
     this process, with all cores (a forked process's OpenMP runs them slower, see
     ``_check``); its activations, attention calls and memory from its own process."""
@@ -510,7 +600,7 @@ def _time_here(spec: dict, jobs: list[Job], device: str, threads: int, result: d
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        here = native_work(spec, [j.payload() for j in jobs], device, 1, {})
+        here = native_work(spec, payloads, device, 1, {})
     finally:
         torch.set_num_threads(prev)
     for label, job in here["jobs"].items():
@@ -522,9 +612,7 @@ def _compare_jobs(setup, sides, report, pairs, jobs: list[Job], outcomes: dict[s
     """Every run's layers against the reference, job by job (cases ``<job>:1proc``,
     ``<job>:rank<r>``); a run that failed gets one failing row in the job it failed in,
     named after the compared layer it was in (else after the run)."""
-    failed = [label for label, o in outcomes.items() if label != "1proc" and not o["ok"]]
-    failed.sort(key=lambda label: outcomes[label]["error"]["time"])
-    order = ["1proc"] + [label for label, o in outcomes.items() if label != "1proc" and o["ok"]] + failed
+    order = _order(outcomes)
     for job in jobs:
         for label in order:
             o, case = outcomes[label], f"{job.label}:{label}"
@@ -539,12 +627,21 @@ def _compare_jobs(setup, sides, report, pairs, jobs: list[Job], outcomes: dict[s
             err = o["error"]
             if (err.get("job") or jobs[0].label) != job.label:
                 continue                       # it failed in another of its jobs
-            if err["type"] in ("Timeout", "Stopped", "Exited"):
-                msg = f"{label}: {err['message']}"
-            else:
-                msg = f"{label} raised {err['type']}: {err['message']}"
             R.add_layer(report, name=_ref_name(pairs, err.get("where")) or label, native_name=err.get("where"),
-                        metrics={}, passed=False, failures=[msg], case=case)
+                        metrics={}, passed=False, failures=[_failure(label, err)], case=case)
+
+
+def _order(outcomes: dict[str, dict]) -> list[str]:
+    """The baseline, the ranks that finished, then the failed ones in the order they failed."""
+    failed = [label for label, o in outcomes.items() if label != "1proc" and not o["ok"]]
+    failed.sort(key=lambda label: outcomes[label]["error"]["time"])
+    return ["1proc"] + [label for label, o in outcomes.items() if label != "1proc" and o["ok"]] + failed
+
+
+def _failure(label: str, err: dict) -> str:
+    if err["type"] in ("Timeout", "Stopped", "Exited"):
+        return f"{label}: {err['message']}"
+    return f"{label} raised {err['type']}: {err['message']}"
 
 
 def _ref_name(pairs, native: str | None) -> str | None:

@@ -9,7 +9,9 @@ forward jobs (inputs, argument overrides, the modules to record, the reference's
 module inputs to feed in layer mode, a K/V cache to use), starts one process per
 rank of a group -- ``python -m`` (a fresh interpreter; always on CUDA) or a fork
 of the launcher (CPU: skips FastVideo's import, about 8 s per process) -- and
-reads back what this module writes into the run's folder:
+reads back what this module writes into the run's folder (a loop job,
+``parity --mode sampling --sp N``, runs FastVideo's pipeline stages through the
+case's whole denoising loop instead of one forward and returns the loop's rows):
 
 - ``GROUP-R.result.pt``: per job the recorded activations (the compared layers,
   same names as the one-process runner), the returned K/V cache, the wall time of
@@ -331,9 +333,12 @@ def native_work(spec: dict, jobs: list[dict], device: str, world: int, state: di
         if fault:
             _plant_fault(native, *fault)
         for job in jobs:
-            kv = kvs.get(job["kv_from"]) if job.get("kv_from") else job.get("kv_given")
             nat.set_bsa(native, job["bsa"], device)
             state["job"] = job["label"]
+            if job.get("loop") is not None:
+                jobs_out[job["label"]] = _loop_job(native, job, spec, dtype, device, world, state)
+                continue
+            kv = kvs.get(job["kv_from"]) if job.get("kv_from") else job.get("kv_given")
             watch = set(job["record"]) | set(job["proj"])
             state["log"] = log = AttentionLog(native, watch)
             _sync(device, world)
@@ -360,6 +365,24 @@ def native_work(spec: dict, jobs: list[dict], device: str, world: int, state: di
         del native
     return {"world": world, "pid": os.getpid(), "threads": torch.get_num_threads(), "device": device,
             "memory": meter.result(), "jobs": jobs_out}
+
+
+def _loop_job(native, job: dict, spec: dict, dtype, device: str, world: int, state: dict) -> dict:
+    """A loop job (``parity --mode sampling --sp N``): FastVideo's LongCat pipeline stages
+    (``parity.sampling.run_native``) driving this rank's native model through the case's
+    whole denoising loop, every attention call logged -> its rows (float32, CPU), the wall
+    time of each denoising DiT call (ms) and the loop's notes."""
+    import torch
+    from .sampling import run_native
+    state["log"] = log = AttentionLog(native)
+    _sync(device, world)
+    with log:
+        rows, seconds, notes = run_native(native, job["loop"], dtype=dtype, device=device, sigmas=job["sigmas"],
+                                          converted=Path(spec["converted"]))
+    _sync(device, world)
+    rows = {k: v.detach().float().cpu() if torch.is_tensor(v) else v for k, v in rows.items()}
+    return {"rows": rows, "ms": [1e3 * x for x in seconds] or [0.0], "notes": notes, "attention": log.calls,
+            "acts": {}, "kv": None}
 
 
 def run(spec_path: str | os.PathLike, group: str, rank: int, world: int, *, forked: bool = False) -> int:

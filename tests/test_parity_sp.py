@@ -203,7 +203,7 @@ def test_stopping_the_parent_stops_every_rank(converted, tmp_path):
 
 def test_bad_sp_settings_are_one_line_errors(converted, tmp_path):
     from convert_support import run
-    for args, text in ((["--sp", "1"], "at least 2"), (["--sp", "2", "--mode", "blocks"], "e2e or layer"),
+    for args, text in ((["--sp", "1"], "at least 2"), (["--sp", "2", "--mode", "blocks"], "e2e, layer or sampling"),
                        (["--sp", "4"], "2 attention heads"), (["--sp", "2", "--sp-timeout", "0"], "positive")):
         rc, _, err = run("parity", TINY_A, converted["tiny-a"], "--case", CASES / "t2v.safetensors", *args)
         assert rc == 2 and text in err and len(err.strip().splitlines()) == 1, err
@@ -276,3 +276,47 @@ def test_ctrl_c_in_the_parent_stops_every_rank(converted, tmp_path, monkeypatch,
     t.join()
     assert rc == 130 and len(seen) >= 2 and time.monotonic() - t0 < 60
     assert not [r for r in seen if alive(r)]
+
+
+def _by_case(rep: dict) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in rep["layers"]:
+        out.setdefault(r["case"], []).append(r)
+    return out
+
+
+def test_sampling_under_sp_every_rank_diverges_where_one_process_does(converted, tmp_path, no_leftovers):
+    """--mode sampling --sp 2: FastVideo's LongCat stages drive each rank's native model
+    through the whole loop; every rank's first divergent row is one process's
+    (FastVideo's bfloat16 input cast), the rows before it exact."""
+    rc, rep = sp(converted, tmp_path, "--mode", "sampling", "--case", CASES / "traj_t2v_cfg.safetensors",
+                 "--sigmas", "original")
+    assert rc == 1 and rep["mode"] == "sampling" and rep["first_divergent"] == "step.0.dit_in"
+    runs = ["traj_t2v_cfg:1proc", "traj_t2v_cfg:rank0", "traj_t2v_cfg:rank1"]
+    assert [c["case"] for c in rep["cases"]] == runs
+    assert all(c["first_divergent"] == "step.0.dit_in" for c in rep["cases"])
+    rows = _by_case(rep)
+    names = [r["name"] for r in rows[runs[0]]]
+    assert names[:4] == ["timesteps", "sigmas", "step.0.timestep", "step.0.dit_in"] and names[-1] == "output.latents"
+    for run in runs:
+        assert [r["name"] for r in rows[run]] == names
+        assert all(r["passed"] and r["max_abs"] == 0 for r in rows[run][:3])
+        first = rows[run][3]
+        assert not first["passed"] and first["rel_l2"] == pytest.approx(0.001662, rel=0.02)
+    s = rep["sp"]
+    assert s["world_size"] == 2 and s["every_rank_whole_sequence"] is True
+    assert s["attention_work_ratio_by_kind"] == {"cross_attn": 1.0, "self_attn.distributed": 2.0}
+    assert s["baseline"]["attention_calls"] == s["ranks"][0]["attention_calls"] > 0
+    assert all(r["forward_ms"] > 0 for r in s["ranks"]) and s["speedup"] > 0
+    assert "does not shard the sequence" in s["finding"] and s["finding"] in rep["notes"]
+
+
+def test_sampling_under_sp_a_rank_that_raises_is_a_failing_row(converted, tmp_path, monkeypatch, no_leftovers):
+    monkeypatch.setenv("LCC_SP_TEST_FAULT", "raise:1")
+    rc, rep = sp(converted, tmp_path, "--mode", "sampling", "--case", CASES / "traj_t2v_cfg.safetensors",
+                 "--sigmas", "original")
+    assert rc == 1
+    row = next(r for r in rep["layers"] if r["case"] == "traj_t2v_cfg:rank1")
+    assert not row["passed"] and row["failures"][0].startswith("rank1 raised RuntimeError: planted fault on rank 1")
+    assert rep["sp"]["ranks"][1]["ok"] is False and rep["sp"]["speedup"] is None
+
