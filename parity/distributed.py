@@ -47,7 +47,7 @@ from .capture import Recorder
 from .correspondence import LayerPair, layer_pairs
 from .inputs import Inputs, effective_bsa
 from .policy import dtype_name
-from .runner import (LOW_PRECISION, Setup, Sides, _as_attn, _bsa_notes, _cached_attn_names, _compare,
+from .runner import (LOW_PRECISION, Setup, Sides, by_loras, _as_attn, _bsa_notes, _cached_attn_names, _compare,
                      _with_caches, resolve_lora_files)
 
 DEFAULT_TIMEOUT = 600.0
@@ -465,12 +465,8 @@ def run_sp_parity(setup: Setup, inputs: list[Inputs], *, sp: int, kv_cache_frame
         report["notes"].append(f"--sp-start fork with {threads['sp']} threads per rank: OpenMP runs parallel regions "
                                "slower in a forked process, so the ranks' forward times are pessimistic")
     runs: dict[str, list[dict]] = {}          # run label -> per-group worker results (or errors)
-    by_lora: dict[tuple, list[Inputs]] = {}
-    for inp in inputs:
-        key = setup.loras or tuple((Path(p).stem, float(m)) for p, m in inp.loras)
-        by_lora.setdefault(key, []).append(inp)
     with _TermAsInterrupt(), tempfile.TemporaryDirectory(prefix="lcc-sp-") as tmp:
-        for g, (loras, group) in enumerate(by_lora.items()):
+        for g, (loras, group) in enumerate(by_loras(setup, inputs).items()):
             sides, conv = _reference_side(setup, loras)
             if sides.dims.heads % sp:
                 raise BadInput(f"--sp {sp}: FastVideo's DistributedAttention divides the {sides.dims.heads} attention "
@@ -535,12 +531,8 @@ def run_sp_sampling(setup: Setup, cases: list, *, sp: int, sigmas: str = "fastvi
     threads = {"baseline": cores, "sp": max(1, cores // sp)}
     lowp = setup.dtype if setup.dtype in LOW_PRECISION else None
     runs: dict[str, list[dict]] = {}
-    by_lora: dict[tuple, list] = {}
-    for c in cases:
-        key = setup.loras or tuple((Path(p).stem, float(m)) for p, m in c.loras)
-        by_lora.setdefault(key, []).append(c)
     with _TermAsInterrupt(), tempfile.TemporaryDirectory(prefix="lcc-sp-") as tmp:
-        for g, (loras, group) in enumerate(by_lora.items()):
+        for g, (loras, group) in enumerate(by_loras(setup, cases).items()):
             sides, conv = _reference_side(setup, loras)
             if sides.dims.heads % sp:
                 raise BadInput(f"--sp {sp}: FastVideo's DistributedAttention divides the {sides.dims.heads} attention "
