@@ -43,12 +43,11 @@ from longcat_convert.errors import BadInput
 from . import native as nat
 from . import refside
 from . import report as R
-from .capture import Recorder
 from .correspondence import LayerPair, layer_pairs
 from .inputs import Inputs, effective_bsa
 from .policy import dtype_name
-from .runner import (LOW_PRECISION, Setup, Sides, by_loras, _as_attn, _bsa_notes, _cached_attn_names, _compare,
-                     _with_caches, resolve_lora_files)
+from .runner import (LOW_PRECISION, Setup, Sides, by_loras, _bsa_notes, _compare, _with_caches,
+                     reference_forward, resolve_lora_files)
 
 DEFAULT_TIMEOUT = 600.0
 START_METHODS = ("auto", "fork", "spawn")
@@ -360,37 +359,46 @@ class Job:
                     kv_given=self.kv_given, kv_from=self.kv_from)
 
 
+def _prepare_launch(setup: Setup, sp: int, start: str, report: dict) -> tuple[int, dict]:
+    """-> (cores, torch threads per run: the baseline all cores, each rank cores // sp)."""
+    if start == "fork":
+        nat.ensure_runtime(setup.device)     # imported once here, inherited by every forked process
+    cores = cpu_cores()
+    threads = {"baseline": cores, "sp": max(1, cores // sp)}
+    if start == "fork" and threads["sp"] > 1:
+        report["notes"].append(f"--sp-start fork with {threads['sp']} threads per rank: OpenMP runs parallel regions "
+                               "slower in a forked process, so the ranks' forward times are pessimistic")
+    return cores, threads
+
+
+def _group_sides(setup: Setup, loras, sp: int, report: dict):
+    """The reference side of one LoRA group, its heads checked against ``sp``."""
+    sides, conv = _reference_side(setup, loras)
+    if sides.dims.heads % sp:
+        raise BadInput(f"--sp {sp}: FastVideo's DistributedAttention divides the {sides.dims.heads} attention "
+                       f"heads among the ranks; {sides.dims.heads} is not divisible by {sp}")
+    report["notes"] += [n for n in sides.notes if n not in report["notes"]]
+    return sides, conv
+
+
 def _reference_job(setup: Setup, sides: Sides, inp: Inputs, pairs: list[LayerPair], label: str, bsa, *,
                    kv_ref=None, overrides=None) -> Job:
-    """The reference half of ``runner._forward_pair``: record the reference (and truth);
-    what the native ranks must record and, in layer mode, be fed."""
+    """The reference half of ``runner._forward_pair`` (``runner.reference_forward``) with the
+    job's BSA; what the native ranks must record and, in layer mode, be fed."""
     overrides = overrides or {}
-    ref_names = [p.name for p in pairs if p.kind != "output"]
-    nat_names = [p.native for p in pairs if p.kind != "output"]
-    ref_proj, nat_proj = _cached_attn_names(sides, bool(kv_ref or (kv_ref is None and inp.kv_cache)))
-    layer = setup.mode == "layer"
     refs = [m for m in (sides.ref, sides.truth) if m is not None]
     try:
         for m in refs:
             m.set_bsa(bsa)
-        with Recorder(sides.ref, ref_names, inputs=layer) as rrec, Recorder(sides.ref, ref_proj) as rproj:
-            r_out, r_kv = refside.run(sides.ref, inp, setup.dtype, setup.device, kv_cache=kv_ref, **overrides)
-        ref_acts = dict(rproj.outputs, **rrec.outputs, output=r_out)
-        _as_attn(ref_acts, ".proj")
-        truth_acts, t_kv = None, None
-        if sides.truth is not None:
-            from .capture import Feeder
-            feeds = rrec.inputs if layer else {}
-            with Recorder(sides.truth, ref_names) as trec, Recorder(sides.truth, ref_proj) as tproj, \
-                    Feeder(sides.truth, feeds):
-                t_out, t_kv = refside.run(sides.truth, inp, torch.float32, setup.device, kv_cache=kv_ref, **overrides)
-            truth_acts = dict(tproj.outputs, **trec.outputs, output=t_out)
-            _as_attn(truth_acts, ".proj")
+        ref = reference_forward(setup, sides, inp, pairs, kv_ref=kv_ref, overrides=overrides)
     finally:
         for m in refs:
             m.set_bsa(None)
-    feeds = {p.native: rrec.inputs[p.name].cpu() for p in pairs if layer and p.name in rrec.inputs}
-    return Job(label, inp, overrides, bsa, ref_acts, truth_acts, r_kv, t_kv, nat_names, nat_proj, feeds)
+    layer = setup.mode == "layer"
+    feeds = {p.native: ref.inputs[p.name].cpu() for p in pairs if layer and p.name in ref.inputs}
+    r_kv, t_kv = ref.kvs
+    return Job(label, inp, overrides, bsa, ref.ref_acts, ref.truth_acts, r_kv, t_kv, ref.nat_names, ref.nat_proj,
+               feeds)
 
 
 def _jobs(setup: Setup, sides: Sides, inp: Inputs, pairs, report: dict, sp: int, kv_cache_frames: int) -> list[Job]:
@@ -457,21 +465,11 @@ def run_sp_parity(setup: Setup, inputs: list[Inputs], *, sp: int, kv_cache_frame
     report = R.new_report("parity", title or f"LongCat parity ({setup.mode}, {dtype_name(setup.dtype)}, "
                           f"{setup.device}, sequence parallel x{sp})", mode=setup.mode, policy=setup.policy,
                           dtype=setup.dtype, device=setup.device, env=env)
-    if start == "fork":
-        nat.ensure_runtime(setup.device)     # imported once here, inherited by every forked process
-    cores = cpu_cores()
-    threads = {"baseline": cores, "sp": max(1, cores // sp)}
-    if start == "fork" and threads["sp"] > 1:
-        report["notes"].append(f"--sp-start fork with {threads['sp']} threads per rank: OpenMP runs parallel regions "
-                               "slower in a forked process, so the ranks' forward times are pessimistic")
+    cores, threads = _prepare_launch(setup, sp, start, report)
     runs: dict[str, list[dict]] = {}          # run label -> per-group worker results (or errors)
     with _TermAsInterrupt(), tempfile.TemporaryDirectory(prefix="lcc-sp-") as tmp:
         for g, (loras, group) in enumerate(by_loras(setup, inputs).items()):
-            sides, conv = _reference_side(setup, loras)
-            if sides.dims.heads % sp:
-                raise BadInput(f"--sp {sp}: FastVideo's DistributedAttention divides the {sides.dims.heads} attention "
-                               f"heads among the ranks; {sides.dims.heads} is not divisible by {sp}")
-            report["notes"] += [n for n in sides.notes if n not in report["notes"]]
+            sides, conv = _group_sides(setup, loras, sp, report)
             pairs = layer_pairs(sides.dims)
             jobs = [j for inp in group for j in _jobs(setup, sides, inp, pairs, report, sp, kv_cache_frames)]
             outcomes = _launch(setup, Path(tmp) / f"g{g}", [j.payload() for j in jobs], conv, sp=sp, start=start,
@@ -525,19 +523,12 @@ def run_sp_sampling(setup: Setup, cases: list, *, sp: int, sigmas: str = "fastvi
     report = R.new_report("parity", title or f"LongCat sampling parity ({dname}, {setup.device}, sigmas {sigmas}, "
                           f"sequence parallel x{sp})", mode="sampling", policy=setup.policy, dtype=setup.dtype,
                           device=setup.device, env=env)
-    if start == "fork":
-        nat.ensure_runtime(setup.device)
-    cores = cpu_cores()
-    threads = {"baseline": cores, "sp": max(1, cores // sp)}
+    cores, threads = _prepare_launch(setup, sp, start, report)
     lowp = setup.dtype if setup.dtype in LOW_PRECISION else None
     runs: dict[str, list[dict]] = {}
     with _TermAsInterrupt(), tempfile.TemporaryDirectory(prefix="lcc-sp-") as tmp:
         for g, (loras, group) in enumerate(by_loras(setup, cases).items()):
-            sides, conv = _reference_side(setup, loras)
-            if sides.dims.heads % sp:
-                raise BadInput(f"--sp {sp}: FastVideo's DistributedAttention divides the {sides.dims.heads} attention "
-                               f"heads among the ranks; {sides.dims.heads} is not divisible by {sp}")
-            report["notes"] += [n for n in sides.notes if n not in report["notes"]]
+            sides, conv = _group_sides(setup, loras, sp, report)
             refs, payloads = {}, []
             for case in group:
                 T = case.inputs.latents.shape[2]

@@ -196,9 +196,21 @@ def _as_attn(acts: dict, suffix: str) -> None:
         del acts[key]
 
 
-def _forward_pair(setup: Setup, sides: Sides, inp: Inputs, pairs: list[LayerPair], *,
-                  kv_ref=None, kv_nat=None, overrides: dict | None = None):
-    """Run reference (and truth) then native once; returns recorded activations and outputs."""
+@dataclass
+class ReferenceForward:
+    """The reference half of one compared forward (and its float32 truth in low precision)."""
+    ref_acts: dict
+    truth_acts: dict | None
+    kvs: tuple                          # (reference K/V, truth K/V) when the forward returns a cache
+    inputs: dict                        # the reference's module inputs (layer mode feeds them to the native side)
+    nat_names: list[str]                # what the native side must record
+    nat_proj: list[str]
+
+
+def reference_forward(setup: Setup, sides: Sides, inp: Inputs, pairs: list[LayerPair], *,
+                      kv_ref=None, overrides: dict | None = None) -> ReferenceForward:
+    """Run the reference (and truth) once, recording every compared layer. The native
+    side runs in this process (``_forward_pair``) or in the ranks of an SP run."""
     overrides = overrides or {}
     ref_names = [p.name for p in pairs if p.kind != "output"]
     nat_names = [p.native for p in pairs if p.kind != "output"]
@@ -219,14 +231,24 @@ def _forward_pair(setup: Setup, sides: Sides, inp: Inputs, pairs: list[LayerPair
                                       kv_cache=kv_ref, **overrides)
         truth_acts = dict(tproj.outputs, **trec.outputs, output=t_out)
         _as_attn(truth_acts, ".proj")
-    feeds = {p.native: rrec.inputs[p.name] for p in pairs if layer and p.name in rrec.inputs}
-    with Recorder(sides.native, nat_names) as nrec, Recorder(sides.native, nat_proj) as nproj, \
+    return ReferenceForward(ref_acts, truth_acts, (r_kv, t_kv), rrec.inputs, nat_names, nat_proj)
+
+
+def _forward_pair(setup: Setup, sides: Sides, inp: Inputs, pairs: list[LayerPair], *,
+                  kv_ref=None, kv_nat=None, overrides: dict | None = None):
+    """Run reference (and truth) then native once; returns recorded activations and outputs."""
+    overrides = overrides or {}
+    ref = reference_forward(setup, sides, inp, pairs, kv_ref=kv_ref, overrides=overrides)
+    layer = setup.mode == "layer"
+    feeds = {p.native: ref.inputs[p.name] for p in pairs if layer and p.name in ref.inputs}
+    with Recorder(sides.native, ref.nat_names) as nrec, Recorder(sides.native, ref.nat_proj) as nproj, \
             Feeder(sides.native, feeds):
         n_out, n_kv = nat.run(sides.native, inp, setup.dtype, setup.device,
                               kv_cache=(kv_ref if layer else kv_nat), **overrides)
     nat_acts = dict(nproj.outputs, **nrec.outputs, output=n_out)
     _as_attn(nat_acts, ".to_out")
-    return ref_acts, nat_acts, truth_acts, (r_kv, n_kv, t_kv)
+    r_kv, t_kv = ref.kvs
+    return ref.ref_acts, nat_acts, ref.truth_acts, (r_kv, n_kv, t_kv)
 
 
 def _with_caches(pairs: list[LayerPair], acts: tuple, kvs: tuple) -> list[LayerPair]:
