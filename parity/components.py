@@ -130,13 +130,14 @@ def generated_case(component: str, seed: int) -> ComponentCase:
         return ComponentCase("generated", None, {"component": component, "prompts": GENERATED_PROMPTS,
                                                  "max_sequence_length": MAX_SEQUENCE_LENGTH})
     if component == "vae":
-        from reference.make_component_golden import smooth_video
+        from reference.components import smooth_video
         g = torch.Generator().manual_seed(seed)
         video = smooth_video(g, (1, 3, 9, 32, 32))
         return ComponentCase("generated", None, {"component": component, "sample_seed": seed + 1},
                              {"video": video, "latents": torch.randn(1, 16, 3, 4, 4, generator=g)})
-    from reference.make_component_golden import PIPELINE
-    meta = dict(PIPELINE, component="pipeline", mode="t2v", steps=PIPELINE["num_inference_steps"], seed=seed,
+    from reference.components import GENERATED_PIPELINE
+    meta = dict(GENERATED_PIPELINE, component="pipeline", mode="t2v",
+                steps=GENERATED_PIPELINE["num_inference_steps"], seed=seed,
                 max_sequence_length=MAX_SEQUENCE_LENGTH)
     return ComponentCase("generated", None, meta)
 

@@ -140,3 +140,18 @@ def vae_decode(vae, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def to_frames(video: torch.Tensor) -> torch.Tensor:
     return (video * 0.5 + 0.5).clamp(0, 1)
+
+
+# The prompt-to-frames run that `parity --component pipeline` generates when no case is given
+# (the settings the recorded pipeline_t2v case was made with).
+GENERATED_PIPELINE = dict(prompt="A red cat walks on the street at night.",
+                          negative_prompt="blurred, static, dark",
+                          height=32, width=48, num_frames=9, num_inference_steps=4, guidance_scale=4.0, seed=42)
+
+
+def smooth_video(gen: torch.Generator, shape) -> torch.Tensor:
+    """A smooth random video in [-1, 1] plus a little noise."""
+    B, C, F, H, W = shape
+    low = torch.rand(B, C, F, max(H // 8, 1), max(W // 8, 1), generator=gen)
+    x = torch.nn.functional.interpolate(low, size=(F, H, W), mode="trilinear", align_corners=False)
+    return ((x + 0.1 * torch.rand(shape, generator=gen)).clamp(0, 1) * 2 - 1).contiguous()

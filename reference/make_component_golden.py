@@ -43,6 +43,7 @@ from safetensors.torch import save_file
 
 from .make_traj_golden import Recorder, check, import_pipeline, running
 from .upstream import check_checkout, load_upstream
+from .components import GENERATED_PIPELINE as PIPELINE, smooth_video
 
 UPSTREAM_COMMIT = "6b3f4b8"
 REPO = Path(__file__).resolve().parent.parent
@@ -50,8 +51,6 @@ BUNDLE = REPO / "golden" / "tiny-bundle"
 MAX_LEN = 512
 
 TEXT_PROMPTS = ["  a  blue DOG &amp;amp; the\tsea,\n slow camera  ", ""]
-PIPELINE = dict(prompt="A red cat walks on the street at night.", negative_prompt="blurred, static, dark",
-                height=32, width=48, num_frames=9, num_inference_steps=4, guidance_scale=4.0, seed=42)
 VIDEO_SHAPE = (1, 3, 9, 16, 32)
 DECODE_LATENTS = (1, 16, 3, 2, 4)
 VAE_SEED = 7
@@ -105,14 +104,6 @@ class Hooks:
 
 def cache_snapshot(feat_map) -> dict[int, torch.Tensor]:
     return {j: c.detach().float().clone() for j, c in enumerate(feat_map) if torch.is_tensor(c)}
-
-
-def smooth_video(gen: torch.Generator, shape) -> torch.Tensor:
-    """A smooth random video in [-1, 1] plus a little noise."""
-    B, C, F, H, W = shape
-    low = torch.rand(B, C, F, max(H // 8, 1), max(W // 8, 1), generator=gen)
-    x = torch.nn.functional.interpolate(low, size=(F, H, W), mode="trilinear", align_corners=False)
-    return ((x + 0.1 * torch.rand(shape, generator=gen)).clamp(0, 1) * 2 - 1).contiguous()
 
 
 def load_components(bundle: Path, mods):
