@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from longcat_convert.synth import REAL_DIMS, build_checkpoint as _build
+from scripts.synth import REAL_DIMS, build_checkpoint as _build
 from longcat_convert.table import Dims, table_hash
 
 __all__ = ["REAL_DIMS", "build_checkpoint", "cache_dir", "cached_checkpoint", "real_dims"]

@@ -47,7 +47,7 @@ def test_bundle_is_laid_out_like_the_release_and_reproducible(tmp_path):
     assert vae["_class_name"] == "AutoencoderKLWan" and vae["z_dim"] == 16 and len(vae["latents_std"]) == 16
     assert vae["dim_mult"] == [1, 2, 4, 4] and vae["temperal_downsample"] == [False, True, True]
     # The script reproduces every committed component byte for byte.
-    from reference.make_tiny_bundle import build
+    from scripts.make_tiny_bundle import build
     again = build(tmp_path / "b")
     for sub in ("text_encoder", "tokenizer", "vae", "scheduler"):
         for f in sorted((BUNDLE / sub).iterdir()):

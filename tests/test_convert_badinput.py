@@ -12,7 +12,7 @@ import struct
 import pytest
 
 from convert_support import TINY_A, TINY_B, leftovers, one_line, run, run_subprocess, tree_digest, write_raw
-from longcat_convert.synth import build_checkpoint
+from scripts.synth import build_checkpoint
 from longcat_convert.table import Dims
 
 DIT = "dit/diffusion_pytorch_model-0000{}-of-00002.safetensors"

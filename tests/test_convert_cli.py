@@ -9,7 +9,7 @@ import pytest
 
 from convert_support import TINY_A, TINY_B, one_line, run
 from longcat_convert.shards import ShardedReader
-from longcat_convert.synth import build_checkpoint
+from scripts.synth import build_checkpoint
 from longcat_convert.table import Dims
 
 DIMS = Dims(hidden=64, heads=1, depth=1, cin=4, cout=4, caption=16, adaln=16, freq=32, mlp_ratio=4.0,

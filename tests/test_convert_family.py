@@ -9,7 +9,7 @@ import torch
 
 from convert_support import needs_native, read_all, run
 from longcat_convert.shards import ShardedReader
-from longcat_convert.synth import build_checkpoint
+from scripts.synth import build_checkpoint
 from longcat_convert.table import Dims, native_shapes
 
 FAMILY = [

@@ -11,7 +11,7 @@ from convert_support import TINY_A, needs_native, run, write_raw
 from longcat_convert.errors import BadInput
 from longcat_convert.lora import encode_module, plan_lora
 from longcat_convert.shards import ShardedReader
-from longcat_convert.synth import build_lora
+from scripts.synth import build_lora
 from longcat_convert.table import Dims, leaf_modules
 
 DIMS = Dims(hidden=32, heads=2, depth=1, cin=4, cout=4, caption=24, adaln=16, freq=32, mlp_ratio=4.0,

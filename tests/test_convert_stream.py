@@ -12,7 +12,7 @@ from longcat_convert.convert import Options, convert
 from longcat_convert.errors import BadInput
 from longcat_convert.shards import ShardedReader
 from longcat_convert.stream import has_nonfinite
-from longcat_convert.synth import build_checkpoint, to_bits
+from scripts.synth import build_checkpoint, to_bits
 from longcat_convert.table import Dims
 from longcat_convert.writer import OutTensor, Piece, encode_header, layout, parse_size
 

@@ -9,7 +9,7 @@ from convert_support import TINY_A, TINY_B, needs_native
 from longcat_convert import config_map
 from longcat_convert.errors import BadInput
 from longcat_convert.shards import ShardedReader
-from longcat_convert.synth import REAL_DIMS, original_config
+from scripts.synth import REAL_DIMS, original_config
 from longcat_convert.table import (Dims, check_coverage, expand, leaf_modules, lora_targets, native_shapes,
                                    original_shapes, reverse_ops, table_hash)
 

@@ -1,13 +1,13 @@
 """Golden data for the components around the DiT, from the ORIGINAL LongCat-Video code.
 
-    .venv/bin/python -m reference.make_component_golden /path/to/LongCat-Video-checkout [golden/tiny-bundle]
+    .venv/bin/python -m scripts.make_component_golden /path/to/LongCat-Video-checkout [golden/tiny-bundle]
 
-Runs, on the tiny bundle (reference/make_tiny_bundle.py), the upstream pipeline
+Runs, on the tiny bundle (scripts/make_tiny_bundle.py), the upstream pipeline
 object ``LongCatVideoPipeline`` (``longcat_video/pipeline_longcat_video.py``) with
 the bundle's real tokenizer (transformers ``AutoTokenizer``), text encoder
 (transformers ``UMT5EncoderModel``), the upstream repo's own ``AutoencoderKLWan``
 (``longcat_video/modules/autoencoder_kl_wan.py``), its scheduler class, and the
-upstream DiT (reference/upstream.py: exact attention, BSA stubbed), each loaded
+upstream DiT (scripts/upstream.py: exact attention, BSA stubbed), each loaded
 with ``from_pretrained(bundle, subfolder=...)`` as the upstream demos do, CPU,
 float32. It writes three cases into ``<bundle>/cases/`` (format: golden/README.md,
 "Component cases"):
@@ -29,7 +29,7 @@ float32. It writes three cases into ``<bundle>/cases/`` (format: golden/README.m
   (as the trajectory cases do), the final latents, the VAE's output and the frames.
 
 Replaced at run time (nothing in the checkout is edited): ``pipe.device = "cpu"``
-(the constructor says "cuda"); the DiT's flash-attn import (reference/upstream.py);
+(the constructor says "cuda"); the DiT's flash-attn import (scripts/upstream.py);
 a ``loguru`` stand-in if loguru is missing. Deterministic: two runs give identical files.
 """
 from __future__ import annotations
@@ -41,9 +41,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .make_traj_golden import Recorder, check, import_pipeline, running
-from .upstream import check_checkout, load_upstream
-from .components import GENERATED_PIPELINE as PIPELINE, smooth_video
+from scripts.make_traj_golden import Recorder, check, import_pipeline, running
+from scripts.upstream import check_checkout, load_upstream
+from reference.components import GENERATED_PIPELINE as PIPELINE, smooth_video
 
 UPSTREAM_COMMIT = "6b3f4b8"
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ Nothing in the checkout is edited. What this module does at run time:
   is imported instead and bound where the upstream attention calls it; on a CPU
   its Triton kernels run through Triton's interpreter (``TRITON_INTERPRET=1``,
   set here before the upstream code, and so triton, is first imported; see
-  triton_cpu.py);
+  reference/triton_cpu.py);
 * builds the model from ``dit/config.json`` with ``cp_split_hw=[1, 1]`` (the
   original forward needs a value there; [1, 1] is the single-process setting)
   on the meta device and assigns the checkpoint tensors, strictly;
@@ -41,9 +41,9 @@ import torch
 
 from longcat_convert.errors import BadInput
 
-from . import triton_cpu
-from .backends import get_backend
-from .loading import open_checkpoint, parse_device, parse_dtype, resolve_checkpoint
+from reference import triton_cpu
+from reference.backends import get_backend
+from reference.loading import open_checkpoint, parse_device, parse_dtype, resolve_checkpoint
 
 DIT_FILE = Path("longcat_video/modules/longcat_video_dit.py")
 BSA_MODULE = "longcat_video.block_sparse_attention.bsa_interface"

@@ -1,8 +1,8 @@
 """Produce the block-sparse attention (BSA) golden cases with the REAL upstream code.
 
-    .venv/bin/python -m reference.make_bsa_golden /path/to/LongCat-Video-checkout [golden/extra]
+    .venv/bin/python -m scripts.make_bsa_golden /path/to/LongCat-Video-checkout [golden/extra]
 
-Runs the original LongCat-Video DiT through reference/upstream.py with its REAL
+Runs the original LongCat-Video DiT through scripts/upstream.py with its REAL
 ``block_sparse_attention`` module (``real_bsa=True``): the chunk gating in torch
 (``torch.compile``d, which needs a C compiler) and the attention in its Triton
 kernel, on the CPU through Triton's interpreter (upstream.py sets
@@ -30,8 +30,8 @@ import torch
 
 from longcat_convert.table import Dims
 
-from .make_extra_golden import record, text
-from .upstream import load_upstream
+from scripts.make_extra_golden import record, text
+from scripts.upstream import load_upstream
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_A = ROOT / "golden" / "tiny-a"

@@ -1,8 +1,8 @@
 """Produce golden/extra/: more golden cases, computed by the REAL upstream code.
 
-    .venv/bin/python -m reference.make_extra_golden /path/to/LongCat-Video-checkout [golden/extra]
+    .venv/bin/python -m scripts.make_extra_golden /path/to/LongCat-Video-checkout [golden/extra]
 
-Runs the original LongCat-Video DiT through reference/upstream.py (CPU,
+Runs the original LongCat-Video DiT through scripts/upstream.py (CPU,
 float32, exact attention) and records the same ``act.*`` the bundled golden
 data has. Paths the bundled data does not cover: another width / head count
 (head_dim 16), in != out channels, bfloat16-stored weights, KV-cache prefill and
@@ -22,9 +22,9 @@ from safetensors.torch import save_file
 
 from longcat_convert.table import Dims, original_shapes
 
-from .golden import Case, run_with_hooks
-from .lora import HYPHEN, PREFIX
-from .upstream import load_upstream
+from reference.golden import Case, run_with_hooks
+from reference.lora import HYPHEN, PREFIX
+from scripts.upstream import load_upstream
 
 TINY_C = {
     "_class_name": "LongCatVideoTransformer3DModel", "_diffusers_version": "0.35.1",

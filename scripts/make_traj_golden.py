@@ -1,10 +1,10 @@
 """Produce golden sampling trajectories by running the ORIGINAL LongCat-Video pipeline.
 
-    .venv/bin/python -m reference.make_traj_golden /path/to/LongCat-Video-checkout [golden/extra]
+    .venv/bin/python -m scripts.make_traj_golden /path/to/LongCat-Video-checkout [golden/extra]
 
 Builds the upstream pipeline object (``LongCatVideoPipeline`` from
 ``longcat_video/pipeline_longcat_video.py``) around the upstream DiT loaded from
-``golden/tiny-a`` through reference/upstream.py (CPU, float32, exact attention),
+``golden/tiny-a`` through scripts/upstream.py (CPU, float32, exact attention),
 the upstream ``FlowMatchEulerDiscreteScheduler`` (shift 12, 1000 train steps) and
 a tiny randomly initialised upstream ``AutoencoderKLWan``, then runs its own
 ``generate_t2v`` / ``generate_i2v`` / ``generate_vc`` / ``generate_refine`` with
@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from .upstream import check_checkout, import_upstream, load_upstream
+from scripts.upstream import check_checkout, import_upstream, load_upstream
 
 UPSTREAM_COMMIT = "6b3f4b8"
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ PATCHES = [
     "pipe.get_condition_shape -> fixed small pixel grid (64x80 for i2v/vc, 64x128 for refine)",
     "module-level torch_gc of pipeline_longcat_video -> no-op during refine (it calls torch.cuda.ipc_collect)",
     "sys.modules['loguru'] stand-in when loguru is not installed (the pipeline only logs a warning with it)",
-    "sys.modules['flash_attn'] stand-in computing exact attention, BSA import stubbed (reference/upstream.py)",
+    "sys.modules['flash_attn'] stand-in computing exact attention, BSA import stubbed (scripts/upstream.py)",
 ]
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .lora import encode_module
-from .table import Dims, leaf_modules, original_shapes
-from .writer import encode_header
+from longcat_convert.lora import encode_module
+from longcat_convert.table import Dims, leaf_modules, original_shapes
+from longcat_convert.writer import encode_header
 
 ST_DTYPES = {"fp32": "F32", "bf16": "BF16", "fp16": "F16", "F32": "F32", "BF16": "BF16", "F16": "F16"}
 ITEMSIZE = {"F32": 4, "BF16": 2, "F16": 2}

@@ -1,7 +1,7 @@
 """Build the tiny LongCat-Video model folder ``golden/tiny-bundle``: every component
 the released folder has, laid out the same way, small and deterministic.
 
-    .venv/bin/python -m reference.make_tiny_bundle [golden/tiny-bundle]
+    .venv/bin/python -m scripts.make_tiny_bundle [golden/tiny-bundle]
 
     dit/ -> ../tiny-a/dit     the tiny-a DiT (caption width 64), a relative symlink
     lora/ -> ../tiny-a/lora   its LoRA, likewise
