@@ -2,6 +2,8 @@
 
     .venv/bin/python -m scripts.make_component_golden /path/to/LongCat-Video-checkout [golden/tiny-bundle]
 
+(from the repository root: scripts/ is not installed; shared code in scripts/common.py)
+
 Runs, on the tiny bundle (scripts/make_tiny_bundle.py), the upstream pipeline
 object ``LongCatVideoPipeline`` (``longcat_video/pipeline_longcat_video.py``) with
 the bundle's real tokenizer (transformers ``AutoTokenizer``), text encoder
@@ -39,15 +41,13 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from scripts.make_traj_golden import Recorder, check, import_pipeline, running
-from scripts.upstream import check_checkout, load_upstream
 from reference.components import GENERATED_PIPELINE as PIPELINE, smooth_video
+from scripts.common import (GOLDEN, UPSTREAM_COMMIT, Recorder, check_trajectory, generator_main, import_pipeline,
+                            running, save_case)
+from scripts.upstream import load_upstream
 
-UPSTREAM_COMMIT = "6b3f4b8"
-REPO = Path(__file__).resolve().parent.parent
-BUNDLE = REPO / "golden" / "tiny-bundle"
+BUNDLE = GOLDEN / "tiny-bundle"
 MAX_LEN = 512
 
 TEXT_PROMPTS = ["  a  blue DOG &amp;amp; the\tsea,\n slow camera  ", ""]
@@ -117,9 +117,7 @@ def load_components(bundle: Path, mods):
 
 
 def _save(out_dir: Path, name: str, tensors: dict, meta: dict) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(out_dir / f"{name}.safetensors"))
-    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_case(out_dir, name, tensors, meta)
     print(f"{name}: {len(tensors)} tensors", file=sys.stderr)
 
 
@@ -244,26 +242,22 @@ def pipeline_case(pipe_mod, checkout: Path, bundle: Path, mods, out_dir: Path) -
             "description": "the original pipeline's generate_t2v on the tiny bundle, prompt to frames: real "
                            "tokenizer, UMT5, DiT, scheduler and VAE, 32x48, 9 frames, 4 steps, CFG 4.0, seed 42",
             "upstream_commit": UPSTREAM_COMMIT}
-    check(t, meta, None)
+    check_trajectory(t, meta, None)
     assert rec.steps == rec.n_step_calls == p["num_inference_steps"]
     _save(out_dir, "pipeline_t2v", t, meta)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or len(argv) > 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    checkout = check_checkout(argv[0])
-    bundle = Path(argv[1]) if len(argv) > 1 else BUNDLE
+def generate(checkout: Path, bundle: Path) -> None:
     out_dir = bundle / "cases"
-    torch.set_grad_enabled(False)
     mods = import_pipeline(checkout)
     pipe_mod = mods[0]
     text_case(pipe_mod, bundle, mods, out_dir)
     vae_case(pipe_mod, bundle, mods, out_dir)
     pipeline_case(pipe_mod, checkout, bundle, mods, out_dir)
-    return 0
+
+
+def main(argv=None) -> int:
+    return generator_main(__doc__, BUNDLE, generate, argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     .venv/bin/python -m scripts.make_extra_golden /path/to/LongCat-Video-checkout [golden/extra]
 
+(from the repository root: scripts/ is not installed; shared code in scripts/common.py)
+
 Runs the original LongCat-Video DiT through scripts/upstream.py (CPU,
 float32, exact attention) and records the same ``act.*`` the bundled golden
 data has. Paths the bundled data does not cover: another width / head count
@@ -21,9 +23,9 @@ import torch
 from safetensors.torch import save_file
 
 from longcat_convert.table import Dims, original_shapes
-
-from reference.golden import Case, run_with_hooks
 from reference.lora import HYPHEN, PREFIX
+from scripts.common import (GOLDEN, TINY_A, cache_inputs, generator_main, record_dit_case,
+                            text_inputs)
 from scripts.upstream import load_upstream
 
 TINY_C = {
@@ -78,44 +80,7 @@ def lora_file(path: Path, targets: dict[str, tuple[int, int, int]], rank: int, a
     save_file(t, str(path))
 
 
-def all_acts(depth: int) -> dict:
-    names = ["x_embedder", "t_embedder", "y_embedder"]
-    for i in range(depth):
-        names += [f"blocks.{i}.attn", f"blocks.{i}.cross_attn", f"blocks.{i}.ffn", f"blocks.{i}"]
-    names.append("final_layer")
-    return {f"act.{n}": torch.empty(0) for n in names}
-
-
-def record(subject, folder: Path, name: str, meta: dict, inputs: dict, depth: int, loras=()) -> dict:
-    """Run the upstream on ``inputs`` and write cases/<name>.safetensors + .json. Returns the acts."""
-    case = Case(name, folder / f"{name}.safetensors", meta, {}, all_acts(depth))
-    case.inputs = {k: v for k, v in inputs.items() if not k.startswith("input.kv_cache.")}
-    cache = {}
-    for k, v in inputs.items():
-        if k.startswith("input.kv_cache."):
-            _, _, i, kv = k.split(".")
-            cache.setdefault(int(i), {})[kv] = v
-    case.kv_cache = {i: (p["k"], p["v"]) for i, p in sorted(cache.items())}
-    subject.set_loras([(p, m) for p, m in loras])
-    _, got = run_with_hooks(subject, case)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in inputs.items()}
-    tensors.update({k: v.contiguous() for k, v in got.items()})
-    save_file(tensors, str(folder / f"{name}.safetensors"))
-    (folder / f"{name}.json").write_text(json.dumps(dict(case=name, **meta), indent=2) + "\n")
-    return got
-
-
-def text(gen, B, L, C, valid):
-    y = torch.randn(B, 1, L, C, generator=gen)
-    mask = torch.zeros(B, L, dtype=torch.int64)
-    for b, n in enumerate(valid):
-        mask[b, :n] = 1
-    return y, mask
-
-
-def main(upstream: str, out: str = "golden/extra") -> None:
-    out = Path(out)
+def generate(upstream: Path, out: Path) -> None:
     gen = torch.Generator().manual_seed(20250301)
 
     # ---- tiny-c: another width/head count, varlen text, bf16-stored weights --------------------
@@ -139,35 +104,33 @@ def main(upstream: str, out: str = "golden/extra") -> None:
     cin, cap = dims.cin, dims.caption
 
     # prefill: 2 clean frames, no text (skip_crs_attn, no mask), return their K/V
-    y, _ = text(gen, 1, 6, cap, [6])
-    pre = record(sub, cases, "kv_prefill", {
+    y, _ = text_inputs(gen, 1, 6, cap, [6])
+    pre = record_dit_case(sub, cases, "kv_prefill", {
         "description": "KV-cache prefill: B=1, 2 clean latent frames (2x2 tokens each), timestep 0, "
                        "return_kv, skip_crs_attn, no text mask",
         "return_kv": True, "skip_crs_attn": True}, {
         "input.hidden_states": torch.randn(1, cin, 2, 4, 4, generator=gen),
         "input.timestep": torch.zeros(1, 2), "input.encoder_hidden_states": y * 0}, dims.depth)
     # continuation: 2 new frames at batch 2 on the batch-1 cache, per-frame t, varlen text
-    y, mask = text(gen, 2, 6, cap, [5, 2])
+    y, mask = text_inputs(gen, 2, 6, cap, [5, 2])
     inputs = {"input.hidden_states": torch.randn(2, cin, 2, 4, 4, generator=gen),
               "input.timestep": torch.tensor([[900.0, 937.5], [250.0, 12.5]]),
               "input.encoder_hidden_states": y, "input.encoder_attention_mask": mask}
-    for i in range(dims.depth):
-        inputs[f"input.kv_cache.{i}.k"] = pre[f"act.kv_cache.{i}.k"]
-        inputs[f"input.kv_cache.{i}.v"] = pre[f"act.kv_cache.{i}.v"]
-    record(sub, cases, "kv_continue", {
+    inputs.update(cache_inputs(pre, dims.depth))
+    record_dit_case(sub, cases, "kv_continue", {
         "description": "KV-cache continuation: B=2 new frames on the B=1 cache of kv_prefill (broadcast), "
                        "num_cond_latents=2 cached frames, per-frame timesteps, varlen text 5 and 2 of 6",
         "num_cond_latents": 2}, inputs, dims.depth)
-    y, mask = text(gen, 2, 7, cap, [7, 1])
-    record(sub, cases, "i2v_b2", {
+    y, mask = text_inputs(gen, 2, 7, cap, [7, 1])
+    record_dit_case(sub, cases, "i2v_b2", {
         "description": "i2v at B=2: first latent frame clean (num_cond_latents=1), per-frame timesteps, "
                        "varlen text 7 and 1 of 7, 3x2x3 token grid",
         "num_cond_latents": 1}, {
         "input.hidden_states": torch.randn(2, cin, 3, 4, 6, generator=gen),
         "input.timestep": torch.tensor([[0.0, 999.0, 999.0], [0.0, 500.5, 500.5]]),
         "input.encoder_hidden_states": y, "input.encoder_attention_mask": mask}, dims.depth)
-    y, mask = text(gen, 1, 5, cap, [4])
-    record(sub, cases, "two_loras", {
+    y, mask = text_inputs(gen, 1, 5, cap, [4])
+    record_dit_case(sub, cases, "two_loras", {
         "description": "two LoRAs at once: rank 2 at multiplier 0.7 and rank 3 at -0.4 (both on blocks.1.attn.qkv)",
         "loras": [{"path": "lora/rank2.safetensors", "multiplier": 0.7},
                   {"path": "lora/rank3.safetensors", "multiplier": -0.4}]}, {
@@ -177,12 +140,12 @@ def main(upstream: str, out: str = "golden/extra") -> None:
         loras=[(c_dir / "lora/rank2.safetensors", 0.7), (c_dir / "lora/rank3.safetensors", -0.4)])
 
     # ---- tiny-a (bundled checkpoint, zero-pad text): KV cache at batch 2, LoRA at 0.5 ---------
-    a_src = Path(__file__).resolve().parent.parent / "golden" / "tiny-a"
+    a_src = TINY_A
     sub = load_upstream(a_src, upstream, attention="math")
     da = Dims.from_original_config(json.loads((a_src / "dit" / "config.json").read_text()))
     cases = out / "tiny-a" / "cases"
-    y, mask = text(gen, 2, 5, da.caption, [3, 5])
-    pre = record(sub, cases, "kv_prefill_xattn", {
+    y, mask = text_inputs(gen, 2, 5, da.caption, [3, 5])
+    pre = record_dit_case(sub, cases, "kv_prefill_xattn", {
         "description": "KV-cache prefill at B=2 WITH cross-attention (zero-pad text 3 and 5 of 5), "
                        "1 clean frame of 1x2 tokens, offload_kv_cache",
         "return_kv": True, "offload_kv_cache": True}, {
@@ -192,15 +155,13 @@ def main(upstream: str, out: str = "golden/extra") -> None:
     inputs = {"input.hidden_states": torch.randn(2, da.cin, 2, 2, 4, generator=gen),
               "input.timestep": torch.tensor([333.0, 781.25]), "input.encoder_hidden_states": y,
               "input.encoder_attention_mask": mask}
-    for i in range(da.depth):
-        inputs[f"input.kv_cache.{i}.k"] = pre[f"act.kv_cache.{i}.k"]
-        inputs[f"input.kv_cache.{i}.v"] = pre[f"act.kv_cache.{i}.v"]
-    record(sub, cases, "kv_continue_b2", {
+    inputs.update(cache_inputs(pre, da.depth))
+    record_dit_case(sub, cases, "kv_continue_b2", {
         "description": "KV-cache continuation at B=2 on a B=2 cache (kv_prefill_xattn), 2 new frames, "
                        "num_cond_latents=1, scalar timesteps, zero-pad text",
         "num_cond_latents": 1}, inputs, da.depth)
-    y, mask = text(gen, 1, 4, da.caption, [2])
-    record(sub, cases, "lora_half", {
+    y, mask = text_inputs(gen, 1, 4, da.caption, [2])
+    record_dit_case(sub, cases, "lora_half", {
         "description": "lora/tiny_lora.safetensors at multiplier 0.5, 1 frame of 1x2 tokens",
         "lora": "lora/tiny_lora.safetensors", "lora_multiplier": 0.5}, {
         "input.hidden_states": torch.randn(1, da.cin, 1, 2, 4, generator=gen),
@@ -208,5 +169,9 @@ def main(upstream: str, out: str = "golden/extra") -> None:
         "input.encoder_attention_mask": mask}, da.depth, loras=[(a_src / "lora/tiny_lora.safetensors", 0.5)])
 
 
+def main(argv=None) -> int:
+    return generator_main(__doc__, GOLDEN / "extra", generate, argv)
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    sys.exit(main())

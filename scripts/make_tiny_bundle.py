@@ -3,6 +3,8 @@ the released folder has, laid out the same way, small and deterministic.
 
     .venv/bin/python -m scripts.make_tiny_bundle [golden/tiny-bundle]
 
+(from the repository root: scripts/ is not installed; shared code in scripts/common.py)
+
     dit/ -> ../tiny-a/dit     the tiny-a DiT (caption width 64), a relative symlink
     lora/ -> ../tiny-a/lora   its LoRA, likewise
     text_encoder/             transformers UMT5EncoderModel, d_model 64 (= the DiT's caption width),
@@ -23,7 +25,6 @@ Running the script twice gives identical bytes.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -33,8 +34,9 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "golden" / "tiny-bundle"
+from scripts.common import GOLDEN, wan21_latent_stats
+
+DEFAULT_OUT = GOLDEN / "tiny-bundle"
 SEED = 20240611
 
 WORDS = ("a the cat dog on in of and with is red blue green walks runs sits under over sky sea city "
@@ -96,13 +98,6 @@ def make_text_encoder(out: Path, g: torch.Generator):
     _randomise(model, g)
     model.save_pretrained(str(out), safe_serialization=True)
     return model
-
-
-def wan21_latent_stats() -> tuple[list[float], list[float]]:
-    """The released Wan 2.1 VAE's per-channel latent mean/std (the defaults of diffusers' AutoencoderKLWan)."""
-    import diffusers
-    params = inspect.signature(diffusers.AutoencoderKLWan.__init__).parameters
-    return list(params["latents_mean"].default), list(params["latents_std"].default)
 
 
 def make_vae(out: Path, g: torch.Generator):

@@ -2,6 +2,8 @@
 
     .venv/bin/python -m scripts.make_traj_golden /path/to/LongCat-Video-checkout [golden/extra]
 
+(from the repository root: scripts/ is not installed; shared code in scripts/common.py)
+
 Builds the upstream pipeline object (``LongCatVideoPipeline`` from
 ``longcat_video/pipeline_longcat_video.py``) around the upstream DiT loaded from
 ``golden/tiny-a`` through scripts/upstream.py (CPU, float32, exact attention),
@@ -17,26 +19,18 @@ trajectories". Deterministic: fixed seeds.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
-import inspect
-import json
 import sys
 import types
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
-from scripts.upstream import check_checkout, import_upstream, load_upstream
+from scripts.common import (GOLDEN, TINY_A, UPSTREAM_COMMIT, Recorder, check_trajectory, generator_main,
+                            import_pipeline, running, save_case, text_inputs, wan21_latent_stats)
+from scripts.upstream import load_upstream
 
-UPSTREAM_COMMIT = "6b3f4b8"
-REPO = Path(__file__).resolve().parent.parent
-MODEL = REPO / "golden" / "tiny-a"
 LORA = "lora/tiny_lora.safetensors"
 TEXT_LEN = 12                  # text tokens per prompt (max_sequence_length passed to the pipeline)
 CAPTION_CH = 64                # tiny-a caption_channels
@@ -58,34 +52,7 @@ PATCHES = [
 ]
 
 
-# ---------------------------------------------------------------------------- upstream imports
-
-def import_pipeline(checkout: Path):
-    """The upstream pipeline module (and the VAE / scheduler classes), imported from ``checkout``."""
-    import_upstream(checkout)                     # DiT first: installs the BSA stub
-    if importlib.util.find_spec("loguru") is None and "loguru" not in sys.modules:
-        import logging
-        standin = types.ModuleType("loguru")
-        standin.logger = logging.getLogger("loguru-standin")
-        sys.modules["loguru"] = standin
-    sys.path.insert(0, str(checkout))
-    try:
-        pipe_mod = importlib.import_module("longcat_video.pipeline_longcat_video")
-        vae_mod = importlib.import_module("longcat_video.modules.autoencoder_kl_wan")
-        sched_mod = importlib.import_module("longcat_video.modules.scheduling_flow_match_euler_discrete")
-    finally:
-        sys.path.remove(str(checkout))
-    return pipe_mod, vae_mod.AutoencoderKLWan, sched_mod.FlowMatchEulerDiscreteScheduler
-
-
-def wan21_latent_stats() -> tuple[list[float], list[float]]:
-    """The released Wan 2.1 VAE's per-channel latent mean/std: the defaults of diffusers' AutoencoderKLWan."""
-    import diffusers
-    params = inspect.signature(diffusers.AutoencoderKLWan.__init__).parameters
-    mean, std = list(params["latents_mean"].default), list(params["latents_std"].default)
-    assert len(mean) == len(std) == 16
-    return mean, std
-
+# ---------------------------------------------------------------------------- building
 
 def make_vae(vae_cls):
     mean, std = wan21_latent_stats()
@@ -94,78 +61,12 @@ def make_vae(vae_cls):
     return vae.eval()
 
 
-# ---------------------------------------------------------------------------- recording
-
-class Recorder:
-    """Wraps (on the instances) prepare_latents, the DiT's forward and scheduler.step."""
-
-    def __init__(self, pipe):
-        self.t: dict[str, torch.Tensor] = {}
-        self.steps = 0
-        self.n_step_calls = 0
-        self.prefill_in = None
-        dit, sched = pipe.dit, pipe.scheduler
-        orig_prep, orig_fwd, orig_step = pipe.prepare_latents, dit.forward, sched.step
-
-        def prepare_latents(*a, **kw):
-            out = orig_prep(*a, **kw)
-            self.t["input.latents"] = out.detach().clone().float()
-            return out
-
-        def forward(*a, **kw):
-            assert not a, "the pipeline passes the DiT keyword arguments only"
-            hs = kw["hidden_states"].detach().clone().float()
-            ts = kw["timestep"].detach().clone().float()
-            out = orig_fwd(**kw)
-            if kw.get("return_kv"):                               # KV-cache prefill of the clean frames
-                self.prefill_in = hs
-                _, cache = out
-                for i, (k, v) in sorted(cache.items()):
-                    self.t[f"traj.kv_cache.{i}.k"] = k.detach().clone().float()
-                    self.t[f"traj.kv_cache.{i}.v"] = v.detach().clone().float()
-                return out
-            i = self.steps
-            if i == 0:                                            # the schedule as the loop starts
-                self.t["traj.timesteps"] = sched.timesteps.detach().clone().float()
-                self.t["traj.sigmas"] = sched.sigmas.detach().clone().float()
-            self.t[f"traj.step.{i}.timestep"] = ts
-            self.t[f"traj.step.{i}.dit_in"] = hs
-            self.t[f"traj.step.{i}.dit_out"] = out.detach().clone().float()
-            self.steps += 1
-            return out
-
-        def step(model_output, timestep, sample, *a, **kw):
-            i = self.steps - 1
-            assert self.n_step_calls == i, "one scheduler.step per DiT call"
-            assert float(timestep) == float(self.t["traj.timesteps"][i])
-            self.t[f"traj.step.{i}.noise_pred"] = model_output.detach().clone().float()
-            res = orig_step(model_output, timestep, sample, *a, **kw)
-            prev = res[0] if isinstance(res, tuple) else res.prev_sample
-            self.t[f"traj.step.{i}.latents"] = prev.detach().clone().float()
-            self.n_step_calls += 1
-            return res
-
-        pipe.prepare_latents = prepare_latents
-        dit.forward = forward
-        sched.step = step
-
-
-# ---------------------------------------------------------------------------- building
-
-def text(gen: torch.Generator, batch: int, valid: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    emb = torch.randn(batch, 1, TEXT_LEN, CAPTION_CH, generator=gen)
-    mask = torch.zeros(batch, TEXT_LEN, dtype=torch.int64)
-    for b, n in enumerate(valid):
-        mask[b, :n] = 1
-    return emb, mask
-
-
 def build(checkout: Path, mods, *, seed: int, batch: int, cfg: bool, valid: list[int], neg_valid: list[int],
           hw: tuple[int, int] | None, lora: float | None):
     pipe_mod, vae_cls, sched_cls = mods
-    um = load_upstream(MODEL, checkout, dtype="float32", device="cpu", attention="math")
+    um = load_upstream(TINY_A, checkout, dtype="float32", device="cpu", attention="math")
     if lora is not None:
-        um.set_loras([(MODEL / LORA, lora)])
+        um.set_loras([(TINY_A / LORA, lora)])
     sched = sched_cls(shift=SCHEDULER["shift"], num_train_timesteps=SCHEDULER["num_train_timesteps"])
     text_encoder = types.SimpleNamespace(config=types.SimpleNamespace(d_model=CAPTION_CH), dtype=torch.float32)
     pipe = pipe_mod.LongCatVideoPipeline(tokenizer=None, text_encoder=text_encoder, vae=make_vae(vae_cls),
@@ -173,8 +74,8 @@ def build(checkout: Path, mods, *, seed: int, batch: int, cfg: bool, valid: list
     pipe.device = "cpu"
 
     gen = torch.Generator().manual_seed(seed + 1000)
-    pe, pm = text(gen, batch, valid)
-    ne, nm = text(gen, batch, neg_valid) if cfg else (None, None)
+    pe, pm = text_inputs(gen, batch, TEXT_LEN, CAPTION_CH, valid)
+    ne, nm = text_inputs(gen, batch, TEXT_LEN, CAPTION_CH, neg_valid) if cfg else (None, None)
 
     def encode_prompt(prompt, negative_prompt=None, do_classifier_free_guidance=True, num_videos_per_prompt=1,
                       max_sequence_length=512, device=None, dtype=None):
@@ -205,76 +106,6 @@ def images(gen: torch.Generator, n: int, h: int, w: int) -> list[Image.Image]:
         x = (x + 0.1 * torch.rand(3, h, w, generator=gen)).clamp(0, 1)
         out.append(Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))
     return out
-
-
-@contextlib.contextmanager
-def running(um, pipe_mod):
-    saved_gc = pipe_mod.torch_gc
-    pipe_mod.torch_gc = lambda: None
-    try:
-        with um.attention(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)      # "CUDA not available, disabling autocast"
-            yield
-    finally:
-        pipe_mod.torch_gc = saved_gc
-
-
-# ---------------------------------------------------------------------------- checks
-
-def _eq(a, b, what):
-    if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-6, atol=1e-6):
-        err = (a - b).abs().max().item() if a.shape == b.shape else f"shape {tuple(a.shape)} vs {tuple(b.shape)}"
-        raise AssertionError(f"self-consistency: {what} ({err})")
-
-
-def check(t: dict, meta: dict, prefill_in) -> None:
-    S = t["traj.timesteps"].shape[0]
-    assert t["traj.sigmas"].shape[0] == S + 1 and float(t["traj.sigmas"][-1]) == 0.0
-    assert f"traj.step.{S - 1}.latents" in t and f"traj.step.{S}.dit_in" not in t
-    _eq(t["traj.timesteps"], t["traj.sigmas"][:-1] * 1000, "timesteps = 1000 * sigmas[:-1]")
-    n = meta["num_cond_latents"]
-    cache = meta.get("use_kv_cache", False)
-    split = 0 if cache else n                          # clean frames the DiT sees in front of the noisy ones
-    g = meta["guidance_scale"]
-    cfg = "input.negative_prompt_embeds" in t
-    B = t["input.prompt_embeds"].shape[0]
-    x0 = t["input.latents"]
-    if cache:
-        _eq(prefill_in, x0[:, :, :n], "prefill input = clean leading frames")
-        assert "traj.kv_cache.0.k" in t
-    prev = x0[:, :, n:] if cache else x0[:, :, split:]
-    for i in range(S):
-        din, dout = t[f"traj.step.{i}.dit_in"], t[f"traj.step.{i}.dit_out"]
-        ts = t[f"traj.step.{i}.timestep"]
-        assert din.shape[0] == (2 * B if cfg else B)
-        halves = din.chunk(2) if cfg else (din,)
-        for h in halves:
-            _eq(h[:, :, split:], prev, f"step {i} dit_in = previous latents")
-            if split:
-                _eq(h[:, :, :split], x0[:, :, :split], f"step {i} dit_in clean frames")
-        tval = t["traj.timesteps"][i]
-        if ts.dim() == 2:
-            _eq(ts[:, split:], tval.expand_as(ts[:, split:]), f"step {i} timestep")
-            if split:
-                assert (ts[:, :split] == 0).all()
-        else:
-            _eq(ts, tval.expand_as(ts), f"step {i} timestep")
-        if cfg:      # CFG-zero* scale over the WHOLE prediction, clean frames included; then the noisy part
-            u, c = dout.chunk(2)
-            uf, cf = u.reshape(B, -1), c.reshape(B, -1)
-            st = ((cf * uf).sum(1, keepdim=True) / ((uf ** 2).sum(1, keepdim=True) + 1e-8)).view(B, 1, 1, 1, 1)
-            guided = u * st + g * (c - u * st)
-        else:
-            guided = dout
-        npred = t[f"traj.step.{i}.noise_pred"]
-        _eq(npred, -guided[:, :, split:], f"step {i} noise_pred = -(guided DiT output)")
-        sig = t["traj.sigmas"]
-        _eq(t[f"traj.step.{i}.latents"], prev + (sig[i + 1] - sig[i]) * npred, f"step {i} Euler update")
-        prev = t[f"traj.step.{i}.latents"]
-    out = t["output.latents"]
-    _eq(out[:, :, n:], prev, "output noisy frames = last step's latents")
-    if n:
-        _eq(out[:, :, :n], x0[:, :, :n], "output clean frames = input clean frames")
 
 
 # ---------------------------------------------------------------------------- cases
@@ -328,13 +159,11 @@ def run_case(checkout, mods, out_dir: Path, name: str, mode: str, *, seed: int, 
     if lora is not None:
         meta.update(lora=LORA, lora_multiplier=lora)
     meta.update(seed=seed, upstream_commit=UPSTREAM_COMMIT)
-    check(rec.t, meta, rec.prefill_in)
+    check_trajectory(rec.t, meta, rec.prefill_in)
     assert rec.steps == rec.n_step_calls == rec.t["traj.timesteps"].shape[0]
     for k, v in rec.t.items():
         assert v.dtype == (torch.int64 if k.endswith("attention_mask") else torch.float32), k
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in sorted(rec.t.items())}, str(out_dir / f"{name}.safetensors"))
-    (out_dir / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    save_case(out_dir, name, rec.t, meta)
     print(f"{name}: {mode}, loop steps {rec.steps}, latents {tuple(rec.t['input.latents'].shape)}", file=sys.stderr)
 
 
@@ -356,14 +185,8 @@ def probe_cfg_batch2(checkout, mods) -> None:
     raise AssertionError("the original pipeline ran CFG at batch 2: make the batch-2 cases CFG cases")
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or len(argv) > 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    checkout = check_checkout(argv[0])
-    out_dir = Path(argv[1] if len(argv) > 1 else REPO / "golden" / "extra") / "tiny-a" / "cases"
-    torch.set_grad_enabled(False)
+def generate(checkout: Path, out: Path) -> None:
+    out_dir = out / "tiny-a" / "cases"
     mods = import_pipeline(checkout)
     probe_cfg_batch2(checkout, mods)
     run_case(checkout, mods, out_dir, "traj_t2v_b2", "t2v", seed=21, batch=2, guidance=1.0, valid=(9, 5),
@@ -391,7 +214,10 @@ def main(argv=None) -> int:
              lora=0.5, num_frames=13,
              description="i2v, batch 2 (10 and 4 valid text tokens), tiny_lora at 0.5, guidance 1.0 (no CFG: the "
                          "original's CFG fails at batch > 1), 4 steps")
-    return 0
+
+
+def main(argv=None) -> int:
+    return generator_main(__doc__, GOLDEN / "extra", generate, argv)
 
 
 if __name__ == "__main__":
