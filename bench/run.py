@@ -188,7 +188,7 @@ def _numel(shape) -> int:
 
 
 RUNTIME_ONLY = [sys.executable, "-c", "from parity.native import ensure_runtime; ensure_runtime(); "
-                "import reference.model, parity.runner"]
+                "import reference.model, parity.modes"]
 
 
 def section_parity_blocks(args) -> dict:

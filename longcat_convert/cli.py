@@ -1,8 +1,8 @@
 """The ``longcat-convert`` command line: a thin layer over library functions.
 
 Exit codes: 0 ok, 1 a check ran and failed (verify mismatch, tolerance
-exceeded), 2 bad input or usage. Commands live in small modules next to the
-code they drive and are registered here.
+exceeded), 2 bad input or usage. The commands live in longcat_convert/commands/,
+one module each, and are registered here.
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _register_all() -> None:
     _register()
     if not _registered["all"]:
         _registered["all"] = True
-        from parity.cli import register as register_parity
+        from .commands import register_parity
         register_parity(cli)
 
 

@@ -13,8 +13,6 @@ whatever the depth.
 from __future__ import annotations
 
 import gc
-from dataclasses import replace
-from types import SimpleNamespace
 
 import torch
 
@@ -23,12 +21,12 @@ from longcat_convert.shards import ShardedReader
 
 from . import native as nat
 from . import refside
-from . import report as R
 from .capture import Feeder, Recorder
 from .correspondence import layer_pairs
+from .forward import Rows
 from .inputs import Inputs
-from .policy import dtype_name
-from .runner import LOW_PRECISION, Setup, _compare, bsa_for
+from .setup import Setup
+from .sides import Sides, one_block_dims
 
 
 def _block_keys(reader: ShardedReader, i: int) -> tuple[list[str], dict[str, str]]:
@@ -49,59 +47,16 @@ def _load_block(model, reader, i, device) -> None:
     nat.load_state(model, reader, keys=keys, rename=rename, device=device, strict=False)
 
 
-def run_blocks(setup: Setup, inputs: list[Inputs]) -> dict:
-    config, src, _ = refside.open_source(setup.source)
-    dims = config.dims
-    tdir = nat.transformer_dir(setup.converted)
-    ncfg = nat.read_native_config(tdir)
-    if nat.native_dims(ncfg) != dims:
-        raise BadInput(f"{tdir / 'config.json'}: converted config does not match the source's config.json")
-    if setup.loras or any(inp.loras for inp in inputs):
-        raise BadInput("--mode blocks does not apply LoRAs; use --mode e2e or layer for LoRA parity")
-    conv = ShardedReader(tdir)
-    depth = dims.depth
-    one = replace(dims, depth=1)
-
-    def nonblock(reader):
-        return [k for k in reader.keys() if not k.startswith("blocks.")]
-
-    ref = refside.build_reference(config, depth=1, dtype=setup.dtype, device=setup.device,
-                                  attention=setup.attention)
-    native = nat.build_native_model(dict(ncfg, depth=1), dtype=setup.dtype, device=setup.device)
-    truth = None
-    if setup.dtype in LOW_PRECISION:
-        truth = refside.build_reference(config, depth=1, dtype=torch.float32, device=setup.device,
-                                        attention=setup.attention)
-    for m, reader in ((ref, src), (native, conv), (truth, src)):
-        if m is not None:
-            nat.load_state(m, reader, keys=nonblock(reader), device=setup.device, strict=False)
-
-    env = R.environment(setup.device, dtype_name(setup.dtype), setup.attention)
-    report = R.new_report("parity", f"LongCat parity (blocks, {dtype_name(setup.dtype)}, {setup.device})",
-                          mode="blocks", policy=setup.policy, dtype=setup.dtype, device=setup.device, env=env)
-    zero_pad = config.text_tokens_zero_pad
-    if not zero_pad:
-        report["notes"].append("text_tokens_zero_pad=false: FastVideo's native model attends to padded text "
-                               "(known difference)")
-    pairs_one = layer_pairs(one)                       # names of the one-block models
+def stream(setup: Setup, sides: Sides, inp: Inputs):
+    """One input through every block, one block of each model in memory at a time:
+    yields the Rows of each pass (judge and drop them before the next)."""
+    ref, native, truth = sides.ref, sides.native, sides.truth
+    src, conv = sides.readers
+    pairs_one = layer_pairs(one_block_dims(sides))       # names of the one-block models
     embed = [p for p in pairs_one if not p.name.startswith("blocks.") and p.kind not in ("final_layer", "output")]
     block = [p for p in pairs_one if p.name.startswith("blocks.0")]
     tail = [p for p in pairs_one if p.kind in ("final_layer", "output")]
-
-    one_block = SimpleNamespace(ref=ref, truth=truth, native=native, config=config)
-    for inp in inputs:
-        with bsa_for(setup, one_block, inp, report, T=inp.hidden_states.shape[2],
-                     num_cond_latents=inp.num_cond_latents):
-            _stream(setup, inp, report, depth, (ref, native, truth), (src, conv), (embed, block, tail, pairs_one),
-                    zero_pad)
-    return R.finalize(report)
-
-
-def _stream(setup: Setup, inp: Inputs, report: dict, depth: int, models, readers, groups, zero_pad) -> None:
-    """One input through every block, one block of each model in memory at a time."""
-    ref, native, truth = models
-    src, conv = readers
-    embed, block, tail, pairs_one = groups
+    depth = sides.dims.depth
     carried = None
     for i in range(depth):
         for m, reader in ((ref, src), (native, conv), (truth, src)):
@@ -110,7 +65,6 @@ def _stream(setup: Setup, inp: Inputs, report: dict, depth: int, models, readers
         last = i == depth - 1
         pairs = (embed if i == 0 else []) + block + (tail if last else [])
         names = [p.name for p in pairs if p.kind != "output"]
-        rename = {p.name: p.name.replace("blocks.0", f"blocks.{i}", 1) for p in block}
         kv = {0: inp.kv_cache[i]} if inp.kv_cache else None
         ref_feed = {"blocks.0": carried} if carried is not None else {}
         # Feeder before Recorder: the recorded input must be the one the block got.
@@ -129,17 +83,23 @@ def _stream(setup: Setup, inp: Inputs, report: dict, depth: int, models, readers
             with Recorder(truth, names) as trec, Feeder(truth, feeds):
                 t_out, _ = refside.run(truth, inp, torch.float32, setup.device, kv_cache=kv)
             truth_acts = dict(trec.outputs, output=t_out)
+
+        def here(name: str) -> str:           # blocks.0... of the one-block model -> blocks.<i>...
+            return name.replace("blocks.0", f"blocks.{i}", 1) if name.startswith("blocks.0") else name
         ref_acts = dict(rrec.outputs, output=r_out)
         nat_acts = dict(nrec.outputs, output=n_out)
-        renamed = [replace(p, name=rename.get(p.name, p.name),
-                           native=p.native.replace("blocks.0", f"blocks.{i}", 1)) for p in pairs]
-        ref_acts = {rename.get(k, k): v for k, v in ref_acts.items()}
-        nat_acts = {(k.replace("blocks.0", f"blocks.{i}", 1) if k.startswith("blocks.0") else k): v
-                    for k, v in nat_acts.items()}
+        rows = Rows(inp.name, {here(p.name): ref_acts[p.name] for p in pairs if p.name in ref_acts})
+        rows.native = {here(p.name): nat_acts[p.native] for p in pairs if p.native in nat_acts}
+        rows.native_names = {here(p.name): here(p.native) for p in pairs}
         if truth_acts is not None:
-            truth_acts = {rename.get(k, k): v for k, v in truth_acts.items()}
-        _compare(report, renamed, ref_acts, nat_acts, setup=setup, inp=inp, case=inp.name, zero_pad=zero_pad,
-                 truth_acts=truth_acts)
+            rows.truth = {here(p.name): truth_acts[p.name] for p in pairs if p.name in truth_acts}
         carried = rrec.outputs["blocks.0"]
         del rrec, nrec, ref_acts, nat_acts, truth_acts
+        yield rows
+        del rows
         gc.collect()
+
+
+def check_inputs(setup: Setup, inputs: list[Inputs]) -> None:
+    if setup.loras or any(inp.loras for inp in inputs):
+        raise BadInput("--mode blocks does not apply LoRAs; use --mode e2e or layer for LoRA parity")

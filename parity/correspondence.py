@@ -2,9 +2,7 @@
 outputs are brought to a common form. The pairs come from the mapping table."""
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, replace
-from functools import lru_cache
+from dataclasses import dataclass
 
 import torch
 
@@ -31,39 +29,6 @@ def layer_pairs(dims) -> list[LayerPair]:
     return pairs + [LayerPair("output", "output", "output")]
 
 
-@lru_cache(maxsize=1)
-def _templates() -> tuple[str, ...]:
-    """The compared layers of a one-block model, block index abstracted, in hook order."""
-    one = replace(table.Dims.from_original_config(
-        {"hidden_size": 8, "num_heads": 1, "depth": 1, "in_channels": 1, "caption_channels": 1,
-         "adaln_tembed_dim": 1}), depth=1)
-    return tuple(re.sub(r"^blocks\.0\b", "blocks.{i}", o) for o, _ in table.layer_pairs(one)) + ("output",)
-
-
-def forward_rank(name: str) -> tuple:
-    """Sort key: the order in which the compared layers' forward hooks fire,
-    derived from the mapping table (embedders, then per block attn, cross_attn,
-    ffn, the block, then final_layer, output). A sub-entry such as
-    ``blocks.3.attn.kv_cache.k`` sorts right after its layer, and so does a
-    golden case's returned cache ``kv_cache.3.k`` (block 3's self-attention made
-    it); unknown names last."""
-    name = name[len("act."):] if name.startswith("act.") else name
-    cache = re.match(r"^kv_cache\.(\d+)\.([kv])$", name)
-    if cache:
-        name = f"blocks.{cache.group(1)}.attn.kv_cache.{cache.group(2)}"
-    m = re.match(r"^blocks\.(\d+)(?=\.|$)", name)
-    block = int(m.group(1)) if m else -1
-    generic = re.sub(r"^blocks\.\d+(?=\.|$)", "blocks.{i}", name)
-    tmpl = _templates()
-    first_block = next(k for k, t in enumerate(tmpl) if "{i}" in t)
-    for k in sorted(range(len(tmpl)), key=lambda k: -len(tmpl[k])):
-        t = tmpl[k]
-        if generic == t or generic.startswith(t + "."):
-            phase = 0 if k < first_block else (1 if "{i}" in t else 2)
-            return (phase, block, k, generic != t, name)
-    return (3, block, 0, True, name)
-
-
 def common_form(pair: LayerPair, ref_out: torch.Tensor, native_out: torch.Tensor, *,
                 mask: torch.Tensor | None, zero_pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring a reference and a native output of the same layer to one shape.
@@ -80,3 +45,16 @@ def common_form(pair: LayerPair, ref_out: torch.Tensor, native_out: torch.Tensor
         if zero_pad and mask is not None:
             ref_out = ref_out * mask.to(ref_out.device)[:, :, None].to(ref_out.dtype)
     return ref_out, native_out
+
+
+def common_rows(pairs: list[LayerPair], *, mask: torch.Tensor | None, zero_pad: bool):
+    """``common_form`` as the judge takes it: ``(row, native, reference) -> (native, reference)``."""
+    by_name = {p.name: p for p in pairs}
+
+    def common(row: str, native_out: torch.Tensor, ref_out: torch.Tensor):
+        pair = by_name.get(row)
+        if pair is None:
+            return native_out, ref_out
+        ref_out, native_out = common_form(pair, ref_out, native_out, mask=mask, zero_pad=zero_pad)
+        return native_out, ref_out
+    return common

@@ -16,8 +16,6 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
-
 from longcat_convert.errors import BadInput, invoke
 
 DEFAULT_GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -155,7 +153,7 @@ def _check_sp(step: Step, rep: dict | None) -> None:
     step.message += "; SP expectations " + ("hold" if not bad else "differ: " + ", ".join(bad))
 
 
-def run_step(step: Step, root: click.Group) -> None:
+def run_step(step: Step, root) -> None:
     """Run one step as the real command of ``root`` (the CLI group the gate was
     invoked from), in this process."""
     t0 = time.perf_counter()
@@ -201,37 +199,3 @@ def write_junit(steps: list[Step], path: Path) -> None:
             ET.SubElement(tc, "system-out").text = s.message
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
-
-
-@click.command("gate")
-@click.option("--golden", type=click.Path(path_type=Path), default=DEFAULT_GOLDEN, show_default=True,
-              help="Golden folder with gate.json and the model folders it names.")
-@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("reports/gate"),
-              show_default=True, help="Where converted models, step reports, summary.md and junit.xml go.")
-@click.option("--junit", type=click.Path(path_type=Path), default=None, help="JUnit XML path (default REPORT/junit.xml).")
-def gate_cmd(golden: Path, report_dir: Path, junit: Path | None):
-    """Run the whole golden matrix: convert, verify, golden-check and parity for every case."""
-    from rich.console import Console
-    from rich.table import Table
-    import os
-    console = Console(stderr=True, width=None if os.isatty(2) else 160)
-    manifest = load_manifest(golden)
-    steps = plan_steps(golden, report_dir, manifest)
-    root = click.get_current_context().find_root().command
-    for s in steps:
-        console.print(f"[dim]gate:[/] {s.model}: {s.name} ...")
-        run_step(s, root)
-    t = Table(title="longcat-convert gate")
-    for c in ("model", "step", "result", "seconds", "detail"):
-        t.add_column(c)
-    for s in steps:
-        t.add_row(s.model, s.name, "[green]pass[/]" if s.ok else "[bold red]FAIL[/]", f"{s.seconds:.1f}", s.message)
-    console.print(t)
-    junit = junit or report_dir / "junit.xml"
-    write_junit(steps, junit)
-    lines = ["| model | step | result | detail |", "|---|---|---|---|"]
-    lines += [f"| {s.model} | {s.name} | {'pass' if s.ok else '**FAIL**'} | {s.message} |" for s in steps]
-    (report_dir / "summary.md").write_text("\n".join(lines) + "\n")
-    failed = [s for s in steps if not s.ok]
-    console.print(f"gate: {len(steps) - len(failed)} passed, {len(failed)} failed  (JUnit: {junit})")
-    return 1 if failed else 0

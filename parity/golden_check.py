@@ -2,9 +2,10 @@
 golden cases and judge every recorded quantity against the upstream data.
 
 Two kinds of case: DiT cases (``act.*``: one forward, judged layer by layer)
-and trajectory cases (``traj.*``: the reference sampler drives the subject
-through the original's denoising loop, judged row by row; parity/trajectory.py).
-Metrics, tolerances and the report are the same for both.
+trajectory cases (``traj.*``: the reference sampler drives the subject
+through the original's denoising loop, judged row by row), and component cases
+(the original text encoder, VAE and pipeline against the upstream recordings).
+Cases are read by parity/cases.py; the one judge, policy and report serve all.
 """
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from reference.golden import Case, load_case, run_with_hooks
 from reference.loading import load_reference, parse_device, parse_dtype, resolve_checkpoint
 
 from . import report as rep
-from .correspondence import forward_rank
-from .metrics import layer_metrics
+from .cases import TrajectoryCase, kind_of, load_component, load_trajectory
+from .judge import judge
 from .policy import Policy, dtype_name
-from .trajectory import TrajectoryCase, is_trajectory, judge_rows, load_trajectory
 
 # Low-precision rules in the policy also bound ``noise_ratio``: a candidate's error
 # divided by the reference's own low-precision error. In golden-check the
@@ -96,14 +96,13 @@ def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", atten
     dname = dtype_name(tdtype)
     if not case_paths:
         raise BadInput("give at least one golden case (.safetensors)")
-    from .components import component_of, golden_check_components
-    kinds = {bool(component_of(p)) for p in case_paths}
+    kinds = {kind_of(p) == "component" for p in case_paths}
     if kinds == {True}:          # text encoder / VAE / full-pipeline cases (golden/tiny-bundle/cases)
         return golden_check_components(checkpoint, case_paths, dtype=dtype, device=device, policy=policy)
     if len(kinds) > 1:
         raise BadInput("component cases (text_encoder, vae, pipeline) are checked apart from DiT and trajectory cases")
     # Bad cases fail before any model work.
-    cases = [load_trajectory(p) if is_trajectory(p) else load_case(p) for p in case_paths]
+    cases = [load_trajectory(p) if kind_of(p) == "trajectory" else load_case(p) for p in case_paths]
     seen: dict[str, int] = {}
     for c in cases:                                          # report rows are keyed by case name
         seen[c.name] = seen.get(c.name, 0) + 1
@@ -117,10 +116,9 @@ def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", atten
     if subject is None:
         subject = build_subject(checkpoint, dtype=tdtype, device=tdevice, attention=attention,
                                 reference=reference, upstream_path=upstream_path)
-    env = rep.environment(device=str(tdevice), dtype=dname, attention=attention)
-    env.update(reference=reference, checkpoint=str(checkpoint))
     title = f"golden-check ({reference} reference, {dname}, {tdevice}) {Path(checkpoint).name}"
-    report = rep.new_report("golden-check", title, mode=None, policy=policy, dtype=dname, device=str(tdevice), env=env)
+    report = rep.start("golden-check", title, mode=None, policy=policy, dtype=dname, device=tdevice,
+                       attention=attention, reference=reference, checkpoint=checkpoint)
     skipped_limits = [k for k in policy.limits(dname, str(tdevice), "*") if k in NOT_APPLICABLE]
     if skipped_limits:
         report["notes"].append(f"{', '.join(skipped_limits)} is not applicable in golden-check (the candidate is "
@@ -132,29 +130,19 @@ def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", atten
         try:
             if isinstance(case, TrajectoryCase):
                 got = run_trajectory(subject, case, settings[id(case)], dtype=tdtype, device=tdevice)
-                judge_rows(report, case.name, got, case.expected, policy=policy, dtype=dname, device=str(tdevice),
-                           names=("reference", "golden data"), skip_limits=NOT_APPLICABLE)
+                judge(report, case.name, got, case.expected, policy=policy, dtype=dname, device=str(tdevice),
+                      names=("reference", "golden data"), skip_limits=NOT_APPLICABLE)
                 continue
             _, got = run_with_hooks(subject, case, move=lambda t: t.to(tdevice))
         except BadInput as e:
             msg = str(e)
             raise BadInput(msg if msg.startswith(str(case.path)) else
                            f"{case.path}: {msg} (is this case for {checkpoint}?)") from None
-        for act in sorted(case.acts, key=forward_rank):
-            layer = act[len("act."):]
-            expected = case.acts[act]
-            if act not in got:
-                rep.add_layer(report, name=layer, case=case.name, metrics={}, passed=False,
-                              failures=["not produced by this model (its forward did not run)"])
-                continue
-            if tuple(got[act].shape) != tuple(expected.shape):
-                rep.add_layer(report, name=layer, case=case.name, metrics={}, passed=False,
-                              failures=[f"shape {list(got[act].shape)} != golden {list(expected.shape)}"])
-                continue
-            metrics = layer_metrics(got[act], expected)
-            failures = [f for f in policy.failures(metrics, dname, str(tdevice), layer)
-                        if f.split("=")[0] not in NOT_APPLICABLE]
-            rep.add_layer(report, name=layer, case=case.name, metrics=metrics, passed=not failures, failures=failures)
+        # Every recorded activation must be produced; what the subject records beyond them is not judged.
+        golden = {act[len("act."):]: t for act, t in case.acts.items()}
+        produced = {act[len("act."):]: t for act, t in got.items() if act in case.acts}
+        judge(report, case.name, produced, golden, policy=policy, dtype=dname, device=str(tdevice),
+              names=("reference", "golden data"), skip_limits=NOT_APPLICABLE)
     rep.finalize(report)
     described = {c.name: c.description for c in cases}
     for c in report["cases"]:
@@ -174,3 +162,40 @@ def run_trajectory(subject, case: TrajectoryCase, settings, *, dtype, device) ->
     with torch.no_grad():
         sample(subject, settings, case.loop_inputs(), dtype=dtype, device=device, record=record)
     return got
+
+
+def golden_check_components(checkpoint, case_paths, *, dtype="float32", device="cpu", policy=None) -> dict:
+    """golden-check of component cases: the original side (reference/components.py, transformers'
+    UMT5, diffusers' Wan VAE, our reference sampler and DiT) against the data recorded from the
+    upstream pipeline. -> a report of kind "golden-check"."""
+    import torch
+    from longcat_convert.sources import resolve
+    from . import components, pipeline
+    from .modes import judge_golden
+    if dtype_name(dtype) != "float32":
+        raise BadInput("component cases are checked in float32")
+    cases = [load_component(p) for p in case_paths]
+    src = resolve(str(checkpoint))
+    if src.root is None:
+        raise BadInput(f"{checkpoint}: component cases need the model folder (with text_encoder/, vae/, ...)")
+    policy = policy or Policy.load()
+    device = torch.device(device)
+    report = rep.start("golden-check", f"golden-check (original components, float32, {device}) "
+                       f"{Path(checkpoint).name}", mode=None, policy=policy, dtype="float32", device=device,
+                       reference="ours", checkpoint=checkpoint)
+    for case in cases:
+        if not case.golden:
+            raise BadInput(f"{case.path}: no golden rows to check")
+        if case.component == "text_encoder":
+            judge_golden(report, case, components.run_reference_text(src.root, case, device), case.golden,
+                         policy=policy)
+        elif case.component == "vae":
+            judge_golden(report, case, components.run_reference_vae(src.root, case, device), case.golden,
+                         policy=policy)
+        else:
+            judge_golden(report, case, pipeline.run_reference_pipeline(src.root, case, device),
+                         pipeline.golden_rows(case), policy=policy)
+    rep.finalize(report)
+    for c in report["cases"]:
+        c["description"] = next((k.meta.get("description", "") for k in cases if k.name == c["case"]), "")
+    return report

@@ -1,5 +1,5 @@
-"""Forward inputs shared by both implementations: golden cases from disk, or
-generated from a seed. Tensors are kept in float32 here; each runner casts
+"""Forward inputs shared by both implementations (a golden DiT case read by
+parity/cases.py, or generated here from a seed). Tensors are kept in float32 here; each runner casts
 them to its model's dtype the way the original does."""
 from __future__ import annotations
 
@@ -55,26 +55,6 @@ class Inputs:
         args["kv_cache_dict"] = {i: (k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
                                  for i, (k, v) in cache.items()} if cache else None
         return args
-
-
-def load_case(path: str | Path) -> Inputs:
-    """A golden case (``<name>.safetensors`` with ``<name>.json``), read and
-    validated by the reference's case reader, as parity inputs."""
-    from reference.golden import load_case as read_case
-    case = read_case(Path(path))
-    loras = case.loras()
-    ehs = case.inputs["input.encoder_hidden_states"]
-    mask = case.inputs.get("input.encoder_attention_mask")
-    if mask is None:
-        mask = torch.ones(ehs.shape[0], ehs.shape[-2], dtype=torch.int64)
-    kw = case.forward_kwargs()
-    return Inputs(
-        name=case.name, hidden_states=kw["hidden_states"], timestep=kw["timestep"], encoder_hidden_states=ehs,
-        encoder_attention_mask=mask, num_cond_latents=kw["num_cond_latents"], return_kv=kw["return_kv"],
-        skip_crs_attn=kw["skip_crs_attn"], kv_cache=dict(case.kv_cache),
-        loras=list(loras), bsa=case.bsa(),
-        description=case.description,
-        golden={k[len("act."):]: v for k, v in case.acts.items()})
 
 
 def generate(dims, *, shape=(3, 4, 6), text_len=12, valid: int | list[int] | None = None, batch=1,

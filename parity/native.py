@@ -77,13 +77,78 @@ def ensure_runtime(device=None, *, sp_size: int = 1, init_file: str | None = Non
     # 0.2.1 reports 'mps' as the local device on a CPU platform, which breaks LoRA merging.
     import torch
     if not torch.cuda.is_available():
-        fv_lora.get_local_torch_device = lambda: torch.device("cpu")
+        point_fastvideo_at("cpu", only=(fv_lora.__name__,))
     if init_file is None:
         _dist_dir = tempfile.TemporaryDirectory(prefix="lcc-dist-")
         init_file = str(Path(_dist_dir.name) / "init")
     fvd.maybe_init_distributed_environment_and_model_parallel(
         1, sp_size, distributed_init_method="file://" + str(init_file))
     _runtime_ready = True
+
+
+# The fastvideo modules whose ``get_local_torch_device`` the stages, loaders and
+# pipelines that parity runs consult.
+_DEVICE_USERS = ("fastvideo.models.loader.component_loader", "fastvideo.pipelines", "fastvideo.pipelines.stages",
+                 "fastvideo.pipelines.stages.timestep_preparation",
+                 "fastvideo.pipelines.stages.longcat_refine_timestep")
+
+
+def point_fastvideo_at(device, *, only: tuple[str, ...] | None = None) -> None:
+    """The one run-time adjustment of FastVideo's device: 0.2.1 answers ``mps`` from
+    ``get_local_torch_device()`` on a CPU platform (distributed/parallel_state.py), so every
+    fastvideo module that holds that function (or only the modules named in ``only``) gets
+    one answering the CPU instead. Nothing changes on CUDA."""
+    import importlib
+    import torch
+    device = torch.device(device)
+    if device.type == "cuda":
+        return
+    import fastvideo.distributed.parallel_state as ps
+    for name in (only or _DEVICE_USERS):
+        importlib.import_module(name)
+    original = getattr(ps, "_lcc_original_get_local_torch_device", ps.get_local_torch_device)
+    ps._lcc_original_get_local_torch_device = original
+
+    def cpu() -> torch.device:
+        return torch.device("cpu")
+    cpu._lcc_cpu = True
+    for name, mod in list(sys.modules.items()):
+        if mod is None or not name.startswith("fastvideo") or (only is not None and name not in only):
+            continue
+        f = getattr(mod, "get_local_torch_device", None)
+        if f is original or getattr(f, "_lcc_cpu", False):
+            mod.get_local_torch_device = cpu
+
+
+def fastvideo_args(converted, *, dtype=None, device="cpu"):
+    """FastVideoArgs for CONVERTED with its LongCat pipeline config (resolved from
+    model_index.json as FastVideo's registry does), every component in ``dtype`` and
+    no CPU offload (offload would wrap modules with FSDP, which needs CUDA)."""
+    import torch
+    ensure_runtime(device)
+    from fastvideo.fastvideo_args import FastVideoArgs
+    from fastvideo.registry import get_pipeline_config_cls_from_name
+    from .policy import dtype_name
+    prec = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype_name(dtype or torch.float32)]
+    try:
+        cfg_cls = get_pipeline_config_cls_from_name(str(converted))
+    except Exception as e:
+        raise BadInput(f"{converted}: FastVideo finds no pipeline config for it ({e}); convert a model folder "
+                       "(model_index.json names the LongCat pipeline)") from None
+    pc = cfg_cls()
+    pc.dit_precision = pc.vae_precision = prec
+    pc.text_encoder_precisions = tuple(prec for _ in pc.text_encoder_precisions)
+    args = FastVideoArgs(model_path=str(converted), pipeline_config=pc, text_encoder_cpu_offload=False,
+                         dit_cpu_offload=False, vae_cpu_offload=False, image_encoder_cpu_offload=False)
+    point_fastvideo_at(device)
+    return args
+
+
+def forget_runtime() -> None:
+    """A forked SP rank set its inherited runtime aside: the next ``ensure_runtime``
+    initialises this process's own (parity/sp_worker.py)."""
+    global _runtime_ready
+    _runtime_ready = False
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@ real native LongCat DiT under FastVideo's own sequence parallelism.
 
     python -m parity.sp_worker SPEC.json --group GROUP --rank R --world N
 
-The launcher (parity/distributed.py) writes SPEC.json (converted folder, dtype,
+The launcher (parity/sp.py, parity/launcher.py) writes SPEC.json (converted folder, dtype,
 device, threads, LoRAs, the rendezvous file of each group) and a payload of
 forward jobs (inputs, argument overrides, the modules to record, the reference's
 module inputs to feed in layer mode, a K/V cache to use), starts one process per
@@ -14,7 +14,7 @@ reads back what this module writes into the run's folder (a loop job,
 case's whole denoising loop instead of one forward and returns the loop's rows):
 
 - ``GROUP-R.result.pt``: per job the recorded activations (the compared layers,
-  same names as the one-process runner), the returned K/V cache, the wall time of
+  same names as the in-process runner), the returned K/V cache, the wall time of
   each timed repeat, and every attention call this rank made; per process the
   peak memory and the threads it used;
 - ``GROUP-R.error.json`` when the work raised: exception type, first line of its
@@ -76,7 +76,7 @@ def _forget_inherited_runtime() -> None:
         m.clear()
     c10d._world = c10d._World()
     ps._WORLD = ps._TP = ps._SP = ps._DP = ps._NODE = None
-    nat._runtime_ready = False
+    nat.forget_runtime()
 
 
 class AttentionLog:
@@ -320,7 +320,7 @@ def native_work(spec: dict, jobs: list[dict], device: str, world: int, state: di
     import torch
     from . import native as nat
     from .capture import Feeder, Recorder
-    from .runner import _as_attn
+    from .forward import as_attn
     from longcat_convert.shards import ShardedReader
     dtype = getattr(torch, spec["dtype"])
     jobs_out, kvs = {}, {}
@@ -349,7 +349,7 @@ def native_work(spec: dict, jobs: list[dict], device: str, world: int, state: di
                 _sync(device, world)
                 first_ms = (time.perf_counter() - t0) * 1e3
             acts = dict(proj.outputs, **rec.outputs, output=out)
-            _as_attn(acts, ".to_out")
+            as_attn(acts, ".to_out")
             repeats = next((n for below, n in spec["repeats"] if _slowest(first_ms, device, world) < below), 0)
             times = []
             for _ in range(repeats):
@@ -369,11 +369,11 @@ def native_work(spec: dict, jobs: list[dict], device: str, world: int, state: di
 
 def _loop_job(native, job: dict, spec: dict, dtype, device: str, world: int, state: dict) -> dict:
     """A loop job (``parity --mode sampling --sp N``): FastVideo's LongCat pipeline stages
-    (``parity.sampling.run_native``) driving this rank's native model through the case's
+    (``parity.loops.run_native``) driving this rank's native model through the case's
     whole denoising loop, every attention call logged -> its rows (float32, CPU), the wall
     time of each denoising DiT call (ms) and the loop's notes."""
     import torch
-    from .sampling import run_native
+    from .loops import run_native
     state["log"] = log = AttentionLog(native)
     _sync(device, world)
     with log:

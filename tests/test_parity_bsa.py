@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from parity_support import GOLDEN, ROOT, TINY_A, cli, needs_native, read_report
+from parity_support import GOLDEN, ROOT, TINY_A, cli, needs_native, policy_limit, read_report
 
 pytestmark = [needs_native, pytest.mark.skipif(
     torch.cuda.is_available(),
@@ -48,7 +48,7 @@ def test_the_tool_switched_triton_to_its_interpreter():
 def test_bsa_golden_cases_pass_at_float32(converted, tmp_path, case):
     rc, rep = parity(converted, tmp_path, "--case", case.with_suffix(".safetensors"))
     assert rc == 0 and rep["passed"], rep["first_divergent"]
-    assert max(r["rel_l2"] for r in rep["layers"]) <= 1e-5
+    assert max(r["rel_l2"] for r in rep["layers"]) <= policy_limit()
     assert any("FastVideo's own path" in n and "Triton's interpreter" in n for n in rep["notes"])
 
 
@@ -63,13 +63,14 @@ def test_bsa_really_runs_on_the_native_side(converted, monkeypatch):
     """A planted fault: BSA left off on the native side alone must break parity at the
     first self-attention, so the passing runs above compare two sparse attentions."""
     from parity import native as nat
-    from parity.inputs import load_case
-    from parity.runner import Setup, run_parity
+    from parity.cases import load_dit
+    from parity.modes import forward_parity
+    from parity.setup import Setup
 
     real = nat.set_bsa
     monkeypatch.setattr(nat, "set_bsa", lambda model, params, device=None: real(model, None, device))
-    rep = run_parity(Setup(source=TINY_A, converted=converted["tiny-a"]),
-                     [load_case(GOLDEN / "tiny-a/cases/bsa_t2v.safetensors")])
+    rep = forward_parity(Setup(source=TINY_A, converted=converted["tiny-a"]),
+                         [load_dit(GOLDEN / "tiny-a/cases/bsa_t2v.safetensors")])
     assert rep["first_divergent"] == "blocks.0.attn" and rows(rep)["blocks.0.attn"]["rel_l2"] > 0.1
 
 
@@ -129,7 +130,8 @@ def test_single_frame_forward_stays_dense_on_both_sides(converted, tmp_path):
     """T = 1 (an image): neither side uses BSA, so the kernel shape rules do not apply."""
     rc, rep = parity(converted, tmp_path, "--shape", "1,4,6", "--bsa-sparsity", "0.5", "--bsa-chunk-q", "1,2,2",
                      "--bsa-chunk-k", "1,2,2")
-    assert rc == 0 and max(r["rel_l2"] for r in rep["layers"]) == 0
+    # dense on both sides: within the policy (two implementations; BSA on either side would miss it by > 0.1)
+    assert rc == 0 and rep["passed"] and max(r["rel_l2"] for r in rep["layers"]) <= policy_limit()
 
 
 # ---- bad input ----------------------------------------------------------------------------------

@@ -111,7 +111,8 @@ def test_reports_are_written_in_three_formats(tmp_path, monkeypatch):
     summary = tmp_path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     rep = _report([("x_embedder", 0.0), ("blocks.0.attn", 1e-3), ("output", math.inf)])
-    paths = R.write_reports(rep, tmp_path / "r")
+    from parity import render
+    paths = render.write_reports(rep, tmp_path / "r")
     assert [p.name for p in paths] == ["report.json", "report.md", "report.html"]
     data = json.loads(paths[0].read_text())
     assert data["first_divergent"] == "blocks.0.attn"
@@ -125,19 +126,16 @@ def test_reports_are_written_in_three_formats(tmp_path, monkeypatch):
 
 
 def test_a_layer_run_on_one_side_only_is_a_failing_row():
-    from parity.correspondence import LayerPair
-    from parity.inputs import Inputs
-    from parity.runner import Setup, _compare
-    setup = Setup(source="s", converted="c")
-    rep = R.new_report("parity", "t", mode="e2e", policy=setup.policy, dtype="float32", device="cpu", env={})
-    inp = Inputs("c", torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.ones(1, 2, dtype=torch.int64))
+    from parity.judge import judge
+    p = Policy.load()
+    rep = R.new_report("parity", "t", mode="e2e", policy=p, dtype="float32", device="cpu", env={})
     a = torch.randn(3)
-    pairs = [LayerPair("x_embedder", "patch_embed", "x_embedder"),
-             LayerPair("blocks.0.attn", "blocks.0.self_attn", "attn"),
-             LayerPair("blocks.0.cross_attn", "blocks.0.cross_attn", "cross_attn")]
-    _compare(rep, pairs, {"x_embedder": a, "blocks.0.attn": a}, {"patch_embed": a}, setup=setup, inp=inp,
-             case="c", zero_pad=True)
+    # blocks.0.cross_attn ran on neither side: no row; blocks.0.attn on the reference only.
+    judge(rep, "c", {"x_embedder": a}, {"blocks.0.attn": a, "x_embedder": a}, policy=p, dtype="float32",
+          device="cpu", names=("native model", "reference"),
+          native_names={"x_embedder": "patch_embed", "blocks.0.attn": "blocks.0.self_attn"})
     R.finalize(rep)
-    assert [r["name"] for r in rep["layers"]] == ["x_embedder", "blocks.0.attn"]   # cross_attn ran nowhere
+    assert [r["name"] for r in rep["layers"]] == ["x_embedder", "blocks.0.attn"]   # forward order
+    assert rep["layers"][0]["native_name"] == "patch_embed"
     assert rep["first_divergent"] == "blocks.0.attn"
     assert rep["layers"][1]["failures"] == ["ran in the reference only"]

@@ -14,7 +14,7 @@ import torch
 import reference.sampling as S
 from longcat_convert.errors import BadInput
 from parity.golden_check import golden_check
-from parity.trajectory import load_trajectory
+from parity.cases import load_trajectory
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "golden"

@@ -1,7 +1,16 @@
-"""Converter commands: plan, convert, export, verify."""
+"""Every click command of ``longcat-convert``, one module each: plan, convert, export,
+verify (the converter, imported up front) and parity, golden-check, gate (which
+import torch, registered only when asked for)."""
 
 
 def register(cli) -> None:
     from . import convert, export, plan, verify
     for mod in (plan, convert, export, verify):
         cli.add_command(mod.command)
+
+
+def register_parity(cli) -> None:
+    from . import gate, parity
+    cli.add_command(parity.parity_cmd)
+    cli.add_command(parity.golden_check_cmd)
+    cli.add_command(gate.gate_cmd)

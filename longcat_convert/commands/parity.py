@@ -1,4 +1,5 @@
-"""``parity`` and ``gate`` commands."""
+"""The ``parity`` and ``golden-check`` commands: options in, a mode of parity/modes.py
+or parity/golden_check.py run, the report written and shown."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -108,8 +109,9 @@ def parity_cmd(source, converted, **o):
     (or, with --mode sampling, every step of the denoising loop).
 
     Exit 0 when every layer is within tolerance, 1 when not, 2 on bad input."""
-    from .policy import Policy
-    from .runner import Setup, run_parity
+    from parity import modes
+    from parity.policy import Policy
+    from parity.setup import Setup
     from reference.loading import parse_device
 
     mode = o["mode"]
@@ -118,27 +120,23 @@ def parity_cmd(source, converted, **o):
                   policy=Policy.load(o["tolerances"]))
     parse_device(o["device"])
     if o["component"] is not None:
-        from .components import run_component
-        report = run_component(setup, o["component"], o["cases"], seed=o["seed"], sigmas=o["sigmas"])
+        report = modes.component_parity(setup, o["component"], o["cases"], seed=o["seed"], sigmas=o["sigmas"])
     elif o["sp"] is not None and mode == "sampling":
-        from .distributed import run_sp_sampling
-        report = run_sp_sampling(setup, _loop_cases(source, o), sp=o["sp"], sigmas=o["sigmas"],
+        report = modes.sp_sampling_parity(setup, _loop_cases(source, o), sp_size=o["sp"], sigmas=o["sigmas"],
                                  timeout=o["sp_timeout"], start=o["sp_start"])
     elif o["sp"] is not None:
         if mode not in ("e2e", "layer"):
             raise BadInput(f"--sp runs with --mode e2e, layer or sampling, not {mode}")
-        from .distributed import run_sp_parity
-        report = run_sp_parity(setup, _forward_inputs(source, o), sp=o["sp"], kv_cache_frames=o["kv_cache_frames"],
+        report = modes.sp_parity(setup, _forward_inputs(source, o), sp_size=o["sp"], kv_cache_frames=o["kv_cache_frames"],
                                timeout=o["sp_timeout"], start=o["sp_start"])
     elif mode == "sampling":
-        report = _sampling(setup, source, o)
+        report = modes.sampling_parity(setup, _loop_cases(source, o), sigmas=o["sigmas"])
     elif mode == "blocks":
         if o["kv_cache_frames"]:
             raise BadInput("--kv-cache-frames needs --mode e2e or layer (blocks mode streams one forward)")
-        from .blocks import run_blocks
-        report = run_blocks(setup, _forward_inputs(source, o))
+        report = modes.blocks_parity(setup, _forward_inputs(source, o))
     else:
-        report = run_parity(setup, _forward_inputs(source, o), kv_cache_frames=o["kv_cache_frames"])
+        report = modes.forward_parity(setup, _forward_inputs(source, o), kv_cache_frames=o["kv_cache_frames"])
     _finish(report, o["report_dir"], o["quiet"], "parity")
     return 0 if report["passed"] else 1
 
@@ -150,36 +148,30 @@ def _generated_text(o) -> dict:
 
 
 def _forward_inputs(source, o) -> list:
-    from .inputs import bsa_from_flags, generate, load_case
-    from .trajectory import is_trajectory
+    from parity.cases import kind_of, load_dit
+    from parity.inputs import bsa_from_flags, generate
     bsa = bsa_from_flags(o["bsa_sparsity"], o["bsa_cdf"], o["bsa_chunk_q"], o["bsa_chunk_k"])
     if o["cases"] and bsa is not None:
         raise BadInput("--bsa-* flags are for generated inputs; a case's JSON sets its own enable_bsa/bsa_params")
     if o["cases"]:
         for c in o["cases"]:
-            if is_trajectory(c):
+            if kind_of(c) == "trajectory":
                 raise BadInput(f"{c}: a trajectory case (traj.* keys) runs with --mode sampling")
-        return [load_case(c) for c in o["cases"]]
-    from . import refside
+        return [load_dit(c) for c in o["cases"]]
+    from parity import refside
     return [generate(refside.source_dims(source), timestep=o["timestep"], num_cond_latents=o["num_cond_latents"] or 0,
                      bsa=bsa, **_generated_text(o))]
 
 
-def _sampling(setup, source, o) -> dict:
-    from .sampling import run_sampling
-    return run_sampling(setup, _loop_cases(source, o), sigmas=o["sigmas"])
-
-
 def _loop_cases(source, o) -> list:
     """--mode sampling: the trajectory cases, or one generated loop."""
-    from . import refside
-    from .sampling import from_trajectory, generate
-    from .trajectory import is_trajectory, load_trajectory
+    from parity import refside
+    from parity.cases import from_trajectory, generate_loop, kind_of, load_trajectory
     model_dir = refside.model_folder(source)
     if o["cases"]:
         cases = []
         for c in o["cases"]:
-            if not is_trajectory(c):
+            if kind_of(c) != "trajectory":
                 raise BadInput(f"{c}: --mode sampling needs trajectory cases (traj.* keys); this is a DiT case")
             cases.append(from_trajectory(load_trajectory(c), model_dir))
     else:
@@ -194,8 +186,8 @@ def _loop_cases(source, o) -> list:
                             use_distill=o["distill"], enhance_hf=o["enhance_hf"], use_kv_cache=not o["no_kv_cache"],
                             num_cond_latents=ncl, t_thresh=o["t_thresh"])
         settings.validate("generated sampling inputs")
-        cases = [generate(refside.source_dims(source), settings, **_generated_text(o))]
-    from .inputs import bsa_from_flags
+        cases = [generate_loop(refside.source_dims(source), settings, **_generated_text(o))]
+    from parity.inputs import bsa_from_flags
     bsa = bsa_from_flags(o["bsa_sparsity"], o["bsa_cdf"], o["bsa_chunk_q"], o["bsa_chunk_k"])
     if bsa is not None:
         if o["cases"]:
@@ -224,7 +216,7 @@ def golden_check_cmd(checkpoint, cases, report_dir, dtype, device, attention, re
     """Run CHECKPOINT (a model folder holding dit/, or a dit/ folder) on golden CASE files and
     compare every recorded activation (DiT cases) or every step of the denoising loop
     (trajectory cases). Exit 0 iff all are within tolerance, 1 otherwise."""
-    from .golden_check import golden_check
+    from parity.golden_check import golden_check
 
     report = golden_check(checkpoint, list(cases), dtype=dtype, device=device, attention=attention,
                           reference=reference, upstream_path=upstream_path)
@@ -235,19 +227,12 @@ def golden_check_cmd(checkpoint, cases, report_dir, dtype, device, attention, re
 def _finish(report: dict, report_dir, quiet: bool, what: str) -> None:
     """Reports to disk, and the table (or one verdict line) on stderr."""
     from rich.console import Console
-    from . import report as R
-    written = R.write_reports(report, report_dir) if report_dir is not None else []
+    from parity import render
+    written = render.write_reports(report, report_dir) if report_dir is not None else []
     if quiet:
         verdict = "PASSED" if report["passed"] else f"FAILED (first divergent: {report['first_divergent']})"
         Console(stderr=True, highlight=False).print(f"{what}: {verdict}")
         return
-    R.print_table(report)
+    render.print_table(report)
     if written:
         Console(stderr=True, highlight=False).print("reports: " + ", ".join(str(p) for p in written))
-
-
-def register(cli) -> None:
-    cli.add_command(parity_cmd)
-    cli.add_command(golden_check_cmd)
-    from .gate import gate_cmd
-    cli.add_command(gate_cmd)

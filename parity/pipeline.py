@@ -1,4 +1,4 @@
-"""One full run, prompt to frames (``parity SOURCE CONVERTED --component pipeline``).
+"""The pipeline sides: one full run, prompt to frames (``parity SOURCE CONVERTED --component pipeline``).
 
 Native: FastVideo's own LongCat pipeline, built by its public entry point
 ``fastvideo.pipelines.build_pipeline`` from CONVERTED (the class model_index.json
@@ -17,7 +17,7 @@ like the native one), our reference DiT and the original's denoising loop
 (reference/sampling.py), diffusers' Wan VAE with the original's
 denormalisation. A golden case adds rows "<case>:golden": this original side
 against the real upstream ``generate_t2v`` recorded on the same bundle
-(reference/make_component_golden.py).
+(scripts/make_component_golden.py).
 
 What runs on a CPU needed (fastvideo 0.2.1), all public configuration except
 the first two, which are the same run-time adjustments sampling parity makes:
@@ -40,19 +40,13 @@ import torch
 
 from longcat_convert.errors import BadInput
 
-from . import report as R
-from .components import ComponentCase, _judge_in_order, component_dir, fastvideo_args
-from .trajectory import is_trajectory_row, row_rank
+from .capture import LoopObserver
+from .cases import ComponentCase
+from .components import component_dir
+from .native import fastvideo_args
 
-TEXT_ROWS = ["text.input_ids", "text.attention_mask", "text.negative_input_ids", "text.negative_attention_mask"]
+# Compared on the valid tokens only (``<row>.valid_tokens``): the padded positions differ by design.
 EMBED_ROWS = ["text.prompt_embeds", "text.negative_prompt_embeds"]
-TAIL_ROWS = ["decode.latents", "output.video", "output.frames"]
-
-
-def _order(rows) -> list[str]:
-    traj = sorted((r for r in rows if is_trajectory_row(r) and r not in TAIL_ROWS), key=row_rank)
-    head = TEXT_ROWS + [f"{e}{s}" for e in EMBED_ROWS for s in ("", ".valid_tokens")] + ["latents.initial"]
-    return head + traj + TAIL_ROWS
 
 
 def latent_shape(meta: dict, in_channels: int, t_factor: int = 4, s_factor: int = 8) -> tuple[int, ...]:
@@ -143,7 +137,6 @@ def forward_batch(sp, args):
 def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) -> tuple[dict, list[str], str]:
     args = fastvideo_args(root, dtype=torch.float32, device=device)     # FastVideo's runtime first
     from fastvideo.pipelines import build_pipeline
-    from .sampling import _Observer
     pipe = build_pipeline(args)
     pipe.post_init()                    # creates the stages (forward would, on its first call)
     transformer, scheduler, vae = pipe.modules["transformer"], pipe.modules["scheduler"], pipe.modules["vae"]
@@ -189,7 +182,7 @@ def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) ->
         put("output.video", out)
         return out
     vae.decode = decode
-    obs = _Observer(transformer, scheduler, device)
+    obs = LoopObserver(transformer, scheduler, device)
     try:
         batch = forward_batch(sampling_param(case.meta, sigmas), args)
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
@@ -219,44 +212,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
 
 
-def _valid(rows: dict, mask_row: str, emb_row: str) -> None:
+def add_valid_tokens(rows: dict, mask_row: str, emb_row: str) -> None:
     """Embeddings on the valid tokens only, in FastVideo's [B, L, C] form."""
     if emb_row not in rows or mask_row not in rows:
         return
     e = rows[emb_row]
     e = e[:, 0] if e.dim() == 4 else e
     rows[f"{emb_row}.valid_tokens"] = e * rows[mask_row].bool()[..., None]
-
-
-def run_pipeline_parity(setup, report: dict, src_root: Path, root: Path, cases: list[ComponentCase], *,
-                        sigmas: str = "fastvideo") -> dict:
-    device = torch.device(setup.device)
-    report["frames"] = []
-    for case in cases:
-        ref = run_reference_pipeline(src_root, case, device)
-        if case.golden:
-            gold = golden_rows(case)
-            order = _order(set(ref) | set(gold))
-            _judge_in_order(report, f"{case.name}:golden", {k: v for k, v in ref.items() if k in gold}, gold,
-                            order, policy=setup.policy, names=("original", "golden data"))
-        nat, notes, cls = run_native_pipeline(root, case, device, sigmas)
-        report["notes"] += [n for n in notes if n not in report["notes"]]
-        for rows in (ref, nat):
-            _valid(rows, "text.attention_mask", "text.prompt_embeds")
-            _valid(rows, "text.negative_attention_mask", "text.negative_prompt_embeds")
-        cand = {k: v for k, v in nat.items() if k not in EMBED_ROWS}
-        refs = {k: v for k, v in ref.items() if k not in EMBED_ROWS}
-        _judge_in_order(report, case.name, cand, refs, _order(set(cand) | set(refs)), policy=setup.policy,
-                        names=("FastVideo pipeline", "original"))
-        f_nat, f_ref = nat.get("output.frames"), ref.get("output.frames")
-        if f_nat is not None and f_ref is not None and f_nat.shape == f_ref.shape:
-            entry = {"case": case.name, "pipeline": cls, "shape": list(f_ref.shape), "psnr_db": psnr(f_nat, f_ref),
-                     "max_abs": float((f_nat - f_ref).abs().max())}
-            report["frames"].append(entry)
-            report["notes"].append(f"{case.name}: frames [B, C, F, H, W] {entry['shape']}: PSNR "
-                                   f"{entry['psnr_db']:.2f} dB, max abs {entry['max_abs']:.4g} (FastVideo vs original, "
-                                   "values in [0, 1])")
-    report["notes"].append("text.*_prompt_embeds.valid_tokens: the embeddings on the valid tokens, what the DiT "
-                           "uses (its text_tokens_zero_pad zeroes the rest); the padded positions differ by design "
-                           "(parity --component text_encoder reports them)")
-    return R.finalize(report)

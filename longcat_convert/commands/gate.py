@@ -1,0 +1,42 @@
+"""The ``gate`` command: the CI parity gate over a golden folder (parity/gate.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from parity.gate import DEFAULT_GOLDEN, load_manifest, plan_steps, run_step, write_junit
+
+
+@click.command("gate")
+@click.option("--golden", type=click.Path(path_type=Path), default=DEFAULT_GOLDEN, show_default=True,
+              help="Golden folder with gate.json and the model folders it names.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("reports/gate"),
+              show_default=True, help="Where converted models, step reports, summary.md and junit.xml go.")
+@click.option("--junit", type=click.Path(path_type=Path), default=None, help="JUnit XML path (default REPORT/junit.xml).")
+def gate_cmd(golden: Path, report_dir: Path, junit: Path | None):
+    """Run the whole golden matrix: convert, verify, golden-check and parity for every case."""
+    from rich.console import Console
+    from rich.table import Table
+    import os
+    console = Console(stderr=True, width=None if os.isatty(2) else 160)
+    manifest = load_manifest(golden)
+    steps = plan_steps(golden, report_dir, manifest)
+    root = click.get_current_context().find_root().command
+    for s in steps:
+        console.print(f"[dim]gate:[/] {s.model}: {s.name} ...")
+        run_step(s, root)
+    t = Table(title="longcat-convert gate")
+    for c in ("model", "step", "result", "seconds", "detail"):
+        t.add_column(c)
+    for s in steps:
+        t.add_row(s.model, s.name, "[green]pass[/]" if s.ok else "[bold red]FAIL[/]", f"{s.seconds:.1f}", s.message)
+    console.print(t)
+    junit = junit or report_dir / "junit.xml"
+    write_junit(steps, junit)
+    lines = ["| model | step | result | detail |", "|---|---|---|---|"]
+    lines += [f"| {s.model} | {s.name} | {'pass' if s.ok else '**FAIL**'} | {s.message} |" for s in steps]
+    (report_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    failed = [s for s in steps if not s.ok]
+    console.print(f"gate: {len(steps) - len(failed)} passed, {len(failed)} failed  (JUnit: {junit})")
+    return 1 if failed else 0

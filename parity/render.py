@@ -1,0 +1,317 @@
+"""Renderings of a report (parity/report.py holds the schema): Markdown, a
+self-contained HTML page with one error plot per metric, a rich table on the
+console, and the files ``report.json`` / ``report.md`` / ``report.html``."""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+
+from .metrics import METRIC_KEYS
+from .rows import ordered
+
+# Metrics drawn on a log axis as-is, and similarity metrics drawn as log10(1 - x).
+_LOG_METRICS = ("max_abs", "mean_abs", "p99_abs", "rel_l2", "noise_ratio")
+_SIM_METRICS = ("cosine", "pearson")
+
+
+def _num(v) -> float | None:
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str) and v in ("inf", "-inf", "nan"):
+        return float(v)
+    return None
+
+
+def _fmt(v, metric: str = "") -> str:
+    x = _num(v)
+    if metric in _SIM_METRICS and x is not None and math.isfinite(x):
+        return f"{x:.9f}"  # similarities live just below 1: show the digits that differ
+    if x is None:
+        return "" if v is None else str(v)
+    if x == 0 or math.isinf(x) or math.isnan(x):
+        return f"{x:g}"
+    return f"{x:.3e}" if abs(x) < 1e-3 or abs(x) >= 1e4 else f"{x:.4f}"
+
+
+def _columns(report: dict) -> list[str]:
+    cols = [k for k in METRIC_KEYS if any(k in r for r in report["layers"])]
+    if any("noise_ratio" in r for r in report["layers"]):
+        cols.append("noise_ratio")
+    return cols
+
+
+# --------------------------------------------------------------------- text
+
+def to_markdown(report: dict) -> str:
+    status = "PASSED" if report["passed"] else "FAILED"
+    lines = [f"## {report['title']}: {status}", ""]
+    if report["first_divergent"]:
+        lines.append(f"First divergent layer: `{report['first_divergent']}`")
+        lines.append("")
+    env = report["environment"]
+    lines.append(f"torch {env.get('torch')}, fastvideo {env.get('fastvideo')}, CUDA {env.get('cuda')}, "
+                 f"device {env.get('device')} ({env.get('device_name')}), dtype {env.get('dtype')}, "
+                 f"attention {env.get('attention_backend')}; mode {report.get('mode')}; tolerance policy "
+                 f"v{report['policy']['version']}: "
+                 + ", ".join(f"{k} <= {v:g}" for k, v in report["policy"]["limits"].items()))
+    lines.append("")
+    if len(report["cases"]) > 1 or (report["cases"] and report["cases"][0]["case"]):
+        lines += ["| case | result | first divergent |", "|---|---|---|"]
+        for c in report["cases"]:
+            lines.append(f"| {c['case']} | {'pass' if c['passed'] else '**FAIL**'} | {c['first_divergent'] or ''} |")
+        lines.append("")
+    cols = _columns(report)
+    has_case = any(r.get("case") for r in report["layers"])
+    has_native = any(r.get("native_name") for r in report["layers"])
+    head = (["case"] if has_case else []) + ["layer"] + (["native"] if has_native else []) + cols + ["result"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["layers"]:
+        cells = ([r.get("case") or ""] if has_case else []) + [f"`{r['name']}`"]
+        cells += [f"`{r.get('native_name') or ''}`"] if has_native else []
+        cells += [_fmt(r.get(c), c) for c in cols]
+        cells.append("pass" if r["passed"] else "**FAIL** " + "; ".join(r.get("failures", [])))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += _timing_markdown(report)
+    lines += _sp_markdown(report)
+    for n in report.get("notes", []):
+        lines += ["", f"> {n}"]
+    return "\n".join(lines) + "\n"
+
+
+def _timing_markdown(report: dict) -> list[str]:
+    rows = report.get("timing") or []
+    if not rows:
+        return []
+    out = ["", "| case | DiT calls (ref / native) | reference ms per DiT call | native ms per DiT call | native / reference |",
+           "|---|---|---|---|---|"]
+    for t in rows:
+        calls = t.get("dit_calls", {})
+        out.append(f"| {t['case']} | {calls.get('reference')} / {calls.get('native')} | "
+                   f"{_fmt(t.get('reference_ms_per_dit_call'))} | {_fmt(t.get('native_ms_per_dit_call'))} | "
+                   f"{_fmt(t.get('native_over_reference'))} |")
+    return out
+
+
+def sp_rows(report: dict) -> tuple[str, list[list[str]], str]:
+    """The ``sp`` section as (heading, rows [run, forward ms, peak MiB (+ above start),
+    attention calls, work vs 1 process], speedup line)."""
+    sp = report.get("sp")
+    if not sp:
+        return "", [], ""
+    head = (f"Sequence parallelism: {sp['world_size']} ranks ({sp['backend']}, {sp['start']}, {sp['device']}), "
+            f"{sp['threads']['rank']} torch thread(s) per rank, {sp['threads']['baseline']} for the 1-process run")
+    rows = []
+    for label, r in [("1 process", sp.get("baseline") or {})] + [(f"rank {r['rank']}", r) for r in sp["ranks"]]:
+        if "forward_ms" not in r:
+            rows.append([label, "", "", f"failed: {r.get('error', '')}", ""])
+            continue
+        calls = "; ".join(
+            f"{k} {v['calls']}x B{_vals(v.get('batch'))} H{_vals(v.get('heads'))} q{_vals(v.get('q_len'))} "
+            f"k{_vals(v.get('k_len'))}" for k, v in r["attention"].items())
+        ratio = r.get("attention_work_ratio", 1.0 if label == "1 process" else None)
+        rows.append([label, _fmt(r["forward_ms"]), f"{r['peak_memory_mib']:.1f}",
+                     calls, "" if ratio is None else f"{ratio:.3f}"])
+    speed = (f"speedup (1-process ms / slowest rank ms) {sp['speedup']:.2f}x, attention work per rank "
+             f"{sp['attention_work_ratio']:.3f}x of one process" if sp.get("speedup") is not None
+             else "no speedup: a run did not finish")
+    return head, rows, speed
+
+
+def _vals(v) -> str:
+    return "/".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+_SP_HEAD = ["run", "forward ms", "peak MiB (model + work)", "attention calls", "attention work / 1 process"]
+
+
+def _sp_markdown(report: dict) -> list[str]:
+    head, rows, speed = sp_rows(report)
+    if not head:
+        return []
+    out = ["", f"**{head}**", "", "| " + " | ".join(_SP_HEAD) + " |", "|" + "---|" * len(_SP_HEAD)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out + ["", speed]
+
+
+def print_table(report: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    # Wide enough for the metric columns when stderr is a pipe (CI logs).
+    console = console or Console(stderr=True, width=None if os.isatty(2) else 200)
+    cols = _columns(report)
+    has_case = any(r.get("case") for r in report["layers"])
+    t = Table(title=report["title"], show_lines=False)
+    if has_case:
+        t.add_column("case")
+    t.add_column("layer")
+    if any(r.get("native_name") for r in report["layers"]):
+        t.add_column("native")
+        native = True
+    else:
+        native = False
+    for c in cols:
+        t.add_column(c, justify="right")
+    t.add_column("")
+    for r in report["layers"]:
+        row = ([r.get("case") or ""] if has_case else []) + [r["name"]]
+        row += [r.get("native_name") or ""] if native else []
+        row += [_fmt(r.get(c), c) for c in cols]
+        row.append("[green]pass[/]" if r["passed"] else "[bold red]FAIL[/]")
+        t.add_row(*row)
+    console.print(t)
+    for t in report.get("timing") or []:
+        console.print(f"timing {t['case']}: reference {_fmt(t.get('reference_ms_per_dit_call'))} ms, native "
+                      f"{_fmt(t.get('native_ms_per_dit_call'))} ms per DiT call (median; native/reference "
+                      f"{_fmt(t.get('native_over_reference'))})")
+    head, rows, speed = sp_rows(report)
+    if head:
+        console.print(head)
+        for r in rows:
+            console.print(f"  {r[0]}: {r[1]} ms, {r[2]} MiB, work x{r[4] or '?'}; {r[3]}", highlight=False)
+        console.print(f"  {speed}")
+    if report["passed"]:
+        console.print(f"[bold green]PASSED[/] ({len(report['layers'])} layers)")
+    else:
+        console.print(f"[bold red]FAILED[/]: first divergent layer [bold]{report['first_divergent']}[/]")
+    for n in report.get("notes", []):
+        console.print(f"[yellow]note:[/] {n}")
+
+
+# --------------------------------------------------------------------- html
+
+def _svg_plot(report: dict, metric: str, width=540, height=260) -> str:
+    """One metric per row in run order, a polyline per case."""
+    rows = report["layers"]
+    # One x axis for every case, in run order (parity/rows.py; cases can lack rows:
+    # a KV-cache continuation has no self-attention hook, a cache prefill no
+    # cross-attention).
+    names = ordered(r["name"] for r in rows)
+    if not names:
+        return ""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        v = _num(r.get(metric))
+        if v is None or math.isnan(v):
+            continue
+        if metric in _SIM_METRICS:
+            v = 1.0 - v
+        series.setdefault(r.get("case") or "", []).append((names.index(r["name"]), v))
+    if not series:
+        return ""
+    log = metric in _LOG_METRICS or metric in _SIM_METRICS
+    finite = [v for pts in series.values() for _, v in pts if math.isfinite(v)]
+    top = max(finite, default=1.0)
+
+    def tr(v: float) -> float:
+        if not math.isfinite(v):   # an infinite error is drawn one decade above the worst finite one
+            v = (abs(top) or 1.0) * 10
+        if log:
+            return math.log10(v) if v > 0 else -17.0   # exact zero drawn on a floor at 1e-17
+        return v
+    ys = [tr(v) for pts in series.values() for _, v in pts]
+    lim = report["policy"]["limits"].get(metric)
+    if lim is not None:
+        ys.append(tr(lim))
+    lo, hi = min(ys), max(ys)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 1, hi + 1
+    pad_l, pad_b, pad_t = 60, 80, 20
+    w, h = width - pad_l - 10, height - pad_b - pad_t
+    X = lambda i: pad_l + (w * i / max(1, len(names) - 1))
+    Y = lambda y: pad_t + h - h * (y - lo) / (hi - lo)
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+             f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="#fafafa" stroke="#ccc"/>']
+    if log:  # whole decades
+        lo, hi = math.floor(lo), math.ceil(hi)
+        ticks = list(range(lo, hi + 1, max(1, (hi - lo) // 5)))
+    else:
+        ticks = [lo + (hi - lo) * k / 4 for k in range(5)]
+    for y in ticks:
+        label = (f"1e{y}" if y > -17 else "0") if log else f"{y:.3g}"
+        parts.append(f'<text x="{pad_l - 4}" y="{Y(y) + 4:.1f}" font-size="10" text-anchor="end">{label}</text>')
+        parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{Y(y):.1f}" y2="{Y(y):.1f}" stroke="#eee"/>')
+    if lim is not None:
+        parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{Y(tr(lim)):.1f}" y2="{Y(tr(lim)):.1f}" '
+                     f'stroke="#d62728" stroke-dasharray="4 3"/><text x="{pad_l + w - 2}" y="{Y(tr(lim)) - 3:.1f}" '
+                     f'font-size="10" text-anchor="end" fill="#d62728">tolerance {lim:g}</text>')
+    fd = report.get("first_divergent")
+    if fd in names:
+        x = X(names.index(fd))
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{pad_t}" y2="{pad_t + h}" stroke="#d62728"/>'
+                     f'<text x="{x + 3:.1f}" y="{pad_t + 10}" font-size="10" fill="#d62728">first divergent: '
+                     f'{html.escape(fd)}</text>')
+    for n, (case, pts) in enumerate(series.items()):
+        col = colors[n % len(colors)]
+        pts_s = " ".join(f"{X(i):.1f},{Y(tr(v)):.1f}" for i, v in pts)
+        parts.append(f'<polyline fill="none" stroke="{col}" stroke-width="1.5" points="{pts_s}"/>')
+        for i, v in pts:
+            parts.append(f'<circle cx="{X(i):.1f}" cy="{Y(tr(v)):.1f}" r="2.5" fill="{col}">'
+                         f'<title>{html.escape(case)} {html.escape(names[i])}: {v:.3e}</title></circle>')
+        if case:
+            parts.append(f'<text x="{pad_l + 6}" y="{pad_t + 24 + 12 * n}" font-size="10" fill="{col}">'
+                         f'{html.escape(case)}</text>')
+    step = max(1, len(names) // 16)
+    for i in range(0, len(names), step):
+        x, y = X(i), pad_t + h + 10
+        parts.append(f'<text x="{x:.1f}" y="{y}" font-size="9" text-anchor="end" '
+                     f'transform="rotate(-40 {x:.1f} {y})">{html.escape(names[i])}</text>')
+    title = f"1 - {metric}" if metric in _SIM_METRICS else metric
+    parts.append(f'<text x="{pad_l}" y="12" font-size="12" font-weight="bold">{title} per row, in run order'
+                 f'{" (log scale)" if log else ""}</text></svg>')
+    return "".join(parts)
+
+
+def to_html(report: dict) -> str:
+    status = "PASSED" if report["passed"] else "FAILED"
+    color = "#2ca02c" if report["passed"] else "#d62728"
+    plots = "".join(f"<div class='plot'>{_svg_plot(report, m)}</div>" for m in _columns(report))
+    md_table = to_markdown(report)
+    cols = _columns(report)
+    head = "".join(f"<th>{c}</th>" for c in ["case", "layer", "native"] + cols + ["result"])
+    body = []
+    for r in report["layers"]:
+        cls = "" if r["passed"] else ' class="fail"'
+        cells = [r.get("case") or "", r["name"], r.get("native_name") or ""] + [_fmt(r.get(c), c) for c in cols]
+        cells.append("pass" if r["passed"] else "FAIL " + "; ".join(r.get("failures", [])))
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    env = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                  for k, v in report["environment"].items())
+    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in report.get("notes", []))
+    sp_head, sp_body, sp_speed = sp_rows(report)
+    if sp_head:
+        notes += (f"<h2>{html.escape(sp_head)}</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in _SP_HEAD)
+                  + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                                      for r in sp_body) + f"</table><p>{html.escape(sp_speed)}</p>")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(report['title'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;font-size:12px}}
+td,th{{border:1px solid #ddd;padding:2px 6px;text-align:right}}td:nth-child(-n+3){{text-align:left}}
+tr.fail td{{background:#fde0e0}}.plots{{display:flex;flex-wrap:wrap;gap:8px}}.status{{color:{color}}}.note{{background:#fff6d5;padding:4px}}</style></head><body>
+<h1>{html.escape(report['title'])}: <span class="status">{status}</span></h1>
+<p>First divergent layer: <b>{html.escape(str(report['first_divergent']))}</b> &middot; mode {html.escape(str(report.get('mode')))}
+&middot; tolerance policy v{report['policy']['version']}: {html.escape(', '.join(f'{k} <= {v:g}' for k, v in report['policy']['limits'].items()))}</p>
+{notes}<h2>Error per row</h2><div class="plots">{plots}</div>
+<h2>Rows (run order)</h2><table><tr>{head}</tr>{''.join(body)}</table>
+<h2>Environment</h2><table>{env}</table>
+<!-- markdown rendering of the same report:
+{html.escape(md_table).replace('--', '- -')}
+--></body></html>
+"""
+
+
+def write_reports(report: dict, out_dir: str | os.PathLike) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "report.json", out / "report.md", out / "report.html"]
+    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    md = to_markdown(report)
+    paths[1].write_text(md)
+    paths[2].write_text(to_html(report))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as f:
+            f.write(md + "\n")
+    return paths
