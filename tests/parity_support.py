@@ -34,6 +34,32 @@ def plant(folder: Path, fault) -> set[str]:
     return changed
 
 
+def policy_limit(metric: str = "rel_l2", dtype: str = "float32", layer: str = "*", device: str = "cpu") -> float:
+    """The tolerance policy's limit (parity/tolerances.json) on ``metric``. Data recorded in
+    another run (the golden cases) and two implementations' results are held to it, never to
+    bit equality or to a number measured on one machine: float kernels differ between CPUs."""
+    from parity.policy import Policy
+    return Policy.load().limits(dtype, device, layer)[metric]
+
+
+def policy_failures(got: dict, expected: dict, dtype: str = "float32", device: str = "cpu",
+                    skip: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Judge ``got[k]`` against ``expected[k]`` (golden ``act.*`` keys or report row names) as
+    golden-check does: the metrics of parity.metrics, the limits of the policy for each layer
+    (but those named in ``skip``) -> {name: failures} of the names that fail."""
+    from parity.metrics import layer_metrics
+    from parity.policy import Policy
+    policy = Policy.load()
+    out = {}
+    for name, want in expected.items():
+        layer = name[len("act."):] if name.startswith("act.") else name
+        fails = [f for f in policy.failures(layer_metrics(got[name], want), dtype, device, layer)
+                 if f.split("=")[0] not in skip]
+        if fails:
+            out[name] = fails
+    return out
+
+
 def read_report(d: Path) -> dict:
     import json
     return json.loads((d / "report.json").read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from parity_support import GOLDEN, cli, needs_native, plant, read_report
+from parity_support import GOLDEN, cli, needs_native, plant, policy_limit, read_report
 
 BUNDLE = GOLDEN / "tiny-bundle"
 CASES = BUNDLE / "cases"
@@ -46,11 +46,26 @@ def test_bundle_is_laid_out_like_the_release_and_reproducible(tmp_path):
     vae = json.loads((BUNDLE / "vae/config.json").read_text())
     assert vae["_class_name"] == "AutoencoderKLWan" and vae["z_dim"] == 16 and len(vae["latents_std"]) == 16
     assert vae["dim_mult"] == [1, 2, 4, 4] and vae["temperal_downsample"] == [False, True, True]
-    # The script reproduces every committed component byte for byte.
+    # The script reproduces every committed component byte for byte. Bit equality with files made
+    # in another run holds here by construction: no CPU-dependent float kernel runs. The tokenizer and the JSON
+    # files hold no computed floats; the weights are a seeded Mersenne Twister stream through torch's
+    # Box-Muller kernel, scaled by IEEE multiplications, additions and divisions (correctly rounded
+    # everywhere) and cast to bfloat16 (round to nearest even). Box-Muller is vectorised code of
+    # its own (log/sin/cos as AVX2 polynomials), the same on every x86-64 CPU with AVX2 (AVX-512
+    # ones run it too); a torch that runs without it (ATEN_CPU_CAPABILITY=default, another
+    # architecture) draws other last bits, so there the weights are compared within float tolerance.
     from scripts.make_tiny_bundle import build
     again = build(tmp_path / "b")
+    same_box_muller = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     for sub in ("text_encoder", "tokenizer", "vae", "scheduler"):
         for f in sorted((BUNDLE / sub).iterdir()):
+            if f.suffix == ".safetensors" and not same_box_muller:
+                from safetensors.torch import load_file
+                want, got = load_file(str(f)), load_file(str(again / sub / f.name))
+                assert list(got) == list(want), f"{sub}/{f.name}"
+                for k, v in want.items():
+                    torch.testing.assert_close(got[k], v, msg=f"{sub}/{f.name}: {k}")
+                continue
             assert (again / sub / f.name).read_bytes() == f.read_bytes(), f"{sub}/{f.name}"
 
 
@@ -78,7 +93,7 @@ def test_bad_workload_is_one_line_exit_2(tmp_path, capsys):
 def test_fastvideo_builds_each_workloads_pipeline_from_the_bundle(bundle_out):
     """FastVideo's registry resolves the class model_index.json names, and its
     build_pipeline loads every component of the converted folder."""
-    from parity.components import fastvideo_args
+    from parity.native import fastvideo_args
     from fastvideo.pipelines import build_pipeline
     for w, cls in WORKLOAD_CLASS.items():
         if w == "refine":
@@ -92,7 +107,9 @@ def test_fastvideo_builds_each_workloads_pipeline_from_the_bundle(bundle_out):
 
 @needs_native
 def test_text_encoder_and_tokenizer_load_strictly(bundle_out):
-    from parity.components import fastvideo_args, load_native_text, tokenizer_check
+    from parity.components import load_native_text
+    from parity.native import fastvideo_args
+    from parity.weights_check import tokenizer_check
     root = bundle_out["t2v"]
     tok, enc, (m, problems) = load_native_text(root, fastvideo_args(root))
     assert type(enc).__module__ == "fastvideo.models.encoders.t5" and problems == [] and m["max_abs"] == 0
@@ -102,7 +119,8 @@ def test_text_encoder_and_tokenizer_load_strictly(bundle_out):
 
 @needs_native
 def test_vae_loads_strictly_and_the_check_catches_what_the_loader_skips(bundle_out, tmp_path):
-    from parity.components import fastvideo_args, load_native_vae
+    from parity.components import load_native_vae
+    from parity.native import fastvideo_args
     root = bundle_out["t2v"]
     vae, (m, problems) = load_native_vae(root, fastvideo_args(root))
     assert type(vae).__module__ == "fastvideo.models.vaes.wanvae" and problems == [] and m["max_abs"] == 0
@@ -123,7 +141,7 @@ def test_vae_loads_strictly_and_the_check_catches_what_the_loader_skips(bundle_o
 
 @needs_native
 def test_scheduler_loads_with_shift_12(bundle_out):
-    from parity.components import fastvideo_args
+    from parity.native import fastvideo_args
     from fastvideo.models.loader.component_loader import SchedulerLoader
     root = bundle_out["t2v"]
     sched = SchedulerLoader().load(str(root / "scheduler"), fastvideo_args(root))
@@ -138,16 +156,19 @@ def test_text_encoder_parity_names_the_padding_difference(bundle_out, tmp_path):
              "--report", tmp_path / "r", "--quiet")
     rep = read_report(tmp_path / "r")
     assert rc == 1 and rep["first_divergent"] == "prompt_embeds"
+    # The original side against the data recorded from the upstream pipeline in another run: within
+    # the policy (bit equality held on the recording machine only; other CPUs differ in the last bits).
+    lim = policy_limit()
     golden = [r for r in rep["layers"] if r["case"] == "text_encoder:golden"]
-    assert len(golden) == 7 and all(r["passed"] and r["rel_l2"] == 0 for r in golden)    # the original, exactly
+    assert len(golden) == 7 and all(r["passed"] and r["rel_l2"] <= lim for r in golden)
     native = [r for r in rep["layers"] if r["case"] == "text_encoder"]
     names = [r["name"] for r in native]
     assert names[:2] == ["weights.text_encoder", "weights.tokenizer"]
     assert "encoder.block.1.layer.0" in names and names[-1] == "prompt_embeds"
     for r in native[:-1]:
         assert r["passed"], r["name"]
-    assert _row(rep, "input_ids", "text_encoder")["rel_l2"] == 0
-    assert _row(rep, "prompt_embeds.valid_tokens")["rel_l2"] < 1e-6
+    assert _row(rep, "input_ids", "text_encoder")["rel_l2"] == 0          # integers: two tokenizers, one vocabulary
+    assert _row(rep, "prompt_embeds.valid_tokens")["rel_l2"] <= lim        # two encoders' float kernels: the policy
     assert _row(rep, "prompt_embeds", "text_encoder")["rel_l2"] == pytest.approx(0.9925, rel=0.02)
 
 
@@ -161,11 +182,13 @@ def test_vae_parity_passes_block_by_block(bundle_out, tmp_path):
     for name in ("encoder.down_blocks.10", "encoder.mid_block", "quant_conv", "encoder.feat_cache.0",
                  "latents.sample", "latents.normalized", "decoder.up_blocks.3", "decoder.feat_cache.31", "frames"):
         assert name in native, name
-    assert native["latents.sample"]["rel_l2"] == 0                 # encode is bit for bit
-    assert 0 < native["latents.normalized"]["rel_l2"] < 1e-6        # (x - m) / s vs (x - m) * (1 / s)
-    assert native["frames"]["rel_l2"] < 1e-6
+    # FastVideo's VAE against diffusers' (two implementations): within the policy on every row.
+    lim = policy_limit()
+    assert all(r["passed"] and r["rel_l2"] <= lim for n, r in native.items() if not n.startswith("weights."))
+    assert 0 < native["latents.normalized"]["rel_l2"] <= lim        # (x - m) / s vs (x - m) * (1 / s)
+    # diffusers' VAE (the original repo's copy of it) against the upstream recording of another run
     golden = [r for r in rep["layers"] if r["case"] == "vae:golden"]
-    assert len(golden) == 88 and all(r["rel_l2"] == 0 for r in golden)   # diffusers' VAE = the original's copy
+    assert len(golden) == 88 and all(r["passed"] and r["rel_l2"] <= lim for r in golden)
 
 
 @needs_native
@@ -202,9 +225,14 @@ def test_full_run_prompt_to_frames(bundle_out, tmp_path):
     names = [r["name"] for r in native]
     assert names[0] == "text.input_ids" and names[-1] == "output.frames"
     # Text, masks, initial noise from the seed and the schedule agree; the first step's DiT input
-    # is FastVideo's bfloat16 rounding (rel L2 ~1.7e-3).
-    for n in ("text.input_ids", "text.negative_attention_mask", "latents.initial", "timesteps", "sigmas"):
+    # is FastVideo's bfloat16 rounding (rel L2 ~1.7e-3). Exact by construction: token ids and masks
+    # (integers) and the initial noise (one torch.randn, same seed, shape and dtype on both sides, in
+    # this process); the schedule is two implementations' float arithmetic: the policy.
+    for n in ("text.input_ids", "text.negative_attention_mask", "latents.initial"):
         assert _row(rep, n, "pipeline_t2v")["rel_l2"] == 0, n
+    for n in ("timesteps", "sigmas"):
+        r = _row(rep, n, "pipeline_t2v")
+        assert r["passed"] and r["rel_l2"] <= policy_limit(), n
     assert _row(rep, "text.prompt_embeds.valid_tokens", "pipeline_t2v")["passed"]
     assert _row(rep, "step.0.dit_in", "pipeline_t2v")["rel_l2"] == pytest.approx(1.668e-3, rel=0.02)
     (fr,) = rep["frames"]

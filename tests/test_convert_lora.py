@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from convert_support import TINY_A, needs_native, run, write_raw
+from parity.metrics import rel_l2
+from parity_support import policy_limit
 from longcat_convert.errors import BadInput
 from longcat_convert.lora import encode_module, plan_lora
 from longcat_convert.shards import ShardedReader
@@ -78,8 +80,10 @@ def test_fastvideo_applies_the_original_delta(tmp_path, rank, alpha_scale):
         want = (x.double() @ weight.double().T + bias.double()
                 + _original_delta(reader, leaf.orig, leaf.param.lora_blocks, x, strength))
         got = _fastvideo_outputs(leaf, tensors, weight, bias, x, strength).double()
-        err = (got - want).abs().max().item() / want.abs().max().item()
-        assert err < 2e-6, f"{leaf.orig}: relative error {err:.2e}"
+        # float32 against the float64 formula: within the policy's float32 limit (not a number
+        # measured on one CPU); losing 1/6 of the delta (test below) misses it by orders of magnitude
+        err = rel_l2(got, want)
+        assert err <= policy_limit(), f"{leaf.orig}: relative L2 {err:.2e}"
     # the decision recorded per target: B kept bitwise exactly when alpha_scale * rank is a non-zero integer
     for d in plan.decisions:
         exact = d["alpha_scale"] * d["rank"]

@@ -3,7 +3,7 @@ model (converted weights) on the CPU: golden cases, generated inputs, every mode
 import pytest
 import torch
 
-from parity_support import TINY_A, TINY_B, cli, needs_native, read_report
+from parity_support import TINY_A, TINY_B, cli, needs_native, policy_limit, read_report
 
 pytestmark = needs_native
 
@@ -20,7 +20,7 @@ def test_golden_cases_pass_at_float32(converted, tmp_path, case):
     assert names[-2:] == ["final_layer", "output"] and len(names) == 3 + 4 * 3 + 2
     assert rep["layers"][3]["native_name"] == "blocks.0.self_attn"
     assert rep["layers"][2]["native_name"] == "caption_embedder"
-    assert max(r["rel_l2"] for r in rep["layers"]) <= 1e-5
+    assert max(r["rel_l2"] for r in rep["layers"]) <= policy_limit()
     if case == "t2v_lora":
         assert any("LoRA tiny_lora" in n for n in rep["notes"])
 
@@ -63,7 +63,8 @@ def test_bf16_reports_noise_ratio_against_a_float32_truth(converted, tmp_path):
              "--dtype", "bf16", "--report", tmp_path, "--quiet")
     rep = read_report(tmp_path)
     assert rc == 0 and rep["environment"]["dtype"] == "bfloat16"
-    assert all(r["noise_ratio"] <= 3.0 and r["ref_rel_l2"] > 0 for r in rep["layers"])
+    assert all(r["noise_ratio"] <= policy_limit("noise_ratio", "bfloat16") and r["ref_rel_l2"] > 0
+               for r in rep["layers"])
     by = {r["name"]: r for r in rep["layers"]}
     # Known difference, measured not hidden: the native timestep MLP runs in bf16,
     # the original's in float32, so its error exceeds the reference's own.
@@ -127,7 +128,7 @@ def test_two_loras_at_once_on_both_sides(tmp_path):
     assert rc == 0 and len([n for n in rep["notes"] if n.startswith("LoRA")]) == 2
     # Had FastVideo's layer replaced the first LoRA with the second instead of
     # accumulating it, the native weights would carry -0.4 d against the reference's 0.3 d.
-    assert max(r["rel_l2"] for r in rep["layers"]) <= 1e-5
+    assert max(r["rel_l2"] for r in rep["layers"]) <= policy_limit()
 
 
 def test_malformed_lora_spec_is_bad_input(tmp_path):

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from parity_support import GOLDEN, TINY_A, cli, needs_native, read_report
+from parity_support import GOLDEN, TINY_A, cli, needs_native, policy_limit, read_report
 
 pytestmark = needs_native
 T2V = GOLDEN / "tiny-a/cases/traj_t2v_cfg.safetensors"
@@ -42,8 +42,10 @@ def test_fastvideo_schedule_is_the_first_difference(converted, tmp_path):
 def test_with_the_original_sigmas_the_bf16_input_cast_remains(converted, tmp_path):
     rc, rep = _run(converted, tmp_path, "--case", T2V, "--sigmas", "original")
     assert rc == 1 and rep["first_divergent"] == "step.0.dit_in"
+    # the schedules agree (two implementations' float arithmetic: within the policy)
     for name in ("timesteps", "sigmas", "step.0.timestep"):
-        assert _row(rep, name)["rel_l2"] == 0, name
+        r = _row(rep, name)
+        assert r["passed"] and r["rel_l2"] <= policy_limit(), name
     # The stage rounds the latents to bfloat16: a relative error of bf16's storage size.
     assert 1e-3 < _row(rep, "step.0.dit_in")["rel_l2"] < 3e-3
     assert any("ForwardBatch.sigmas" in n for n in rep["notes"])
@@ -53,7 +55,9 @@ def test_bf16_loops_agree_within_the_originals_own_noise(converted, tmp_path):
     rc, rep = _run(converted, tmp_path, "--case", T2V, "--sigmas", "original", "--dtype", "bf16")
     ratios = [r["noise_ratio"] for r in rep["layers"]]
     assert len(ratios) == 2 + 6 * 5 + 1
-    assert max(ratios) < 1.2, max(ratios)
+    # within the policy's bfloat16 noise-ratio limit on every row (the ratio measured here, ~1,
+    # depends on the CPU's bfloat16 kernels)
+    assert max(ratios) <= policy_limit("noise_ratio", "bfloat16"), max(ratios)
 
 
 @pytest.mark.parametrize("case,sigmas,first", [
@@ -81,7 +85,8 @@ def test_generated_inputs(converted, tmp_path):
     # Refining with a conditioning frame runs FastVideo's i2v denoising stage; in bf16 it passes.
     rc, rep = _run(converted, tmp_path, "--loop", "refine", "--num-cond-latents", "1", "--steps", "20",
                    "--sigmas", "original", "--dtype", "bf16", name="refine")
-    assert rc == 0 and rep["passed"] and max(r["noise_ratio"] for r in rep["layers"]) < 1.2
+    assert rc == 0 and rep["passed"] and max(r["noise_ratio"] for r in rep["layers"]) <= policy_limit(
+        "noise_ratio", "bfloat16")
 
 
 def test_bad_sampling_inputs_are_exit_2(converted, tmp_path, capsys):

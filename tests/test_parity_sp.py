@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from parity_support import ROOT, TINY_A, cli, needs_native, read_report
+from parity_support import ROOT, TINY_A, cli, needs_native, policy_limit, read_report
 
 pytestmark = needs_native
 
@@ -88,11 +88,12 @@ def test_t2v_every_rank_matches_and_the_whole_sequence_finding(converted, tmp_pa
         by_case.setdefault(r["case"], []).append(r)
     names = [r["name"] for r in by_case["t2v:1proc"]]
     assert len(names) == 3 + 4 * 3 + 2 and names[-1] == "output"
-    for case in ("t2v:rank0", "t2v:rank1"):
+    # every run within the policy (FastVideo's model against the reference: two implementations, so
+    # not bit equality, even in one process); the ranks' softmax runs over every key twice (see below)
+    lim = policy_limit()
+    for case in ("t2v:1proc", "t2v:rank0", "t2v:rank1"):
         assert [r["name"] for r in by_case[case]] == names
-        assert max(r["rel_l2"] for r in by_case[case]) <= 1e-5
-    # one process is bit for bit; the ranks' softmax runs over every key twice (see below)
-    assert max(r["rel_l2"] for r in by_case["t2v:1proc"]) == 0
+        assert max(r["rel_l2"] for r in by_case[case]) <= lim
     s = rep["sp"]
     assert s["world_size"] == 2 and s["backend"] == "gloo" and s["start"] == "fork"
     assert s["threads"] == {"baseline": s["cores"], "rank": max(1, s["cores"] // 2)}
@@ -288,7 +289,7 @@ def _by_case(rep: dict) -> dict[str, list[dict]]:
 def test_sampling_under_sp_every_rank_diverges_where_one_process_does(converted, tmp_path, no_leftovers):
     """--mode sampling --sp 2: FastVideo's LongCat stages drive each rank's native model
     through the whole loop; every rank's first divergent row is one process's
-    (FastVideo's bfloat16 input cast), the rows before it exact."""
+    (FastVideo's bfloat16 input cast), the rows before it within the policy."""
     rc, rep = sp(converted, tmp_path, "--mode", "sampling", "--case", CASES / "traj_t2v_cfg.safetensors",
                  "--sigmas", "original")
     assert rc == 1 and rep["mode"] == "sampling" and rep["first_divergent"] == "step.0.dit_in"
@@ -300,7 +301,7 @@ def test_sampling_under_sp_every_rank_diverges_where_one_process_does(converted,
     assert names[:4] == ["timesteps", "sigmas", "step.0.timestep", "step.0.dit_in"] and names[-1] == "output.latents"
     for run in runs:
         assert [r["name"] for r in rows[run]] == names
-        assert all(r["passed"] and r["max_abs"] == 0 for r in rows[run][:3])
+        assert all(r["passed"] and r["rel_l2"] <= policy_limit() for r in rows[run][:3])
         first = rows[run][3]
         assert not first["passed"] and first["rel_l2"] == pytest.approx(0.001662, rel=0.02)
     s = rep["sp"]

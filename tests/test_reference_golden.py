@@ -1,5 +1,6 @@
 """Every golden case, bundled and extra, through the reference at float32: every
-recorded activation within relative L2 1e-5, nothing missing, nothing extra."""
+recorded activation within the tolerance policy (relative L2 1e-5), nothing missing,
+nothing extra. The cases were recorded in another run, on another CPU: never bit equality."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,8 @@ import torch
 from reference import load_reference
 from parity.golden_check import OursSubject, case_loras, golden_check
 from reference.golden import load_case, run_with_hooks
+
+from parity_support import policy_failures, policy_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "golden"
@@ -49,8 +52,7 @@ def test_golden_case_fp32(models, ckpt, case, attention):
     # The same activations fire as in the original: e.g. no attn in a KV-cache
     # continuation, no cross_attn with skip_crs_attn.
     assert set(got) == set(c.acts)
-    worst = {a: rel_l2(got[a], e) for a, e in c.acts.items()}
-    bad = {a: v for a, v in worst.items() if not v <= 1e-5}
+    bad = policy_failures(got, c.acts)
     assert not bad, bad
     subject.set_loras([])
 
@@ -61,7 +63,7 @@ def test_golden_check_report_over_all_bundled_cases():
     assert report["passed"] and report["first_divergent"] is None
     expected_rows = sum(len(load_case(p).acts) for p in cases)
     assert len(report["layers"]) == expected_rows
-    assert all(r["rel_l2"] <= 1e-5 for r in report["layers"])
+    assert all(r["passed"] and r["rel_l2"] <= policy_limit() for r in report["layers"])
     # forward order inside each case: embedders first, output after final_layer
     names = [r["name"] for r in report["layers"] if r["case"] == "t2v"]
     assert names[:3] == ["x_embedder", "t_embedder", "y_embedder"]

@@ -21,6 +21,8 @@ from reference.golden import load_case
 from reference.numerics import linear_fp32
 from reference.rope import Rope3D, axis_splits, grid_angles
 
+from parity_support import policy_limit
+
 ROOT = Path(__file__).resolve().parent.parent
 A = ROOT / "golden/tiny-a"
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
@@ -69,7 +71,8 @@ def test_bf16_output_close_to_float32_golden(m16):
         case = load_case(A / f"cases/{name}.safetensors")
         with torch.no_grad():
             out = m16(**case.forward_kwargs())
-        assert rel(out, case.acts["act.output"]) < 0.05
+        # the float32 golden data, recorded in another run: the policy's bfloat16 ceiling
+        assert rel(out, case.acts["act.output"]) <= policy_limit("rel_l2", "bfloat16")
 
 
 @CUDA
