@@ -6,9 +6,9 @@ PIP    := $(PY) -m pip
 CLI    := $(VENV)/bin/longcat-convert
 FASTVIDEO_VERSION := 0.2.1
 
-.PHONY: install demo test fuzz gate bench clean
+.PHONY: install demo test fuzz gate bench gpu-check clean
 
-# fastvideo goes in last and without its dependencies (README, Installing): its own pins
+# fastvideo goes in last and without its dependencies (docs/converting.md, Installing): its own pins
 # ask for a CUDA torch build and a fastvideo-kernel that only builds with CUDA.
 install: $(VENV)/.installed
 
@@ -42,6 +42,10 @@ gate: install
 # or $$LONGCAT_BENCH_CACHE); e.g. make bench BENCH_ARGS="--dtypes bf16 --blocks 2 --reps 1"
 bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The prepared GPU check, run first in any session lent a GPU (docs/contributing.md).
+gpu-check:
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf out reports build *.egg-info

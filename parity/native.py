@@ -3,7 +3,7 @@ single process on the CPU or one GPU.
 
 fastvideo is imported lazily: the converter and the reference never need it.
 The run-time adjustments below touch fastvideo internals without editing the
-package; each is needed on 0.2.1 and is documented in the README.
+package; each is needed on 0.2.1 and is documented in docs/converting.md (Installing).
 
 Block-sparse attention: FastVideo's native LongCat module imports its vendored
 BSA Triton kernels, and fastvideo imports triton in many places. On a machine

@@ -1,0 +1,145 @@
+"""The layout rules of docs/contributing.md, checked on the source: no import circles
+between the project's modules (lazy imports inside functions count too), no private
+name (``_x``) used across a module boundary, nothing at run time importing the
+scripts/ folder, and the click commands in one place."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("longcat_convert", "reference", "parity")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for p in sorted((ROOT / pkg).rglob("*.py")):
+            parts = list(p.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = p
+    return out
+
+
+def _resolve(module: str, node: ast.ImportFrom, is_pkg: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".") if is_pkg else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(mods: dict[str, Path]):
+    """module -> {imported project module: line}, and the private names each module takes
+    from another module of the project."""
+    graph: dict[str, dict[str, int]] = {m: {} for m in mods}
+    private: list[str] = []
+    for mod, path in mods.items():
+        tree = ast.parse(path.read_text())
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name in mods:
+                        graph[mod].setdefault(a.name, node.lineno)
+                        aliases[a.asname or a.name] = a.name
+            elif isinstance(node, ast.ImportFrom):
+                target = _resolve(mod, node, path.name == "__init__.py")
+                for a in node.names:
+                    sub = f"{target}.{a.name}"
+                    if sub in mods:                       # from package import module
+                        graph[mod].setdefault(sub, node.lineno)
+                        aliases[a.asname or a.name] = sub
+                    elif target in mods:
+                        graph[mod].setdefault(target, node.lineno)
+                        if a.name.startswith("_") and not a.name.startswith("__"):
+                            private.append(f"{mod}:{node.lineno} imports {target}.{a.name}")
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and aliases[node.value.id] != mod
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                private.append(f"{mod}:{node.lineno} uses {aliases[node.value.id]}.{node.attr}")
+    return graph, private
+
+
+def _cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _package_edges_removed(graph):
+    # A package's __init__ importing its own submodules is not a circle of the design.
+    return {m: {t: ln for t, ln in deps.items() if not (t.startswith(m + ".") or m.startswith(t + "."))}
+            for m, deps in graph.items()}
+
+
+def test_no_import_circles():
+    graph, _ = _imports(_modules())
+    assert _cycles(_package_edges_removed(graph)) == []
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    _, private = _imports(_modules())
+    assert private == []
+
+
+def test_nothing_installed_imports_the_scripts_folder():
+    hits = []
+    for mod, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            hits += [f"{mod}:{node.lineno} {n}" for n in names if n == "scripts" or n.startswith("scripts.")]
+    assert hits == []
+
+
+def test_every_click_command_lives_in_longcat_convert_commands():
+    places = []
+    for mod, path in _modules().items():
+        text = path.read_text()
+        if "@click.command" in text or "@cli.command" in text:
+            places.append(mod)
+    assert places and all(m.startswith("longcat_convert.commands.") for m in places), places
+
+
+def test_the_checks_above_can_fail(tmp_path):
+    """A planted circle and a planted private import are found."""
+    graph = {"a": {"b": 1}, "b": {"a": 2}, "c": {}}
+    assert _cycles(graph) == [["a", "b"]]
+    pkg = tmp_path / "p"
+    pkg.mkdir()
+    (pkg / "x.py").write_text("from .y import _hidden\n")
+    (pkg / "y.py").write_text("import p.x as x\nv = x._z\n")
+    mods = {"p.x": pkg / "x.py", "p.y": pkg / "y.py"}
+    g, private = _imports(mods)
+    assert g["p.x"] == {"p.y": 1} and len(private) == 2
