@@ -4,7 +4,6 @@ them to its model's dtype the way the original does."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 

@@ -194,12 +194,12 @@ def component_parity(setup: Setup, component: str, case_paths, *, seed: int = 0,
             tm, tp = tokenizer_check(tok, components.component_dir(root, "tokenizer", "converted"))
             add_weights_row(report, case.name, "tokenizer", tm, tp)
             ref = components.run_reference_text(src_root, case, device)
-            nat = components.run_native_text(tok, enc, case, args)
+            fv = components.run_native_text(tok, enc, case, args)
             if case.golden:
                 judge_golden(report, case, ref, case.golden, policy=setup.policy)
-            cand, refs = components.text_pairs(ref, nat)
+            cand, refs = components.text_pairs(ref, fv)
             judge_components(report, case.name, cand, refs, policy=setup.policy, names=("FastVideo", "original"))
-            if not torch.equal(nat["stage_attention_mask"], ref["attention_mask"]):
+            if not torch.equal(fv["stage_attention_mask"], ref["attention_mask"]):
                 report["notes"].append(f"{case.name}: the attention mask FastVideo's text stage returns differs "
                                        "from the tokenizer's")
         report["notes"].append(TEXT_NOTE)
@@ -209,10 +209,10 @@ def component_parity(setup: Setup, component: str, case_paths, *, seed: int = 0,
         for case in cases:
             add_weights_row(report, case.name, "vae", m, problems)
             ref = components.run_reference_vae(src_root, case, device)
-            nat = components.run_native_vae(vae, case, args, device)
+            fv = components.run_native_vae(vae, case, args, device)
             if case.golden:
                 judge_golden(report, case, ref, case.golden, policy=setup.policy)
-            judge_components(report, case.name, nat, ref, policy=setup.policy, names=("FastVideo", "original"))
+            judge_components(report, case.name, fv, ref, policy=setup.policy, names=("FastVideo", "original"))
         report["notes"].append(VAE_NOTE)
     if any(c.golden for c in cases):
         report["notes"].append(GOLDEN_NOTE)
@@ -227,15 +227,15 @@ def _pipeline(setup: Setup, report: dict, src_root: Path, root: Path, cases, sig
         ref = pipeline.run_reference_pipeline(src_root, case, device)
         if case.golden:
             judge_golden(report, case, ref, pipeline.golden_rows(case), policy=setup.policy)
-        nat, notes, cls = pipeline.run_native_pipeline(root, case, device, sigmas)
+        fv, notes, cls = pipeline.run_native_pipeline(root, case, device, sigmas)
         _add_notes(report, notes)
-        for rows in (ref, nat):
+        for rows in (ref, fv):
             pipeline.add_valid_tokens(rows, "text.attention_mask", "text.prompt_embeds")
             pipeline.add_valid_tokens(rows, "text.negative_attention_mask", "text.negative_prompt_embeds")
-        cand = {k: v for k, v in nat.items() if k not in pipeline.EMBED_ROWS}
+        cand = {k: v for k, v in fv.items() if k not in pipeline.EMBED_ROWS}
         refs = {k: v for k, v in ref.items() if k not in pipeline.EMBED_ROWS}
         judge_components(report, case.name, cand, refs, policy=setup.policy, names=("FastVideo pipeline", "original"))
-        f_nat, f_ref = nat.get("output.frames"), ref.get("output.frames")
+        f_nat, f_ref = fv.get("output.frames"), ref.get("output.frames")
         if f_nat is not None and f_ref is not None and f_nat.shape == f_ref.shape:
             entry = {"case": case.name, "pipeline": cls, "shape": list(f_ref.shape),
                      "psnr_db": pipeline.psnr(f_nat, f_ref), "max_abs": float((f_nat - f_ref).abs().max())}

@@ -29,7 +29,7 @@ WEIGHTS, TEXT, ENCODE, SCHEDULE, DIT, STEPS, DECODE, UNKNOWN = range(8)
 
 _STEP = re.compile(r"^step\.(\d+)\.(\w+)$")
 _CACHE = re.compile(r"^kv_cache\.(\d+)\.([kv])$")
-_NUM = re.compile(r"\d+")
+_PARTS = re.compile(r"\d+|\D+")
 
 # Component rows: (pattern, phase) in order; ``{i}`` matches a block / cache index.
 _COMPONENT_ROWS = [
@@ -61,7 +61,17 @@ def _pattern(p: str) -> re.Pattern:
     return re.compile("^" + re.escape(p).replace(r"\{i\}", r"(\d+)").replace(r"\{\*\}", r"(.+)") + "$")
 
 
-_COMPILED = [(_pattern(p), phase, k) for k, (p, phase) in enumerate(_COMPONENT_ROWS)]
+def _family(k: int) -> int:
+    """Indexed rows of one module family (``encoder.block.{i}.layer.0``, ``...layer.1``,
+    ``encoder.block.{i}``) sort block by block: they share the first pattern's place."""
+    p = _COMPONENT_ROWS[k][0]
+    if "{i}" not in p:
+        return k
+    head = p[: p.index("{i}")]
+    return next(j for j, (q, _) in enumerate(_COMPONENT_ROWS) if q.startswith(head))
+
+
+_COMPILED = [(_pattern(p), phase, _family(k), k) for k, (p, phase) in enumerate(_COMPONENT_ROWS)]
 
 
 @lru_cache(maxsize=1)
@@ -103,15 +113,16 @@ def row_key(name: str) -> tuple:
     if m:
         f = m.group(2)
         return (STEPS, int(m.group(1)), STEP_FIELDS.index(f) if f in STEP_FIELDS else len(STEP_FIELDS), f)
-    for pat, phase, k in _COMPILED:
+    for pat, phase, family, k in _COMPILED:
         hit = pat.match(name)
         if hit:
             idx = tuple(int(g) for g in hit.groups() if g.isdigit())
-            return (phase, k, idx, name) if phase != STEPS else (STEPS, 1 << 30, 0, name)
+            return (phase, family, idx, k, name) if phase != STEPS else (STEPS, 1 << 30, 0, name)
     dit = forward_rank(name)
     if dit is not None:
         return (DIT, dit)
-    return (UNKNOWN, tuple(int(x) for x in _NUM.findall(name)), name)
+    # Natural order: "rank2" before "rank10".
+    return (UNKNOWN, tuple((0, int(x), "") if x.isdigit() else (1, 0, x) for x in _PARTS.findall(name)))
 
 
 def ordered(names) -> list[str]:
