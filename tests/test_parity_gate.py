@@ -24,12 +24,20 @@ def _junit(path):
     return {tc.get("name"): tc.find("failure") is None for tc in root.iter("testcase")}
 
 
-def test_gate_passes_when_the_known_difference_reproduces(tmp_path):
+def test_gate_passes_when_the_known_difference_reproduces(tmp_path, monkeypatch):
+    ci_summary = tmp_path / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(ci_summary))
     g = _golden_with(tmp_path, {"first_divergent": "blocks.0.cross_attn", "why": "varlen"})
     assert cli("gate", "--golden", g, "--report", tmp_path / "r") == 0
     cases = _junit(tmp_path / "r" / "junit.xml")
     assert cases == {"convert": True, "verify": True, "golden-check varlen": True, "parity e2e varlen": True}
     assert "known difference reproduced" in (tmp_path / "r" / "summary.md").read_text()
+    # The CI summary holds the gate's own table once, the known difference shown as such,
+    # and none of the steps' own reports (the known difference's says FAILED).
+    text = ci_summary.read_text()
+    assert text.startswith("### longcat-convert gate: PASSED (4 of 4 steps)")
+    assert "| tiny-b | parity e2e varlen | known difference, reproduced |" in text
+    assert "FAILED" not in text and "first divergent layer" not in text.lower()
 
 
 def test_gate_fails_when_the_difference_moves_or_is_not_declared(tmp_path):

@@ -201,8 +201,8 @@ def _loop_cases(source, o) -> list:
 @click.argument("cases", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
               help="Write report.json, report.md and report.html into this folder.")
-@click.option("--dtype", default="float32", show_default=True,
-              type=click.Choice(["float32", "bfloat16", "float16"]), help="Model dtype.")
+@click.option("--dtype", default="fp32", show_default=True, type=click.Choice(sorted(DTYPES)),
+              help="Model dtype (the same spellings as parity and convert).")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--attention", default="sdpa", show_default=True,
               type=click.Choice(["sdpa", "math", "flash2", "flash3"]),
@@ -218,7 +218,7 @@ def golden_check_cmd(checkpoint, cases, report_dir, dtype, device, attention, re
     (trajectory cases). Exit 0 iff all are within tolerance, 1 otherwise."""
     from parity.golden_check import golden_check
 
-    report = golden_check(checkpoint, list(cases), dtype=dtype, device=device, attention=attention,
+    report = golden_check(checkpoint, list(cases), dtype=DTYPES[dtype], device=device, attention=attention,
                           reference=reference, upstream_path=upstream_path)
     _finish(report, report_dir, quiet, "golden-check")
     return 0 if report["passed"] else 1
