@@ -67,6 +67,7 @@ class Rows:
     native: dict = field(default_factory=dict)
     truth: dict | None = None
     native_names: dict = field(default_factory=dict)       # row -> FastVideo module name
+    settings: dict = field(default_factory=dict)           # what this forward ran with (the report's case settings)
 
 
 def _cached_attn_names(depth: int, cached: bool) -> tuple[list[str], list[str]]:
@@ -168,11 +169,19 @@ def run_input(setup: Setup, sides: Sides, inp: Inputs, pairs: list[LayerPair], r
         kv_ref = ref_kv.get(step.cache_from)
         kv_nat = kv_ref if setup.mode == "layer" else nat_kv.get(step.cache_from)
         with bsa_for(setup, sides, inp.bsa, report, T=step.T, num_cond_latents=step.num_cond_latents,
-                     continuation=step.continuation):
+                     continuation=step.continuation) as bsa:
             ref = reference_forward(setup, sides, inp, pairs, kv=kv_ref, overrides=step.overrides)
             acts, n_kv = native_forward(setup, sides.native, inp, ref, pairs, kv=kv_nat, overrides=step.overrides)
         ref_kv[step.label], nat_kv[step.label] = ref.kv, n_kv
         if not step.returns_cache:
             ref.kv = None
-        out.append(to_rows(step.label, pairs, ref, acts, n_kv))
+        rows = to_rows(step.label, pairs, ref, acts, n_kv)
+        rows.settings = step_settings(step, bsa)
+        out.append(rows)
     return out
+
+
+def step_settings(step: Step, bsa: dict | None) -> dict:
+    """What one forward ran with, as the report's case settings say it."""
+    return {"bsa": bsa is not None, "cond": bool(step.num_cond_latents) and not step.continuation,
+            "continuation": step.continuation, "latent_frames": step.T}

@@ -45,9 +45,12 @@ def load_manifest(golden: Path) -> dict:
     return load_object(p, "a gate manifest object", missing=f"{p}: no gate manifest in the golden folder")
 
 
-def _check_manifest(golden: Path, manifest: dict) -> None:
+def _check_manifest(golden: Path, manifest: dict, catalogue=None) -> None:
     """Every model and case a relative path inside the golden folder, every entry of the
-    shape plan_steps reads: one line naming what is wrong, before anything runs."""
+    shape plan_steps reads, every known difference's id in the catalogue: one line naming
+    what is wrong, before anything runs."""
+    from .known import Catalogue
+    catalogue = catalogue or Catalogue.load()
     where = golden / "gate.json"
     shape = "needs models: [{model, cases: [{case, parity: [mode | {mode, args, tag, known_difference}]}]}]"
 
@@ -69,18 +72,24 @@ def _check_manifest(golden: Path, manifest: dict) -> None:
             for known in [c.get("known_difference")] + [r.get("known_difference") for r in c.get("parity", [])
                                                         if isinstance(r, dict)]:
                 if known is not None and not (isinstance(known, dict) and _number_or_none(known.get("rel_l2"))
-                                              and isinstance(known.get("first_divergent", ""), str)):
+                                              and isinstance(known.get("first_divergent", ""), str)
+                                              and isinstance(known.get("id", ""), str)):
                     raise BadInput(f"{where}: case {c['case']!r}: known_difference {json.dumps(known)[:80]} must be "
-                                   "{first_divergent: layer, rel_l2: number, why: text}")
+                                   "{id: catalogue id, first_divergent: layer, rel_l2: number, why: text}")
+                if known is not None and known.get("id") is not None and known["id"] not in catalogue.ids:
+                    raise BadInput(f"{where}: case {c['case']!r}: known difference {known['id']!r} is not in the "
+                                   f"catalogue {catalogue.path}; add it there (docs/ci.md)")
 
 
 def _number_or_none(v) -> bool:
     return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == v)
 
 
-def plan_steps(golden: Path, work: Path, manifest: dict) -> list[Step]:
+def plan_steps(golden: Path, work: Path, manifest: dict, known_file: Path | None = None) -> list[Step]:
+    from .known import Catalogue
     steps: list[Step] = []
-    _check_manifest(golden, manifest)
+    _check_manifest(golden, manifest, Catalogue.load(known_file))
+    known_args = ["--known", str(known_file)] if known_file else []
     models = [(m["model"], m["cases"]) for m in manifest["models"]]
     for model, cases in models:
         src = golden / model
@@ -101,7 +110,7 @@ def plan_steps(golden: Path, work: Path, manifest: dict) -> list[Step]:
                 r = rep / f"parity-{tag}-{name}"
                 steps.append(Step(label, f"parity {tag} {name}",
                                   ["parity", str(src), str(out), "--case", str(cfile), "--mode", mode, *args,
-                                   "--report", str(r), "--quiet"], report=r, expect=expect,
+                                   *known_args, "--report", str(r), "--quiet"], report=r, expect=expect,
                                   expect_sp=_expect_sp(run, entry, golden)))
     return steps
 
@@ -176,6 +185,13 @@ def run_step(step: Step, root) -> None:
     step.message = (f"known difference reproduced: first divergent {got_first}"
                     if step.ok else f"expected a failure at {want.get('first_divergent')}, got exit {step.rc}, "
                     f"first divergent {got_first}")
+    if step.ok and want.get("id"):
+        # The step's own report must name the same known difference (parity/known.py).
+        case = next((c for c in rep.get("cases", []) if not c.get("passed", True)), {})
+        tagged = case.get("known_difference")
+        step.ok = tagged == want["id"]
+        step.message += f", tagged {tagged or 'as no known difference'}" + ("" if step.ok else
+                                                                              f" (expected {want['id']})")
     if step.ok and "rel_l2" in want:
         # Its size must reproduce too (a change in FastVideo that moves it fails the gate).
         row = next((r for r in rep["layers"] if r["name"] == got_first and not r["passed"]), {})

@@ -35,7 +35,15 @@ def _add_notes(report: dict, notes) -> None:
     report["notes"] += [n for n in notes if n not in report["notes"]]
 
 
-def _judge_forward(report: dict, setup: Setup, rows: forward.Rows, inp: Inputs, pairs, zero_pad: bool) -> None:
+def _declare(report: dict, setup: Setup, case: str, **settings) -> None:
+    """The case's settings in the report (what known differences are matched against)."""
+    R.describe_case(report, case, mode=report["mode"], dtype=dtype_name(setup.dtype), device=str(setup.device),
+                    **settings)
+
+
+def _judge_forward(report: dict, setup: Setup, rows: forward.Rows, inp: Inputs, pairs, zero_pad: bool,
+                   sp_size: int = 0) -> None:
+    _declare(report, setup, rows.label, zero_pad=zero_pad, sp=bool(sp_size), **rows.settings)
     judge(report, rows.label, rows.native, rows.reference, policy=setup.policy, dtype=setup.dtype,
           device=setup.device, truth=rows.truth, lowp_dtype=setup.dtype if rows.truth is not None else None,
           names=("native model", "reference"), native_names=rows.native_names,
@@ -75,9 +83,10 @@ def blocks_parity(setup: Setup, inputs: list[Inputs]) -> dict:
     _add_notes(report, sides.notes)
     pairs = layer_pairs(sides.dims)
     for inp in inputs:
-        with bsa_for(setup, sides, inp.bsa, report, T=inp.hidden_states.shape[2],
-                     num_cond_latents=inp.num_cond_latents):
+        T = inp.hidden_states.shape[2]
+        with bsa_for(setup, sides, inp.bsa, report, T=T, num_cond_latents=inp.num_cond_latents) as bsa:
             for rows in blocks.stream(setup, sides, inp):
+                rows.settings = forward.step_settings(forward.plan(inp)[0], bsa)
                 _judge_forward(report, setup, rows, inp, pairs, sides.zero_pad)
     return R.finalize(report)
 
@@ -89,7 +98,16 @@ def _median_ms(seconds: list[float]) -> float | None:
     return round(1000 * statistics.median(seconds), 3) if seconds else None
 
 
-def _judge_loop(report: dict, setup: Setup, case: str, got: dict, ref: dict, truth: dict | None) -> None:
+def _loop_settings(case: LoopCase, sigmas: str, bsa: dict | None, zero_pad: bool) -> dict:
+    st = case.settings
+    return {"sigmas": sigmas, "loop": st.mode, "steps": st.steps, "use_distill": bool(st.use_distill),
+            "enhance_hf": bool(st.enhance_hf), "use_kv_cache": bool(st.use_kv_cache), "bsa": bsa is not None,
+            "cond": bool(st.num_cond_latents), "zero_pad": zero_pad}
+
+
+def _judge_loop(report: dict, setup: Setup, case: str, got: dict, ref: dict, truth: dict | None,
+                settings: dict) -> None:
+    _declare(report, setup, case, **settings)
     judge(report, case, got, ref, policy=setup.policy, dtype=setup.dtype, device=setup.device, truth=truth,
           lowp_dtype=setup.dtype if setup.low_precision else None, names=("native pipeline", "reference"))
 
@@ -113,12 +131,13 @@ def sampling_parity(setup: Setup, cases: list[LoopCase], *, sigmas: str = "fastv
         _add_notes(report, sides.notes)
         for case in group:
             with bsa_for(setup, sides, case.bsa, report, T=case.inputs.latents.shape[2],
-                         num_cond_latents=case.settings.num_cond_latents):
+                         num_cond_latents=case.settings.num_cond_latents) as bsa:
                 ref, truth, ref_s = _reference_loops(setup, sides, case)
                 got, nat_s, notes = loops.run_native(sides.native, case, dtype=setup.dtype, device=setup.device,
                                                      sigmas=sigmas, converted=Path(setup.converted))
             _add_notes(report, notes)
-            _judge_loop(report, setup, case.name, got, ref, truth)
+            _judge_loop(report, setup, case.name, got, ref, truth,
+                        dict(_loop_settings(case, sigmas, bsa, sides.zero_pad), sp=False))
             r_ms, n_ms = _median_ms(ref_s), _median_ms(nat_s)
             report["timing"].append({
                 "case": case.name, "dit_calls": {"reference": len(ref_s), "native": len(nat_s)},
@@ -147,6 +166,7 @@ PIPELINE_NOTE = ("text.*_prompt_embeds.valid_tokens: the embeddings on the valid
 def judge_components(report: dict, case: str, candidate: dict, reference: dict, *, policy, names,
                      rows=None) -> None:
     """Component rows are judged in float32 on the CPU (where they were moved)."""
+    R.describe_case(report, case, mode=report["mode"], dtype="float32")
     judge(report, case, {k: v.float() for k, v in candidate.items()}, {k: v.float() for k, v in reference.items()},
           policy=policy, dtype="float32", device="cpu", names=names, rows=rows)
 
@@ -154,6 +174,7 @@ def judge_components(report: dict, case: str, candidate: dict, reference: dict, 
 def judge_golden(report: dict, case, ours: dict, golden: dict, *, policy) -> None:
     """Rows "<case>:golden": the original side against what the upstream code recorded
     (every golden row must be produced; rows the golden data does not hold are not judged)."""
+    R.describe_case(report, f"{case.name}:golden", against="golden data")
     judge_components(report, f"{case.name}:golden", {k: v for k, v in ours.items() if k in golden}, golden,
                      policy=policy, names=("original", "golden data"))
 
@@ -234,6 +255,7 @@ def _pipeline(setup: Setup, report: dict, src_root: Path, root: Path, cases, sig
             pipeline.add_valid_tokens(rows, "text.negative_attention_mask", "text.negative_prompt_embeds")
         cand = {k: v for k, v in fv.items() if k not in pipeline.EMBED_ROWS}
         refs = {k: v for k, v in ref.items() if k not in pipeline.EMBED_ROWS}
+        R.describe_case(report, case.name, sigmas=sigmas)
         judge_components(report, case.name, cand, refs, policy=setup.policy, names=("FastVideo pipeline", "original"))
         f_nat, f_ref = fv.get("output.frames"), ref.get("output.frames")
         if f_nat is not None and f_ref is not None and f_nat.shape == f_ref.shape:
@@ -293,8 +315,10 @@ def sp_parity(setup: Setup, inputs: list[Inputs], *, sp_size: int, kv_cache_fram
                     o = outcomes[label]
                     if o["ok"]:
                         rows = sp.job_rows(job, pairs, o["result"], label)
-                        _judge_forward(report, setup, rows, inp, pairs, sides.zero_pad)
+                        _judge_forward(report, setup, rows, inp, pairs, sides.zero_pad, sp_size)
                     elif sp.failed_in(o["error"], job.label, jobs[0][1].label):
+                        _declare(report, setup, f"{job.label}:{label}", zero_pad=sides.zero_pad, sp=True,
+                                 **forward.step_settings(job.step, job.bsa))
                         _failure_row(report, pairs, label, f"{job.label}:{label}", o["error"])
             for label, o in outcomes.items():
                 runs.setdefault(label, []).append(o)
@@ -327,19 +351,20 @@ def sp_sampling_parity(setup: Setup, cases: list[LoopCase], *, sp_size: int, sig
                              num_cond_latents=case.settings.num_cond_latents, extra_notes=[sp.bsa_note(sp_size)]) \
                         as bsa:
                     ref, truth, _ = _reference_loops(setup, sides, case)
-                refs[case.name] = (ref, truth)
+                refs[case.name] = (ref, truth, dict(_loop_settings(case, sigmas, bsa, sides.zero_pad), sp=True))
                 payloads.append(dict(label=case.name, loop=_without_golden(case), sigmas=sigmas, bsa=bsa))
             outcomes = sp.launch(setup, Path(tmp) / f"g{g}", payloads, sides.native_loras, sp=sp_size, start=start,
                                  timeout=timeout, threads=threads)
             for case in group:
-                ref, truth = refs[case.name]
+                ref, truth, settings = refs[case.name]
                 for label in sp.run_order(outcomes):
                     o, name = outcomes[label], f"{case.name}:{label}"
                     if o["ok"]:
                         res = o["result"]["jobs"][case.name]
                         _add_notes(report, res["notes"])
-                        _judge_loop(report, setup, name, res["rows"], ref, truth)
+                        _judge_loop(report, setup, name, res["rows"], ref, truth, settings)
                     elif sp.failed_in(o["error"], case.name, group[0].name):
+                        _declare(report, setup, name, **settings)
                         _failure_row(report, None, label, name, o["error"])
             for label, o in outcomes.items():
                 runs.setdefault(label, []).append(o)

@@ -45,12 +45,57 @@ def _columns(report: dict) -> list[str]:
 
 # --------------------------------------------------------------------- text
 
+def verdict_line(report: dict) -> str:
+    """One line: PASSED, or FAILED at the first divergent row, and whether that is a
+    known difference (and what isolates it) or, with --expect, what was expected."""
+    if report["passed"]:
+        line = "PASSED"
+    else:
+        line = f"FAILED (first divergent: {report['first_divergent']})"
+        first = next((c for c in report["cases"] if not c["passed"]), {})
+        kd = next((k for k in report.get("known_differences", []) if k["id"] == first.get("known_difference")), None)
+        if kd:
+            line += f"; known difference {kd['id']}: {kd['title']}"
+            if kd.get("isolate"):
+                line += f" (to isolate it: {kd['isolate']})"
+        elif report.get("unexplained") is not None:
+            line += "; not a known difference"
+    exp = report.get("expected")
+    if exp:
+        line += f"; --expect {' '.join(exp['ids'])}: {'PASSED' if exp['passed'] else 'FAILED'}, {exp['message']}"
+    return line
+
+
+def _known_markdown(report: dict) -> list[str]:
+    out = []
+    for k in report.get("known_differences", []):
+        cases = ", ".join(f"{c['case']} at `{c['row']}`" + (f" (rel L2 {_fmt(c['rel_l2'])})"
+                                                           if c.get("rel_l2") is not None else "")
+                          for c in k["cases"])
+        out += [f"**Known difference `{k['id']}`**: {k['title']}." + (f" Cases: {cases}." if cases else ""),
+                "", f"- why: {k['why']}", f"- FastVideo code: {k['fastvideo_code']}"]
+        if k.get("isolate"):
+            out.append(f"- to isolate it: {k['isolate']}")
+        if k.get("fix"):
+            out.append(f"- fix: {k['fix']}")
+        out.append("")
+    if report.get("unexplained"):
+        out += [f"**Not a known difference**: case(s) {', '.join(map(str, report['unexplained']))} failed where no "
+                f"entry of the catalogue ({report.get('known_catalogue')}) applies.", ""]
+    exp = report.get("expected")
+    if exp:
+        out += [f"**--expect {' '.join(exp['ids'])}**: {'PASSED' if exp['passed'] else 'FAILED'}, {exp['message']}.",
+                ""]
+    return out
+
+
 def to_markdown(report: dict) -> str:
     status = "PASSED" if report["passed"] else "FAILED"
     lines = [f"## {report['title']}: {status}", ""]
     if report["first_divergent"]:
-        lines.append(f"First divergent layer: `{report['first_divergent']}`")
+        lines.append(f"First divergent row: `{report['first_divergent']}`")
         lines.append("")
+    lines += _known_markdown(report)
     env = report["environment"]
     lines.append(f"torch {env.get('torch')}, fastvideo {env.get('fastvideo')}, CUDA {env.get('cuda')}, "
                  f"device {env.get('device')} ({env.get('device_name')}), dtype {env.get('dtype')}, "
@@ -59,9 +104,10 @@ def to_markdown(report: dict) -> str:
                  + ", ".join(f"{k} <= {v:g}" for k, v in report["policy"]["limits"].items()))
     lines.append("")
     if len(report["cases"]) > 1 or (report["cases"] and report["cases"][0]["case"]):
-        lines += ["| case | result | first divergent |", "|---|---|---|"]
+        lines += ["| case | result | first divergent | known difference |", "|---|---|---|---|"]
         for c in report["cases"]:
-            lines.append(f"| {c['case']} | {'pass' if c['passed'] else '**FAIL**'} | {c['first_divergent'] or ''} |")
+            lines.append(f"| {c['case']} | {'pass' if c['passed'] else '**FAIL**'} | {c['first_divergent'] or ''} | "
+                         f"{c.get('known_difference') or ''} |")
         lines.append("")
     cols = _columns(report)
     has_case = any(r.get("case") for r in report["layers"])
@@ -76,9 +122,44 @@ def to_markdown(report: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += _timing_markdown(report)
     lines += _sp_markdown(report)
+    lines += features_markdown(report)
     for n in report.get("notes", []):
         lines += ["", f"> {n}"]
     return "\n".join(lines) + "\n"
+
+
+FEATURES_HEAD = ["feature", "setting", "verdict", "against", "evidence", "wall s (baseline)",
+                 "peak MiB (baseline)", "vs reference"]
+
+
+def features_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The feature matrix (``longcat-convert features``): one row per feature and setting."""
+    rows = []
+    for f in report.get("features") or []:
+        ref = f.get("against_reference") or {}
+        vs_ref = "" if not ref else ref["verdict"] + (f" at {ref['first_divergent']} ({_fmt(ref.get('rel_l2'))})"
+                                                      if ref.get("first_divergent") else "")
+        if ref.get("same_as_baseline"):
+            vs_ref += " (as the baseline)"
+        wall = "" if f.get("wall_s") is None else f"{f['wall_s']:.2f} ({f.get('baseline_wall_s', 0):.2f})"
+        mem = "" if f.get("peak_mib") is None else f"{f['peak_mib']:.1f} ({f.get('baseline_peak_mib', 0):.1f})"
+        rows.append([f["feature"], f["setting"], f["verdict"], f.get("baseline", ""), f.get("message", ""),
+                     wall, mem, vs_ref])
+    return FEATURES_HEAD, rows
+
+
+def features_markdown(report: dict) -> list[str]:
+    head, body = features_table(report)
+    if not body:
+        return []
+    out = ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body]
+    return out
+
+
+def features_lines(report: dict) -> list[str]:
+    """The matrix on the console: one line per row."""
+    return [f"{r[2]:>16}  {r[0]} = {r[1]}: {r[4]}" for r in features_table(report)[1]]
 
 
 def _timing_markdown(report: dict) -> list[str]:
@@ -139,8 +220,8 @@ def _sp_markdown(report: dict) -> list[str]:
 def print_table(report: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
-    # Wide enough for the metric columns when stderr is a pipe (CI logs).
-    console = console or Console(stderr=True, width=None if os.isatty(2) else 200)
+    # Results go to stdout; wide enough for the metric columns when it is a pipe (CI logs).
+    console = console or Console(width=None if os.isatty(1) else 200)
     cols = _columns(report)
     has_case = any(r.get("case") for r in report["layers"])
     t = Table(title=report["title"], show_lines=False)
@@ -172,12 +253,26 @@ def print_table(report: dict, console=None) -> None:
         for r in rows:
             console.print(f"  {r[0]}: {r[1]} ms, {r[2]} MiB, work x{r[4] or '?'}; {r[3]}", highlight=False)
         console.print(f"  {speed}")
-    if report["passed"]:
-        console.print(f"[bold green]PASSED[/] ({len(report['layers'])} layers)")
-    else:
-        console.print(f"[bold red]FAILED[/]: first divergent layer [bold]{report['first_divergent']}[/]")
     for n in report.get("notes", []):
         console.print(f"[yellow]note:[/] {n}")
+    for k in report.get("known_differences", []):
+        cases = ", ".join(f"{c['case']} at {c['row']}" for c in k["cases"])
+        console.print(f"[bold yellow]known difference {k['id']}[/]: {k['title']}" + (f" ({cases})" if cases else ""),
+                      highlight=False)
+        console.print(f"  why: {k['why']}\n  FastVideo code: {k['fastvideo_code']}"
+                      + (f"\n  to isolate it: {k['isolate']}" if k.get("isolate") else ""), highlight=False)
+    if report.get("unexplained"):
+        console.print(f"[bold red]not a known difference[/]: {', '.join(map(str, report['unexplained']))}",
+                      highlight=False)
+    if report["passed"]:
+        console.print(f"[bold green]PASSED[/] ({len(report['layers'])} rows)")
+    else:
+        console.print(f"[bold red]FAILED[/]: first divergent row [bold]{report['first_divergent']}[/]")
+    if report.get("expected"):
+        exp = report["expected"]
+        console.print(f"--expect {' '.join(exp['ids'])}: " + ("[bold green]PASSED[/]" if exp["passed"] else
+                                                             "[bold red]FAILED[/]") + f", {exp['message']}",
+                      highlight=False)
 
 
 # --------------------------------------------------------------------- html
@@ -280,7 +375,13 @@ def to_html(report: dict) -> str:
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     env = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                   for k, v in report["environment"].items())
-    notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in report.get("notes", []))
+    notes = "".join(f"<p class='known'>{html.escape(x)}</p>" for x in _known_markdown(report) if x)
+    notes += "".join(f"<p class='note'>{html.escape(n)}</p>" for n in report.get("notes", []))
+    f_head, f_body = features_table(report)
+    if f_body:
+        notes += ("<h2>Features</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in f_head) + "</tr>"
+                  + "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in r)
+                            + "</tr>" for r in f_body) + "</table>")
     sp_head, sp_body, sp_speed = sp_rows(report)
     if sp_head:
         notes += (f"<h2>{html.escape(sp_head)}</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in _SP_HEAD)
@@ -289,9 +390,9 @@ def to_html(report: dict) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(report['title'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ddd;padding:2px 6px;text-align:right}}td:nth-child(-n+3){{text-align:left}}
-tr.fail td{{background:#fde0e0}}.plots{{display:flex;flex-wrap:wrap;gap:8px}}.status{{color:{color}}}.note{{background:#fff6d5;padding:4px}}</style></head><body>
+tr.fail td{{background:#fde0e0}}.plots{{display:flex;flex-wrap:wrap;gap:8px}}.status{{color:{color}}}.note{{background:#fff6d5;padding:4px}}.known{{background:#e8f0fe;padding:4px;margin:2px 0}}</style></head><body>
 <h1>{html.escape(report['title'])}: <span class="status">{status}</span></h1>
-<p>First divergent layer: <b>{html.escape(str(report['first_divergent']))}</b> &middot; mode {html.escape(str(report.get('mode')))}
+<p>First divergent row: <b>{html.escape(str(report['first_divergent']))}</b> &middot; mode {html.escape(str(report.get('mode')))}
 &middot; tolerance policy v{report['policy']['version']}: {html.escape(', '.join(f'{k} <= {v:g}' for k, v in report['policy']['limits'].items()))}</p>
 {notes}<h2>Error per row</h2><div class="plots">{plots}</div>
 <h2>Rows (run order)</h2><table><tr>{head}</tr>{''.join(body)}</table>

@@ -92,6 +92,16 @@ def add_layer(report: dict, *, name: str, metrics: dict, passed: bool, failures=
     return row
 
 
+def describe_case(report: dict, case: str, **settings) -> None:
+    """Declare a case with the settings it runs with (``cases[i].settings``): what a
+    reader needs to reproduce it, and what known differences are matched against."""
+    entry = next((c for c in report["cases"] if c["case"] == case), None)
+    if entry is None:
+        report["cases"].append({"case": case, "settings": settings})
+    else:
+        entry.setdefault("settings", {}).update(settings)
+
+
 def finalize(report: dict) -> dict:
     """Set per-case and overall pass/fail and the first divergent layer (forward order)."""
     cases: dict[str | None, dict] = {}
@@ -99,8 +109,9 @@ def finalize(report: dict) -> dict:
         c = cases.setdefault(row.get("case"), {"case": row.get("case"), "passed": True, "first_divergent": None})
         if not row["passed"] and c["passed"]:
             c["passed"], c["first_divergent"] = False, row["name"]
-    known = {c["case"] for c in report["cases"]}
-    report["cases"] += [c for k, c in cases.items() if k not in known]
+    for c in report["cases"]:                # declared up front (describe_case): results filled in;
+        c.update(cases.pop(c["case"], {"passed": False, "first_divergent": None}))   # nothing compared fails
+    report["cases"] += list(cases.values())
     report["passed"] = bool(report["layers"]) and all(c["passed"] for c in report["cases"])
     first = next((c["first_divergent"] for c in report["cases"] if not c["passed"]), None)
     report["first_divergent"] = first

@@ -24,7 +24,7 @@ from longcat_convert.errors import BadInput
 
 from . import native as nat
 from .correspondence import LayerPair
-from .forward import ReferenceForward, Rows, Step, plan, reference_forward, to_rows
+from .forward import ReferenceForward, Rows, Step, plan, reference_forward, step_settings, to_rows
 from .inputs import Inputs
 from .launcher import Launcher, cpu_cores
 from .setup import Setup
@@ -134,7 +134,9 @@ def reference_jobs(setup: Setup, sides: Sides, inp: Inputs, pairs: list[LayerPai
 def job_rows(job: Job, pairs: list[LayerPair], result: dict, label: str) -> Rows:
     """A run's result for one job as rows (case ``<job>:<run>``)."""
     res = result["jobs"][job.label]
-    return to_rows(f"{job.label}:{label}", pairs, job.ref, res["acts"], res["kv"])
+    rows = to_rows(f"{job.label}:{label}", pairs, job.ref, res["acts"], res["kv"])
+    rows.settings = step_settings(job.step, job.bsa)
+    return rows
 
 
 def launch(setup: Setup, work: Path, payloads: list[dict], conv, *, sp: int, start: str, timeout: float,

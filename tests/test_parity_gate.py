@@ -37,7 +37,7 @@ def test_gate_passes_when_the_known_difference_reproduces(tmp_path, monkeypatch)
     text = ci_summary.read_text()
     assert text.startswith("### longcat-convert gate: PASSED (4 of 4 steps)")
     assert "| tiny-b | parity e2e varlen | known difference, reproduced |" in text
-    assert "FAILED" not in text and "first divergent layer" not in text.lower()
+    assert "FAILED" not in text and "first divergent row" not in text.lower()
 
 
 def test_gate_fails_when_the_difference_moves_or_is_not_declared(tmp_path):

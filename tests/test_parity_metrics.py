@@ -119,7 +119,7 @@ def test_reports_are_written_in_three_formats(tmp_path, monkeypatch):
     assert data["layers"][2]["rel_l2"] == "inf"          # JSON-safe
     assert {"name", "native_name", "rel_l2", "passed"} <= set(data["layers"][0])
     md = paths[1].read_text()
-    assert "First divergent layer: `blocks.0.attn`" in md and "**FAIL**" in md
+    assert "First divergent row: `blocks.0.attn`" in md and "**FAIL**" in md
     html = paths[2].read_text()
     assert html.count("<svg") >= 2 and "<polyline" in html and "first divergent: blocks.0.attn" in html
     assert "blocks.0.attn" in summary.read_text()

@@ -14,14 +14,17 @@ from parity.gate import DEFAULT_GOLDEN, load_manifest, plan_steps, run_step, wri
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("reports/gate"),
               show_default=True, help="Where converted models, step reports, summary.md and junit.xml go.")
 @click.option("--junit", type=click.Path(path_type=Path), default=None, help="JUnit XML path (default REPORT/junit.xml).")
-def gate_cmd(golden: Path, report_dir: Path, junit: Path | None):
+@click.option("--known", "known_file", type=click.Path(path_type=Path), default=None,
+              help="Known-differences catalogue the manifest's ids refer to (default: the one shipped; docs/ci.md).")
+def gate_cmd(golden: Path, report_dir: Path, junit: Path | None, known_file: Path | None):
     """Run the whole golden matrix: convert, verify, golden-check and parity for every case."""
     from rich.console import Console
     from rich.table import Table
     import os
-    console = Console(stderr=True, width=None if os.isatty(2) else 160)
+    console = Console(stderr=True, width=None if os.isatty(2) else 160)       # progress
+    out = Console(width=None if os.isatty(1) else 160)                        # the result
     manifest = load_manifest(golden)
-    steps = plan_steps(golden, report_dir, manifest)
+    steps = plan_steps(golden, report_dir, manifest, known_file)
     root = click.get_current_context().find_root().command
     # A CI's step summary gets the gate's own table at the end, not every step's report
     # (a known difference's report says FAILED while the gate counts it as reproduced).
@@ -38,7 +41,7 @@ def gate_cmd(golden: Path, report_dir: Path, junit: Path | None):
         t.add_column(c)
     for s in steps:
         t.add_row(s.model, s.name, "[green]pass[/]" if s.ok else "[bold red]FAIL[/]", f"{s.seconds:.1f}", s.message)
-    console.print(t)
+    out.print(t)
     junit = junit or report_dir / "junit.xml"
     write_junit(steps, junit)
     failed = [s for s in steps if not s.ok]
@@ -54,5 +57,5 @@ def gate_cmd(golden: Path, report_dir: Path, junit: Path | None):
     if ci_summary:
         with open(ci_summary, "a") as f:
             f.write(text)
-    console.print(f"gate: {len(steps) - len(failed)} passed, {len(failed)} failed  (JUnit: {junit})")
+    out.print(f"gate: {len(steps) - len(failed)} passed, {len(failed)} failed  (JUnit: {junit})")
     return 1 if failed else 0

@@ -100,6 +100,11 @@ def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N")
 @click.option("--attention", default="sdpa", show_default=True, help="Reference attention backend: sdpa|flash2|flash3")
 @click.option("--tolerances", type=click.Path(path_type=Path), default=None, help="Tolerance policy file.")
+@click.option("--expect", "expect", multiple=True, metavar="KNOWN_ID",
+              help="A known difference this run must reproduce (repeatable): exit 0 when, and only when, every "
+                   "failing case is one of them and each reproduces.")
+@click.option("--known", "known_file", type=click.Path(path_type=Path), default=None,
+              help="Known-differences catalogue (default: the one shipped; format in docs/ci.md).")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
               help="Write report.json, report.md and report.html here.")
 @click.option("--quiet", is_flag=True)
@@ -109,11 +114,17 @@ def parity_cmd(source, converted, **o):
     (or, with --mode sampling, every step of the denoising loop).
 
     Exit 0 when every layer is within tolerance, 1 when not, 2 on bad input."""
-    from parity import modes
+    from parity import known, modes
     from parity.policy import Policy
     from parity.setup import Setup
     from reference.loading import parse_device
 
+    if o["expect"]:                       # an unknown id is bad input, before any model work
+        catalogue = known.Catalogue.load(o["known_file"])
+        unknown = [i for i in o["expect"] if i not in catalogue.ids]
+        if unknown:
+            raise BadInput(f"--expect {unknown[0]}: no such known difference in {catalogue.path} "
+                           f"(ids: {', '.join(sorted(catalogue.ids))})")
     mode = o["mode"]
     setup = Setup(source=source, converted=converted, dtype=_torch_dtype(o["dtype"]), device=o["device"],
                   attention=o["attention"], mode=mode, loras=_loras(o["loras"], o["lora_multiplier"]),
@@ -137,8 +148,8 @@ def parity_cmd(source, converted, **o):
         report = modes.blocks_parity(setup, _forward_inputs(source, o))
     else:
         report = modes.forward_parity(setup, _forward_inputs(source, o), kv_cache_frames=o["kv_cache_frames"])
-    _finish(report, o["report_dir"], o["quiet"], "parity")
-    return 0 if report["passed"] else 1
+    return _finish(report, o["report_dir"], o["quiet"], "parity", known_file=o["known_file"],
+                   expect=list(o["expect"]))
 
 
 def _generated_text(o) -> dict:
@@ -220,19 +231,26 @@ def golden_check_cmd(checkpoint, cases, report_dir, dtype, device, attention, re
 
     report = golden_check(checkpoint, list(cases), dtype=DTYPES[dtype], device=device, attention=attention,
                           reference=reference, upstream_path=upstream_path)
-    _finish(report, report_dir, quiet, "golden-check")
-    return 0 if report["passed"] else 1
+    return _finish(report, report_dir, quiet, "golden-check")
 
 
-def _finish(report: dict, report_dir, quiet: bool, what: str) -> None:
-    """Reports to disk, and the table (or one verdict line) on stderr."""
+def _finish(report: dict, report_dir, quiet: bool, what: str, *, known_file=None, expect=()) -> int:
+    """Known differences tagged, reports to disk, the table (or one verdict line) on
+    stdout (results on stdout; progress, logs and errors on stderr) -> the exit code (0 passed, or failed exactly as --expect says; 1 otherwise)."""
     from rich.console import Console
-    from parity import render
+    from parity import known, render
+    catalogue = known.Catalogue.load(known_file)
+    known.annotate(report, catalogue)
+    code = 0 if report["passed"] else 1
+    if expect:
+        ok, message = known.check_expected(report, list(expect), catalogue)
+        report["expected"] = {"ids": list(expect), "passed": ok, "message": message}
+        code = 0 if ok else 1
     written = render.write_reports(report, report_dir) if report_dir is not None else []
     if quiet:
-        verdict = "PASSED" if report["passed"] else f"FAILED (first divergent: {report['first_divergent']})"
-        Console(stderr=True, highlight=False).print(f"{what}: {verdict}")
-        return
+        Console(highlight=False, soft_wrap=True).print(f"{what}: {render.verdict_line(report)}")
+        return code
     render.print_table(report)
     if written:
-        Console(stderr=True, highlight=False).print("reports: " + ", ".join(str(p) for p in written))
+        Console(highlight=False, soft_wrap=True).print("reports: " + ", ".join(str(p) for p in written))
+    return code
