@@ -117,7 +117,7 @@ def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", atten
         subject = build_subject(checkpoint, dtype=tdtype, device=tdevice, attention=attention,
                                 reference=reference, upstream_path=upstream_path)
     title = f"golden-check ({reference} reference, {dname}, {tdevice}) {Path(checkpoint).name}"
-    report = rep.start("golden-check", title, mode=None, policy=policy, dtype=dname, device=tdevice,
+    report = rep.start("golden-check", title, mode="golden-check", policy=policy, dtype=dname, device=tdevice,
                        attention=attention, reference=reference, checkpoint=checkpoint)
     skipped_limits = [k for k in policy.limits(dname, str(tdevice), "*") if k in NOT_APPLICABLE]
     if skipped_limits:
@@ -181,20 +181,20 @@ def golden_check_components(checkpoint, case_paths, *, dtype="float32", device="
     policy = policy or Policy.load()
     device = torch.device(device)
     report = rep.start("golden-check", f"golden-check (original components, float32, {device}) "
-                       f"{Path(checkpoint).name}", mode=None, policy=policy, dtype="float32", device=device,
+                       f"{Path(checkpoint).name}", mode="golden-check", policy=policy, dtype="float32", device=device,
                        reference="ours", checkpoint=checkpoint)
     for case in cases:
         if not case.golden:
             raise BadInput(f"{case.path}: no golden rows to check")
         if case.component == "text_encoder":
             judge_golden(report, case, components.run_reference_text(src.root, case, device), case.golden,
-                         policy=policy)
+                         policy=policy, label=case.name)
         elif case.component == "vae":
             judge_golden(report, case, components.run_reference_vae(src.root, case, device), case.golden,
-                         policy=policy)
+                         policy=policy, label=case.name)
         else:
             judge_golden(report, case, pipeline.run_reference_pipeline(src.root, case, device),
-                         pipeline.golden_rows(case), policy=policy)
+                         pipeline.golden_rows(case), policy=policy, label=case.name)
     rep.finalize(report)
     for c in report["cases"]:
         c["description"] = next((k.meta.get("description", "") for k in cases if k.name == c["case"]), "")

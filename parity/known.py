@@ -105,8 +105,9 @@ def annotate(report: dict, catalogue: Catalogue | None = None) -> dict:
     catalogue = catalogue or Catalogue.load()
     found: dict[str, dict] = {}
     unexplained = []
+    timed_out = {t["case"] for t in report.get("timeouts", [])}
     for case in report.get("cases", []):
-        if case.get("passed", True):
+        if case.get("passed", True) or case.get("case") in timed_out:    # a timeout is no difference
             continue
         row = case.get("first_divergent")
         settings = dict(case.get("settings") or {}, kind=report.get("kind"))

@@ -35,7 +35,8 @@ def rel_l2(candidate: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def layer_metrics(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """max/mean/p99 absolute error, relative L2, cosine, Pearson, SQNR (dB)."""
+    """max/mean/p99 absolute error, relative L2, cosine, Pearson (None where either side
+    is constant: a scalar row has no correlation), SQNR (dB)."""
     if tuple(candidate.shape) != tuple(reference.shape):
         raise ValueError(f"shape mismatch: {tuple(candidate.shape)} vs {tuple(reference.shape)}")
     c, r = _flat64(candidate), _flat64(reference)
@@ -52,7 +53,9 @@ def layer_metrics(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str,
     cosine = float(c @ r) / (nc * nr) if nc > 0 and nr > 0 else (1.0 if nc == nr else 0.0)
     cc, rc = c - c.mean(), r - r.mean()
     ncc, nrc = float(cc.norm()), float(rc.norm())
-    pearson = float(cc @ rc) / (ncc * nrc) if ncc > 0 and nrc > 0 else (1.0 if torch.equal(c, r) else 0.0)
+    # A correlation needs spread on both sides: a scalar row, or a constant one (a timestep
+    # repeated per frame), has none, and any number there would read as a finding.
+    pearson = float(cc @ rc) / (ncc * nrc) if ncc > 0 and nrc > 0 else None
     if noise == 0.0:
         sqnr = math.inf
     elif sig == 0.0:

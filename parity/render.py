@@ -50,6 +50,9 @@ def verdict_line(report: dict) -> str:
     known difference (and what isolates it) or, with --expect, what was expected."""
     if report["passed"]:
         line = "PASSED"
+    elif report.get("timeouts"):
+        t = report["timeouts"][0]
+        line = f"TIMED OUT ({t['run']} of {t['case']}: {t['message']})"
     else:
         line = f"FAILED (first divergent: {report['first_divergent']})"
         first = next((c for c in report["cases"] if not c["passed"]), {})
@@ -166,14 +169,20 @@ def _timing_markdown(report: dict) -> list[str]:
     rows = report.get("timing") or []
     if not rows:
         return []
-    out = ["", "| case | DiT calls (ref / native) | reference ms per DiT call | native ms per DiT call | native / reference |",
-           "|---|---|---|---|---|"]
+    out = ["", "| case | DiT calls (ref / native) | reference ms per DiT call (min-max) | native ms per DiT call "
+           "(min-max) | native / reference | first call ms (ref / native) |", "|---|---|---|---|---|---|"]
     for t in rows:
-        calls = t.get("dit_calls", {})
+        calls, first = t.get("dit_calls", {}), t.get("first_call_ms") or {}
         out.append(f"| {t['case']} | {calls.get('reference')} / {calls.get('native')} | "
-                   f"{_fmt(t.get('reference_ms_per_dit_call'))} | {_fmt(t.get('native_ms_per_dit_call'))} | "
-                   f"{_fmt(t.get('native_over_reference'))} |")
+                   f"{_fmt(t.get('reference_ms_per_dit_call'))}{_spread(t.get('reference_ms_spread'))} | "
+                   f"{_fmt(t.get('native_ms_per_dit_call'))}{_spread(t.get('native_ms_spread'))} | "
+                   f"{_fmt(t.get('native_over_reference'))} | {_fmt(first.get('reference'))} / "
+                   f"{_fmt(first.get('native'))} |")
     return out
+
+
+def _spread(s) -> str:
+    return f" ({_fmt(s[0])}-{_fmt(s[1])})" if s else ""
 
 
 def sp_rows(report: dict) -> tuple[str, list[list[str]], str]:
@@ -244,9 +253,10 @@ def print_table(report: dict, console=None) -> None:
         t.add_row(*row)
     console.print(t)
     for t in report.get("timing") or []:
-        console.print(f"timing {t['case']}: reference {_fmt(t.get('reference_ms_per_dit_call'))} ms, native "
-                      f"{_fmt(t.get('native_ms_per_dit_call'))} ms per DiT call (median; native/reference "
-                      f"{_fmt(t.get('native_over_reference'))})")
+        console.print(f"timing {t['case']}: reference {_fmt(t.get('reference_ms_per_dit_call'))} ms"
+                      f"{_spread(t.get('reference_ms_spread'))}, native {_fmt(t.get('native_ms_per_dit_call'))} ms"
+                      f"{_spread(t.get('native_ms_spread'))} per DiT call (median after the first call; "
+                      f"native/reference {_fmt(t.get('native_over_reference'))})", highlight=False)
     head, rows, speed = sp_rows(report)
     if head:
         console.print(head)
@@ -266,6 +276,8 @@ def print_table(report: dict, console=None) -> None:
                       highlight=False)
     if report["passed"]:
         console.print(f"[bold green]PASSED[/] ({len(report['layers'])} rows)")
+    elif report.get("timeouts"):
+        console.print(f"[bold red]{verdict_line(report)}[/]", highlight=False)
     else:
         console.print(f"[bold red]FAILED[/]: first divergent row [bold]{report['first_divergent']}[/]")
     if report.get("expected"):

@@ -6,11 +6,16 @@ A report is a plain dict:
      "title": str, "mode": "e2e" | "layer" | "blocks" | None,
      "passed": bool, "first_divergent": <original module name> | None,
      "policy": {"version", "path", "limits"},
-     "environment": {...}, "cases": [{"case", "passed", "first_divergent"}],
+     "environment": {...}, "cases": [{"case", "passed", "first_divergent", "settings"}],
      "layers": [{"name", "native_name", "case", <metrics>, "passed", "failures"}],  # run order (parity/rows.py)
      "notes": [str],
      "timing": [{"case", "dit_calls", "reference_ms_per_dit_call", "native_ms_per_dit_call",
-                 "native_over_reference"}],                                      # sampling mode only
+                 "reference_ms_spread", "native_ms_spread", "first_call_ms",
+                 "native_over_reference"}],      # sampling mode only; medians after the first (warm-up) call
+     "known_differences": [{"id", "title", "why", "fastvideo_code", "isolate", "fix", "cases"}],
+     "unexplained": [case], "known_catalogue": path,  # parity/known.py; cases[i].known_difference: the id
+     "expected": {"ids", "passed", "message"},        # parity --expect only
+     "timeouts": [{"case", "run", "message"}],        # --sp runs that ran out of time
      "sp": {...}}                                                                # --sp N only
 
 ``sp`` (``parity --sp N``, parity/distributed.py; cases are ``<case>:1proc`` for the

@@ -30,6 +30,12 @@ def test_known_values():
     assert m["cosine"] == pytest.approx((9 + 18) / (5 * math.hypot(3, 4.5)))
 
 
+def test_a_scalar_or_constant_row_has_no_correlation():
+    m = layer_metrics(torch.tensor([700.0]), torch.tensor([700.5]))
+    assert m["pearson"] is None and m["cosine"] == pytest.approx(1.0) and m["rel_l2"] > 0
+    assert layer_metrics(torch.full((4,), 3.0), torch.full((4,), 3.0))["pearson"] is None
+
+
 def test_sign_flip_is_anticorrelated_and_shape_mismatch_raises():
     a = torch.randn(100)
     m = layer_metrics(-a, a)

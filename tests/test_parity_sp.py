@@ -173,6 +173,9 @@ def test_a_hanging_rank_is_killed_at_the_timeout(converted, tmp_path, monkeypatc
     fails = [r for r in rep["layers"] if not r["passed"]]
     assert {r["case"] for r in fails} == {"t2v:rank0", "t2v:rank1"}
     assert all("did not finish within 3 s" in r["failures"][0] for r in fails)
+    # Said as a timeout, not as a numerical divergence or an unexplained difference.
+    assert {t["case"] for t in rep["timeouts"]} == {"t2v:rank0", "t2v:rank1"}
+    assert rep["unexplained"] == [] and not rep["known_differences"]
 
 
 def test_stopping_the_parent_stops_every_rank(converted, tmp_path):

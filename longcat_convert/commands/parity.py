@@ -98,13 +98,18 @@ def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
                    "`python -m parity.sp_worker` per rank (always on CUDA).")
 @click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N")
-@click.option("--attention", default="sdpa", show_default=True, help="Reference attention backend: sdpa|flash2|flash3")
+@click.option("--attention", default="sdpa", show_default=True,
+              type=click.Choice(["sdpa", "math", "flash2", "flash3"]),
+              help="The reference's attention kernel (flash2/flash3 need flash-attn installed).")
 @click.option("--tolerances", type=click.Path(path_type=Path), default=None, help="Tolerance policy file.")
 @click.option("--expect", "expect", multiple=True, metavar="KNOWN_ID",
               help="A known difference this run must reproduce (repeatable): exit 0 when, and only when, every "
                    "failing case is one of them and each reproduces.")
 @click.option("--known", "known_file", type=click.Path(path_type=Path), default=None,
               help="Known-differences catalogue (default: the one shipped; format in docs/ci.md).")
+@click.option("--fastvideo", "fastvideo", multiple=True, metavar="KEY=VALUE",
+              help="A FastVideoArgs / PipelineConfig field for FastVideo's side, applied as FastVideo applies it "
+                   "(docs/features.md); repeatable.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
               help="Write report.json, report.md and report.html here.")
 @click.option("--quiet", is_flag=True)
@@ -130,6 +135,8 @@ def parity_cmd(source, converted, **o):
                   attention=o["attention"], mode=mode, loras=_loras(o["loras"], o["lora_multiplier"]),
                   policy=Policy.load(o["tolerances"]))
     parse_device(o["device"])
+    from parity.features import begin_parity_overrides, end_parity_overrides
+    overrides = begin_parity_overrides(o["fastvideo"], mode=mode, component=o["component"], sp=o["sp"])
     if o["component"] is not None:
         report = modes.component_parity(setup, o["component"], o["cases"], seed=o["seed"], sigmas=o["sigmas"])
     elif o["sp"] is not None and mode == "sampling":
@@ -148,6 +155,7 @@ def parity_cmd(source, converted, **o):
         report = modes.blocks_parity(setup, _forward_inputs(source, o))
     else:
         report = modes.forward_parity(setup, _forward_inputs(source, o), kv_cache_frames=o["kv_cache_frames"])
+    end_parity_overrides(report, overrides)
     return _finish(report, o["report_dir"], o["quiet"], "parity", known_file=o["known_file"],
                    expect=list(o["expect"]))
 
