@@ -8,6 +8,27 @@ import click
 
 from longcat_convert.errors import BadInput
 
+def quiet_libraries() -> None:
+    """--quiet: the libraries a run loads (transformers, diffusers, huggingface_hub, FastVideo,
+    their tqdm bars) say nothing but errors; set before they are imported."""
+    import logging
+    import os
+    for k, v in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                 ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TQDM_DISABLE", "1"),
+                 ("FASTVIDEO_LOGGING_LEVEL", "ERROR"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+        os.environ[k] = v
+    for name in ("transformers", "diffusers", "huggingface_hub", "fastvideo", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # Progress bars that ignore all of the above (FastVideo's shard loading passes its own
+    # disable=): this command's Python-level stderr is held until it ends, when click closes
+    # the context; errors are printed after that, on the real stderr.
+    import contextlib
+    import io
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.with_resource(contextlib.redirect_stderr(io.StringIO()))
+
+
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
 
@@ -119,11 +140,15 @@ def parity_cmd(source, converted, **o):
     (or, with --mode sampling, every step of the denoising loop).
 
     Exit 0 when every layer is within tolerance, 1 when not, 2 on bad input."""
+    from longcat_convert import precheck
+    precheck.parity(source, converted, o)      # inputs checked first: before torch or FastVideo is imported
     from parity import known, modes
     from parity.policy import Policy
     from parity.setup import Setup
     from reference.loading import parse_device
 
+    if o["quiet"]:
+        quiet_libraries()
     if o["expect"]:                       # an unknown id is bad input, before any model work
         catalogue = known.Catalogue.load(o["known_file"])
         unknown = [i for i in o["expect"] if i not in catalogue.ids]
@@ -235,7 +260,12 @@ def golden_check_cmd(checkpoint, cases, report_dir, dtype, device, attention, re
     """Run CHECKPOINT (a model folder holding dit/, or a dit/ folder) on golden CASE files and
     compare every recorded activation (DiT cases) or every step of the denoising loop
     (trajectory cases). Exit 0 iff all are within tolerance, 1 otherwise."""
+    from longcat_convert import precheck
+    precheck.golden_check(checkpoint, cases, report=report_dir, dtype=dtype, device_name=device, reference=reference,
+                          upstream_path=upstream_path)
     from parity.golden_check import golden_check
+    if quiet:
+        quiet_libraries()
 
     report = golden_check(checkpoint, list(cases), dtype=DTYPES[dtype], device=device, attention=attention,
                           reference=reference, upstream_path=upstream_path)
