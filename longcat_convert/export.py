@@ -10,14 +10,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, components as comp, config_map, plan as planmod
+from . import __version__, components as comp, config_map, plan as planmod, precheck
 from .atomic import AtomicFolder, check_output
 from .convert import (RECORD, TOOL, Options, check_space, source_records, tensor_records, warn_nonfinite,
                       write_weights)
 from .errors import BadInput, sigterm_as_interrupt
 from .progress import Reporter
 from .shards import ShardedReader
-from .sources import COMPONENTS
+from .sources import COMPONENTS, local_note
 from .table import Dims, reverse_ops, table_hash
 
 
@@ -41,7 +41,7 @@ class NativeSource:
 def resolve_native(spec: str) -> NativeSource:
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise BadInput(f"{spec}: no such folder; NATIVE must be a FastVideo LongCat folder "
+        raise BadInput(f"{spec}: no such folder{local_note(path)}; NATIVE must be a FastVideo LongCat folder "
                        "(with transformer/) or a transformer/ folder")
     if (path / "transformer").is_dir():
         src = NativeSource(spec, path / "transformer", root=path,
@@ -61,6 +61,7 @@ def export(native: str, output: str | Path, opts: Options | None = None,
     reporter = reporter or Reporter(quiet=True)
     t0 = time.perf_counter()
     max_shard = opts.checked_max_shard()
+    precheck.export(native, output)
     nat = resolve_native(native)
     src_root = nat.root or nat.transformer
     out = check_output(Path(output), [src_root], opts.force)

@@ -52,7 +52,7 @@ def from_folder(path: Path, spec: str | None = None, *, kind: str | None = None)
                            "convert it to safetensors first")
         raise BadInput(f"{path}: expected a LongCat-Video model folder (with dit/) or a dit/ folder, not a file")
     if not path.is_dir():
-        raise BadInput(f"{path}: no such folder")
+        raise BadInput(f"{path}: no such folder{local_note(path)}")
     if (path / "dit").is_dir():
         src = Source(spec, kind or "model", path / "dit", root=path)
         src.loras, notes = find_loras(path / "lora")
@@ -88,7 +88,19 @@ def resolve(spec: str, *, revision: str | None = None, components: bool = True, 
     path = Path(spec).expanduser()
     if path.exists() or not is_repo_id(spec):
         return from_folder(path, spec)
-    return from_hub(spec, revision=revision, components=components, loras=loras, weights=weights)
+    try:
+        return from_hub(spec, revision=revision, components=components, loras=loras, weights=weights)
+    except BadInput as e:
+        # Say that the local path is not there too: a mistyped relative path (or one run
+        # from another folder) reads as a Hub lookup otherwise.
+        why = str(e)
+        why = why[len(spec) + 2:] if why.startswith(f"{spec}: ") else why
+        raise BadInput(f"{spec}: no such folder{local_note(path)}; as a Hugging Face repo id: {why}") from None
+
+
+def local_note(path: Path) -> str:
+    """" (relative to /cwd)" for a relative path: where it was looked for."""
+    return "" if Path(path).is_absolute() else f" (relative to {os.getcwd()})"
 
 
 def is_repo_id(spec: str) -> bool:
@@ -155,7 +167,7 @@ def from_hub(repo_id: str, *, revision: str | None = None, components: bool = Tr
         path = snapshot_download(repo_id, local_files_only=True, **kw)
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
         if offline:
-            raise BadInput(f"{repo_id}: not a local folder and not in the Hugging Face cache "
+            raise BadInput(f"{repo_id}: not in the Hugging Face cache "
                            f"({hub_cache_dir() or 'default cache'}); HF_HUB_OFFLINE is set, so nothing is downloaded "
                            f"({type(e).__name__})")
     except Exception as e:  # IncompleteSnapshotError and friends

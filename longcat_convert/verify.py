@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import components as comp, config_map, plan as planmod, sources
+from . import components as comp, config_map, plan as planmod, precheck, sources
 from .convert import RECORD, load_record
 from .errors import BadInput, VerificationFailed
 from .lora import plan_lora
@@ -153,12 +153,15 @@ def verify(source: str, output: str | Path, *, revision: str | None = None,
     t0 = time.perf_counter()
     out = Path(output)
     if not out.is_dir():
-        raise BadInput(f"{output}: no such output folder")
+        raise BadInput(f"{output}: no such output folder{sources.local_note(out)}")
     record = load_record(out)
     if record is None:
         direction = "original->native" if (out / "transformer").is_dir() else "native->original"
     else:
         direction = record.get("direction", "original->native")
+    # SOURCE and OUTPUT in the roles the direction needs (swapped arguments are not checked
+    # "the other way round" silently).
+    precheck.verify(source, out, direction, record is not None)
     problems = Problems()
     checked_loras: list[str] = []
     if direction == "original->native":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from .. import precheck
 from ..convert import Options, convert
 from ..progress import Reporter
 from .common import emit, write_options
@@ -26,6 +27,7 @@ def command(source, output, dtype, max_shard_size, components, force, strict, fs
     Hugging Face repo id such as meituan-longcat/LongCat-Video (local cache first;
     HF_HUB_OFFLINE is respected). OUTPUT must not exist (unless --force).
     """
+    precheck.convert(source, output)
     opts = Options(dtype=dtype, max_shard_size=max_shard_size, components=components, loras=not no_lora,
                    force=force, strict=strict, fsync=fsync, revision=revision, source_sha256=source_sha256,
                    hash_tensors=not no_hash, workload=workload)
