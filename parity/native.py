@@ -140,6 +140,10 @@ def fastvideo_args(converted, *, dtype=None, device="cpu"):
     pc.text_encoder_precisions = tuple(prec for _ in pc.text_encoder_precisions)
     args = FastVideoArgs(model_path=str(converted), pipeline_config=pc, text_encoder_cpu_offload=False,
                          dit_cpu_offload=False, vae_cpu_offload=False, image_encoder_cpu_offload=False)
+    if _overrides:          # parity --fastvideo KEY=VALUE: applied as FastVideo applies keyword arguments
+        args = FastVideoArgs.from_kwargs(model_path=str(converted), pipeline_config=pc, text_encoder_cpu_offload=False,
+                                         dit_cpu_offload=False, vae_cpu_offload=False,
+                                         image_encoder_cpu_offload=False, **_overrides)
     point_fastvideo_at(device)
     return args
 
@@ -328,3 +332,46 @@ def run(model, inp, dtype, device, *, kv_cache: dict | None = None, **overrides)
         out = model(a.pop("hidden_states").to(dtype), a.pop("encoder_hidden_states").to(dtype),
                     a.pop("timestep").float(), **a)
     return out if isinstance(out, tuple) else (out, None)
+
+
+# ---------------------------------------------------------------------------
+# parity --fastvideo KEY=VALUE: FastVideo fields for every run of FastVideo.
+# ---------------------------------------------------------------------------
+
+_overrides: dict = {}
+_built: list[dict] = []
+
+
+def set_overrides(kwargs: dict) -> None:
+    """``parity --fastvideo``: while set, ``fastvideo_args`` builds FastVideoArgs with
+    ``FastVideoArgs.from_kwargs`` and these fields (FastVideoArgs and its PipelineConfig, as
+    FastVideo takes keyword arguments), and the DiT sides load the native model through
+    FastVideo's own ``TransformerLoader`` (``load_native_via_fastvideo``); what was built is
+    kept for the report (``built_objects``). ``{}`` clears them."""
+    global _overrides
+    _overrides = dict(kwargs)
+    if not kwargs:
+        _built.clear()
+
+
+def active_overrides() -> dict:
+    return dict(_overrides)
+
+
+def built_objects() -> list[dict]:
+    """What FastVideo built under the overrides (one entry per model)."""
+    return list(_built)
+
+
+def record_built(what: str, info: dict) -> None:
+    _built.append({"what": what, **info})
+
+
+def load_native_via_fastvideo(converted, *, dtype, device):
+    """The native DiT as FastVideo's ``TransformerLoader`` builds it from CONVERTED's transformer/
+    with the active overrides (its precision, offload, FSDP, compile, quantisation and
+    attention-backend handling), instead of ``build_native_model`` + ``load_state``."""
+    args = fastvideo_args(converted, dtype=dtype, device=device)
+    from fastvideo.models.loader.component_loader import TransformerLoader
+    model = TransformerLoader().load(str(transformer_dir(converted)), args)
+    return model.eval()

@@ -14,3 +14,4 @@ def register_parity(cli) -> None:
     cli.add_command(parity.parity_cmd)
     cli.add_command(parity.golden_check_cmd)
     cli.add_command(gate.gate_cmd)
+    cli.add_command(__import__(f"{__name__}.features", fromlist=["features_cmd"]).features_cmd)

@@ -1,0 +1,53 @@
+"""The ``features`` command: FastVideo's own runtime features, one row per feature and
+setting, each a FastVideo run judged against the same run without it (parity/features.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .parity import DTYPES
+
+
+@click.command("features")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("converted", type=click.Path(path_type=Path))
+@click.option("--case", "case_path", type=click.Path(path_type=Path), default=None,
+              help="A pipeline case (golden/tiny-bundle/cases/pipeline_t2v.safetensors); run shortened to "
+                   "2 steps and 5 frames. Default: generated pipeline settings.")
+@click.option("--only", multiple=True, help="Run only this feature (FastVideo's field or method name, or "
+                                            "NAME=SETTING); repeatable.")
+@click.option("--fastvideo", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="A FastVideoArgs / PipelineConfig / SamplingParam field applied to every run, baselines "
+                   "included; repeatable.")
+@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True,
+              help="Every component's precision in the baseline (dit_precision, vae_precision, "
+                   "text_encoder_precisions).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N")
+@click.option("--tolerances", type=click.Path(path_type=Path), default=None, help="Tolerance policy file.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Write report.json, report.md and report.html here.")
+@click.option("--quiet", is_flag=True)
+def features_cmd(source, converted, case_path, only, overrides, dtype, device, tolerances, report_dir, quiet):
+    """The FastVideo feature matrix: every offload flag, FSDP, both compile paths, attention
+    backends, transformer_quant, enable_teacache, VAE tiling, the precision fields and LoRA
+    through FastVideo's own loading, each run through build_pipeline on CONVERTED (a whole
+    model folder) and judged against the same run without it and against the reference
+    (SOURCE). Exit 0 when the matrix ran (verdicts are findings), 2 on bad input."""
+    import torch
+    from rich.console import Console
+    from parity import features, render
+    from parity.policy import Policy
+    from reference.loading import parse_device
+    parse_device(device)
+    err = Console(stderr=True, highlight=False)
+    report = features.features_report(
+        source, converted, policy=Policy.load(tolerances), dtype=getattr(torch, DTYPES[dtype]), device=device,
+        case_path=case_path, only=tuple(only), overrides=features.parse_overrides(overrides),
+        progress=None if quiet else (lambda s: err.print(f"[dim]features: {s}[/dim]")))
+    written = render.write_reports(report, report_dir) if report_dir is not None else []
+    for line in render.features_lines(report):
+        err.print(line, markup=False)
+    if written:
+        err.print("reports: " + ", ".join(str(p) for p in written))
+    return 0

@@ -1,0 +1,871 @@
+"""The feature matrix (``longcat-convert features SOURCE CONVERTED``): FastVideo's own
+runtime features, each run through FastVideo's own entry point and compared with the
+same run without it.
+
+Every row is one FastVideo field (``FastVideoArgs``, its ``PipelineConfig`` or a
+``SamplingParam`` field) or LoRA method (``set_lora_adapter``, ``unmerge_lora_weights``)
+at one setting. The native side is ``fastvideo.pipelines.build_pipeline`` on
+CONVERTED (a whole model folder), built from ``FastVideoArgs.from_kwargs`` the
+way FastVideo's own ``VideoGenerator`` builds it, and run by ``pipeline.forward``
+on the tiny bundle's pipeline case. Each run records:
+
+- its rows (text embeddings, schedule, every DiT call and scheduler step, the
+  decoded video, the frames; parity/capture.py ``LoopObserver``),
+- what FastVideo actually built (``inspect``): each module's parameter dtypes
+  and devices, the attention backend of every attention layer (and how many
+  calls each ran), the wrappers installed (``torch.compile``'s OptimizedModule,
+  FSDP, layerwise-offload hooks, LoRA layers, quantised linears), where the
+  weights sat during the first DiT call,
+- its wall time and peak resident memory above the start of the run.
+
+Verdicts (the one judge, ``parity.judge.judge``, and the policy decide):
+``exact`` (every row bit for bit, the built objects differ), ``no_op`` (rows bit
+for bit and nothing in the built objects differs), ``within_tolerance``,
+``diverges`` (first divergent row and its size), ``unsupported`` (FastVideo
+refused it; its message), ``crashes`` (where, one line), ``not_run`` (why).
+The baseline is the same FastVideo run without the feature at the same
+precision; each row also carries its verdict against the reference (the
+original pipeline, reference/, on SOURCE), beside the baseline's own.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from longcat_convert.errors import BadInput
+
+from . import native as nat
+from . import report as R
+from .judge import judge
+
+VERDICTS = ("exact", "within_tolerance", "no_op", "unsupported", "crashes", "diverges", "not_run")
+
+# The tool's CPU configuration (parity/native.py fastvideo_args): FastVideo's offload
+# defaults are all on; on a CPU some of them need CUDA (rows below say which).
+CPU_BASE = dict(dit_cpu_offload=False, text_encoder_cpu_offload=False, vae_cpu_offload=False,
+                image_encoder_cpu_offload=False, dit_layerwise_offload=False, pin_cpu_memory=False)
+
+
+# --------------------------------------------------------------------------- KEY=VALUE
+
+def parse_value(text: str):
+    """``true``/``false``/``none``/ints/floats/JSON lists, else the string."""
+    import json
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    if text.strip()[:1] in "[{":
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text
+
+
+def field_owner(key: str) -> str:
+    """Which of FastVideo's dataclasses declares ``key``: 'args' (FastVideoArgs),
+    'pipeline' (its PipelineConfig, applied by FastVideoArgs.from_kwargs) or
+    'sampling' (SamplingParam); BadInput when none does (FastVideo would drop it silently)."""
+    nat.ensure_runtime()
+    from fastvideo.api.sampling_param import SamplingParam
+    from fastvideo.configs.pipelines.base import PipelineConfig
+    from fastvideo.fastvideo_args import FastVideoArgs
+    for owner, cls in (("args", FastVideoArgs), ("pipeline", PipelineConfig), ("sampling", SamplingParam)):
+        if key in {f.name for f in dataclasses.fields(cls)}:
+            return owner
+    raise BadInput(f"--fastvideo {key}=...: not a field of FastVideoArgs, its PipelineConfig or SamplingParam "
+                   "(FastVideoArgs.from_kwargs would drop it without a word)")
+
+
+def parse_overrides(specs) -> dict:
+    """``KEY=VALUE`` strings -> {key: value}, every key checked against FastVideo's fields."""
+    out = {}
+    for spec in specs or ():
+        key, eq, val = spec.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise BadInput(f"--fastvideo {spec!r}: expected KEY=VALUE")
+        field_owner(key)
+        out[key] = parse_value(val)
+    return out
+
+
+def split_overrides(overrides: dict) -> tuple[dict, dict]:
+    """(FastVideoArgs.from_kwargs keywords, SamplingParam fields)."""
+    kw, sp = {}, {}
+    for k, v in overrides.items():
+        (sp if field_owner(k) == "sampling" else kw)[k] = v
+    return kw, sp
+
+
+# --------------------------------------------------------------------------- one FastVideo run
+
+@dataclass
+class Run:
+    rows: dict = field(default_factory=dict)
+    built: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+    peak_mib: float | None = None
+    error: dict | None = None        # {"phase", "type", "message", "where"}
+    warnings: list[str] = field(default_factory=list)
+    pipe: object = None
+    built_extra: dict = field(default_factory=dict)     # evidence a ``before`` step adds
+
+
+class PeakRSS:
+    """Peak resident memory above the start, sampled every 2 ms from /proc/self/statm."""
+
+    def __init__(self):
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * self.page
+        except OSError:
+            return 0
+
+    def _loop(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def mib(self) -> float:
+        return round((self.peak - self.start) / 2 ** 20, 1)
+
+
+def where(exc: BaseException) -> str:
+    """file:line function of the innermost frame in fastvideo (else the innermost)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    fv = [f for f in tb if "fastvideo" in f.filename] or tb
+    if not fv:
+        return "?"
+    f = fv[-1]
+    fn = f.filename.split("site-packages/")[-1]
+    return f"{fn}:{f.lineno} {f.name}"
+
+
+def _error(phase: str, e: BaseException) -> dict:
+    msg = " ".join(str(e).split())
+    return {"phase": phase, "type": type(e).__name__, "message": msg[:400], "where": where(e)}
+
+
+def build_args(converted: Path, kwargs: dict, *, dtype, device):
+    """FastVideoArgs as FastVideo's ``VideoGenerator`` builds them (``FastVideoArgs.from_kwargs``),
+    from the tool's CPU base (every precision ``dtype``, offloads off) updated by ``kwargs``."""
+    nat.fastvideo_args(converted, dtype=dtype, device=device)    # FastVideo's runtime, the device adjustment
+    from fastvideo.fastvideo_args import FastVideoArgs
+    from .policy import dtype_name
+    prec = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype_name(dtype)]
+    base = dict(model_path=str(converted), dit_precision=prec, vae_precision=prec, text_encoder_precisions=(prec,),
+                **CPU_BASE)
+    base.update(kwargs)
+    return FastVideoArgs.from_kwargs(**base)
+
+
+class _LogTap:
+    """FastVideo's warnings during a run (logger ``fastvideo``), for the row's message."""
+
+    def __init__(self):
+        import logging
+        self.lines: list[str] = []
+        tap = self
+
+        class H(logging.Handler):
+            def emit(self, record):
+                if record.levelno >= logging.WARNING:
+                    tap.lines.append(" ".join(record.getMessage().split())[:300])
+        self.h = H()
+
+    def __enter__(self):
+        import logging
+        logging.getLogger("fastvideo").addHandler(self.h)
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+        logging.getLogger("fastvideo").removeHandler(self.h)
+
+
+def run_fastvideo(converted: Path, meta: dict, *, kwargs: dict | None = None, sampling: dict | None = None,
+                  dtype=torch.float32, device="cpu", sigmas: str = "original",
+                  before: Callable | None = None, keep_pipe: bool = False) -> Run:
+    """One FastVideo run: FastVideoArgs.from_kwargs(...) -> build_pipeline -> (``before(pipe)``)
+    -> pipeline.forward on the case's SamplingParam. Exceptions become ``Run.error``
+    (phase ``args``, ``build``, ``before`` or ``forward``)."""
+    from .capture import LoopObserver
+    from .pipeline import forward_batch, sampling_param
+    run = Run()
+    phase = "args"
+    t0 = time.perf_counter()
+    with PeakRSS() as mem, _LogTap() as tap:
+        try:
+            args = build_args(converted, dict(kwargs or {}), dtype=dtype, device=device)
+            phase = "build"
+            from fastvideo.pipelines import build_pipeline
+            with contextlib.redirect_stderr(io.StringIO()):
+                pipe = build_pipeline(args)
+                pipe.post_init()
+            run.pipe = pipe
+            if before is not None:
+                phase = "before"
+                before(pipe, run)
+            phase = "forward"
+            transformer, scheduler, vae = (pipe.modules["transformer"], pipe.modules["scheduler"],
+                                           pipe.modules["vae"])
+            # No recording hooks inside regions FastVideo compiles (Dynamo would trace them).
+            compiling = any(k.endswith("torch_compile") and v for k, v in (kwargs or {}).items())
+            calls, handles = ({}, []) if compiling else _count_attention(transformer)
+            placement = {}
+
+            def first_call(_m, _a, _kw):
+                if not placement:
+                    placement.update(_placement(pipe))
+            h = transformer.register_forward_pre_hook(first_call, with_kwargs=True)
+            obs = LoopObserver(transformer, scheduler, device)
+            sp = sampling_param(meta, sigmas)
+            for k, v in (sampling or {}).items():
+                setattr(sp, k, v)
+            try:
+                with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+                    out = pipe.forward(forward_batch(sp, args), args)
+            finally:
+                obs.close()
+                h.remove()
+                for hh in handles:
+                    hh.remove()
+            run.rows = dict(obs.rows)
+            run.rows["output.frames"] = out.output.detach().float().cpu().clone()
+            run.built = inspect(pipe)
+            run.built["attention_calls"] = calls
+            run.built["weights_during_step"] = placement
+        except Exception as e:        # noqa: BLE001 -- every failure is a verdict
+            run.error = _error(phase, e)
+            if run.pipe is not None and not run.built:
+                with contextlib.suppress(Exception):
+                    run.built = inspect(run.pipe)
+    run.wall_s = round(time.perf_counter() - t0, 2)
+    run.peak_mib = mem.mib
+    run.warnings = list(dict.fromkeys(tap.lines))
+    if not keep_pipe:
+        run.pipe = None
+    return run
+
+
+def _count_attention(model) -> tuple[dict, list]:
+    """Calls per attention backend class, counted by forward hooks on FastVideo's attention layers."""
+    calls: dict = {}
+    handles: list = []
+    for _name, m in model.named_modules():
+        impl = getattr(m, "attn_impl", None)
+        if impl is None:
+            continue
+        key = type(impl).__name__
+
+        def hook(_m, _a, _o, key=key):
+            calls[key] = calls.get(key, 0) + 1
+        handles.append(m.register_forward_hook(hook))
+    return calls, handles
+
+
+def _placement(pipe) -> dict:
+    out = {}
+    for name in ("transformer", "text_encoder", "vae"):
+        m = pipe.modules.get(name)
+        if isinstance(m, torch.nn.Module):
+            out[name] = sorted({str(p.device) for p in m.parameters()})
+    return out
+
+
+def inspect(pipe) -> dict:
+    """What FastVideo built, read from the objects: per module parameter dtypes and
+    devices, attention backends, installed wrappers."""
+    built: dict = {"pipeline": type(pipe).__name__, "modules": {}}
+    for name in ("transformer", "text_encoder", "vae"):
+        m = pipe.modules.get(name)
+        if not isinstance(m, torch.nn.Module):
+            continue
+        info: dict = {"class": type(m).__name__}
+        dts: dict = {}
+        for p in m.parameters():
+            d = str(p.dtype).replace("torch.", "")
+            dts[d] = dts.get(d, 0) + p.numel()
+        info["param_dtypes"] = dts
+        info["param_devices"] = sorted({str(p.device) for p in m.parameters()})
+        info["pinned"] = any(p.device.type == "cpu" and p.is_pinned() for p in m.parameters()) \
+            if torch.cuda.is_available() else False
+        info["wrappers"] = _wrappers(m)
+        if name == "transformer":
+            backends = {}
+            for mn, sub in m.named_modules():
+                impl = getattr(sub, "attn_impl", None)
+                if impl is not None:
+                    kind = f"{type(sub).__name__}:{type(impl).__name__}"
+                    backends[kind] = backends.get(kind, 0) + 1
+            info["attention_layers"] = backends
+        built["modules"][name] = info
+    lora = _lora_state(pipe)
+    if lora:
+        built["lora"] = lora
+    return built
+
+
+def inspect_module(m: torch.nn.Module) -> dict:
+    """One built module: class, parameter dtypes and devices, attention layers, wrappers."""
+    dts: dict = {}
+    for p in m.parameters():
+        d = str(p.dtype).replace("torch.", "")
+        dts[d] = dts.get(d, 0) + p.numel()
+    backends: dict = {}
+    for _mn, sub in m.named_modules():
+        impl = getattr(sub, "attn_impl", None)
+        if impl is not None:
+            kind = f"{type(sub).__name__}:{type(impl).__name__}"
+            backends[kind] = backends.get(kind, 0) + 1
+    return {"class": type(m).__name__, "param_dtypes": dts, "param_devices": sorted({str(p.device) for p in
+                                                                                     m.parameters()}),
+            "attention_layers": backends, "wrappers": _wrappers(m)}
+
+
+def _wrappers(m: torch.nn.Module) -> dict:
+    w: dict = {}
+    if type(m).__name__ == "OptimizedModule" or hasattr(m, "_orig_mod"):
+        w["torch.compile"] = "OptimizedModule"
+    compiled = sum(1 for s in m.modules() if getattr(s, "_compiled_call_impl", None) is not None
+                   or hasattr(s.__dict__.get("forward"), "_torchdynamo_orig_callable")
+                   or type(s.__dict__.get("forward")).__name__ in ("OptimizedModule", "_TorchDynamoContext"))
+    if compiled:
+        w["compiled_submodules"] = compiled
+    with contextlib.suppress(Exception):
+        from torch.distributed.fsdp import FSDPModule
+        n = sum(1 for s in m.modules() if isinstance(s, FSDPModule))
+        if n:
+            w["fsdp_modules"] = n
+    with contextlib.suppress(Exception):
+        from fastvideo.hooks.hooks import ModuleHookManager
+        names: dict = {}
+        for s in m.modules():
+            mgr = getattr(s, ModuleHookManager.module_hook_attribute, None)
+            if mgr is not None:
+                for hn in list(getattr(mgr, "forward_hooks", {}) or {}):
+                    names[hn] = names.get(hn, 0) + 1
+        if names:
+            w["fastvideo_hooks"] = names
+    with contextlib.suppress(Exception):
+        from fastvideo.layers.lora.linear import BaseLayerWithLoRA
+        n = sum(1 for s in m.modules() if isinstance(s, BaseLayerWithLoRA))
+        if n:
+            w["lora_layers"] = n
+    quant = {}
+    for s in m.modules():
+        qm = getattr(s, "quant_method", None)
+        if qm is not None and type(qm).__name__ != "UnquantizedLinearMethod":
+            quant[type(qm).__name__] = quant.get(type(qm).__name__, 0) + 1
+    if quant:
+        w["quant_methods"] = quant
+    return w
+
+
+def _lora_state(pipe) -> dict:
+    layers = getattr(pipe, "lora_layers", None) or {}
+    if not layers and not getattr(pipe, "lora_adapters", None):
+        return {}
+    names = []
+    for _t, ll in layers.items():
+        names += [n for n, _ in ll.all_lora_layers()]
+    out = {"lora_layers": len(names)}
+    cur = getattr(pipe, "cur_adapter_name", "")
+    adapter = (getattr(pipe, "lora_adapters", {}) or {}).get(cur, {})
+    if adapter:
+        targets = sorted({k.rsplit(".", 1)[0] for k in adapter if k.endswith((".lora_A", ".lora_B"))})
+        reached = [t for t in targets if t in names]
+        out.update(adapter=cur, targets_present=len(targets), targets_reached=len(reached),
+                   targets_skipped=sorted(set(targets) - set(reached))[:8],
+                   n_skipped=len(set(targets) - set(reached)),
+                   layers_without_adapter=len(set(names) - set(targets)))
+    return out
+
+
+# --------------------------------------------------------------------------- the matrix
+
+CUDA_FSDP = ("needs CUDA: FastVideo's FSDP path (models/loader/fsdp_load.py maybe_load_fsdp_model / shard_model) "
+             "builds its device mesh with init_device_mesh(\"cuda\", ...)")
+CUDA_AUTOCAST = ("needs CUDA: the LongCat stages run the model under torch.autocast(device_type=\"cuda\", ...) "
+                 "(pipelines/stages/longcat_denoising.py LongCatDenoisingStage.forward, decoding.py "
+                 "DecodingStage.decode), which is inactive on a CPU, so the low-precision module meets float32 inputs")
+CPU_ATTENTION = ("needs CUDA: FastVideo 0.2.1's CpuPlatform defines no get_attn_backend_cls (the tool's one CPU "
+                 "adjustment, parity/native.py ensure_runtime, answers SDPA for every request, so a CPU run would "
+                 "only measure SDPA); {name} resolves in CudaPlatform.get_attn_backend_cls (platforms/cuda.py)")
+
+
+@dataclass
+class Feature:
+    feature: str                     # FastVideo's own field or method name
+    setting: str
+    kwargs: dict = field(default_factory=dict)       # FastVideoArgs.from_kwargs keywords
+    sampling: dict = field(default_factory=dict)     # SamplingParam fields
+    before: Callable | None = None   # (pipe, run) -> None: FastVideo methods called on the built pipeline
+    baseline: str = "plain"          # plain | lora:<strength> | lora_b
+    cpu_needs: str | None = None     # why a failure on a CPU is not_run (the run is still tried)
+    skip_on_cpu: str | None = None   # not tried on a CPU at all (why)
+    note: str = ""
+
+
+def lora_files(converted: Path, source: Path) -> tuple[Path | None, Path | None]:
+    """(the converted FastVideo-format LoRA, the original-format one) of the tiny bundle, if present."""
+    conv = sorted((Path(converted) / "lora").glob("*/*.safetensors")) + sorted((Path(converted) / "lora").glob(
+        "*.safetensors"))
+    orig = sorted((Path(source) / "lora").glob("*.safetensors"))
+    return (conv[0] if conv else None), (orig[0] if orig else None)
+
+
+def lora_format(path: Path) -> str:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+    if keys and all(k.endswith((".lora_A.weight", ".lora_B.weight", ".lora_alpha")) for k in keys):
+        return "fastvideo"
+    return "original"
+
+
+def write_scaled_lora(src: Path, dst: Path, factor: float = 2.0) -> Path:
+    """A second adapter for switching: the same A, B times ``factor`` (FastVideo format)."""
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(src))
+    save_file({k: (v * factor if k.endswith(".lora_B.weight") else v) for k, v in sd.items()}, str(dst))
+    return dst
+
+
+def unmerge_evidence(pipe, converted: Path, dtype) -> dict:
+    """After unmerge_lora_weights: every LoRA layer's base weight against the checkpoint, bit for bit."""
+    from longcat_convert.shards import ShardedReader
+    from fastvideo.layers.lora.linear import BaseLayerWithLoRA
+    reader = ShardedReader(nat.transformer_dir(converted))
+    keys = set(reader.keys())
+    same = total = 0
+    bad = []
+    for name, m in pipe.modules["transformer"].named_modules():
+        if isinstance(m, BaseLayerWithLoRA) and not m.disable_lora and f"{name}.weight" in keys:
+            total += 1
+            w = reader.get(f"{name}.weight").to(m.base_layer.weight.dtype)
+            if torch.equal(m.base_layer.weight.detach().cpu(), w):
+                same += 1
+            else:
+                bad.append(name)
+    active = sum(1 for _n, m in pipe.modules["transformer"].named_modules()
+                 if isinstance(m, BaseLayerWithLoRA) and not m.merged and not m.disable_lora)
+    return {"weights_restored": f"{same}/{total} bit for bit", "not_restored": bad[:6],
+            "layers_applying_lora_unmerged": active}
+
+
+SECOND_LORA = "doubled_lora.safetensors"
+
+
+def delta_evidence(pipe, converted: Path, adapter: Path, strength: float) -> dict:
+    """How much of one adapter the transformer's weights hold: per adapted layer the projection
+    c = <W - W0, E> / <E, E> of the weight change on the adapter's delta E (strength *
+    int(alpha) / rank * B @ A, what FastVideo's merge adds); 1.0 = exactly that adapter merged."""
+    from safetensors.torch import load_file
+    from longcat_convert.shards import ShardedReader
+    from fastvideo.layers.lora.linear import BaseLayerWithLoRA
+    reader = ShardedReader(nat.transformer_dir(converted))
+    sd = load_file(str(adapter))
+    cs = []
+    for name, m in pipe.modules["transformer"].named_modules():
+        if not isinstance(m, BaseLayerWithLoRA) or f"{name}.lora_A.weight" not in sd:
+            continue
+        A, B = sd[f"{name}.lora_A.weight"].double(), sd[f"{name}.lora_B.weight"].double()
+        alpha = sd.get(f"{name}.lora_alpha")
+        scale = (int(float(alpha)) / A.shape[0]) if alpha is not None else 1.0
+        E = strength * scale * (B @ A)
+        dW = m.base_layer.weight.detach().double().cpu() - reader.get(f"{name}.weight").double()
+        if float(E.square().sum()) > 0:
+            cs.append(float((dW * E).sum() / E.square().sum()))
+    cs.sort()
+    return {"merged_over_expected": round(cs[len(cs) // 2], 4) if cs else None, "adapted_layers": len(cs)}
+
+
+def matrix(converted: Path, source: Path, tmp: Path, *, device: str = "cpu") -> list[Feature]:
+    """The features and settings the command runs (what LongCat declares and one it does not)."""
+    conv_lora, orig_lora = lora_files(converted, source)
+    rows = [
+        Feature("dit_cpu_offload", "True"),
+        Feature("dit_layerwise_offload", "True"),
+        Feature("text_encoder_cpu_offload", "True", cpu_needs=CUDA_FSDP),
+        Feature("vae_cpu_offload", "True"),
+        Feature("image_encoder_cpu_offload", "True"),
+        Feature("pin_cpu_memory", "True"),
+        Feature("FastVideo defaults", "all five offload flags and pin_cpu_memory on",
+                kwargs=dict(dit_cpu_offload=True, dit_layerwise_offload=True, text_encoder_cpu_offload=True,
+                            vae_cpu_offload=True, image_encoder_cpu_offload=True, pin_cpu_memory=True),
+                cpu_needs=CUDA_FSDP),
+        Feature("use_fsdp_inference", "True", cpu_needs=CUDA_FSDP),
+        Feature("enable_torch_compile", "True"),
+        Feature("inference_torch_compile", "True"),
+        Feature("attention_backend", "TORCH_SDPA"),
+        Feature("attention_backend", "FLASH_ATTN", skip_on_cpu=CPU_ATTENTION.format(name="FLASH_ATTN")),
+        Feature("attention_backend", "SAGE_ATTN", note="not among the backends LongCat's layers declare"),
+        Feature("attention_backend", "NO_SUCH_BACKEND"),
+        Feature("transformer_quant", "FP8"),
+        Feature("transformer_quant", "NVFP4"),
+        Feature("enable_teacache", "True", sampling=dict(enable_teacache=True)),
+        Feature("vae_tiling", "True"),
+        Feature("dit_precision", "bf16", cpu_needs=CUDA_AUTOCAST),
+        Feature("text_encoder_precisions", "('bf16',)", kwargs=dict(text_encoder_precisions=("bf16",)),
+                cpu_needs=CUDA_AUTOCAST),
+        Feature("vae_precision", "bf16", cpu_needs=CUDA_AUTOCAST),
+    ]
+    for f in rows:
+        if not f.kwargs and not f.sampling and f.feature != "FastVideo defaults":
+            f.kwargs = {f.feature: parse_value(f.setting)}
+    if conv_lora is not None:
+        neg = write_scaled_lora(conv_lora, tmp / SECOND_LORA)
+
+        def switch_to_b(pipe, run):
+            pipe.set_lora_adapter("doubled", str(neg), strength=1.0)
+            run.built_extra = {"weights_hold_the_doubled_adapter_times": delta_evidence(pipe, converted, neg, 1.0)[
+                "merged_over_expected"]}
+
+        def switch_back(pipe, run):
+            pipe.set_lora_adapter("doubled", str(neg), strength=1.0)
+            pipe.set_lora_adapter("default")
+            run.built_extra = {"weights_hold_the_first_adapter_times": delta_evidence(pipe, converted, conv_lora, 1.0)[
+                "merged_over_expected"]}
+
+        def unmerge(pipe, run):
+            pipe.unmerge_lora_weights()
+            run.built_extra = unmerge_evidence(pipe, converted, next(pipe.modules["transformer"].parameters()).dtype)
+            run.built_extra["weights_still_hold_the_adapter_times"] = delta_evidence(pipe, converted, conv_lora, 1.0)[
+                "merged_over_expected"]
+        a = str(conv_lora)
+        rows += [
+            Feature("lora_path", f"converted {conv_lora.parent.name}, lora_strength 1.0", kwargs=dict(lora_path=a),
+                    baseline="lora:1.0"),
+            Feature("lora_strength", "0.5 (with lora_path)", kwargs=dict(lora_path=a, lora_strength=0.5),
+                    baseline="lora:0.5"),
+            Feature("set_lora_adapter", "switch to a second adapter (B doubled)", kwargs=dict(lora_path=a), before=switch_to_b,
+                    baseline="lora_b"),
+            Feature("set_lora_adapter", "switch to a second adapter and back", kwargs=dict(lora_path=a),
+                    before=switch_back, baseline="lora:1.0"),
+            Feature("unmerge_lora_weights", "after lora_path", kwargs=dict(lora_path=a), before=unmerge),
+        ]
+    if orig_lora is not None:
+        rows.append(Feature("lora_path", f"unconverted original-format {orig_lora.name}",
+                            kwargs=dict(lora_path=str(orig_lora))))
+    return rows
+
+
+# --------------------------------------------------------------------------- verdicts
+
+def _bit_equal(a: dict, b: dict) -> bool:
+    return set(a) == set(b) and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def compare(candidate: dict, reference: dict, *, policy, dtype, device, names) -> dict:
+    """The one judge on two row sets (their common rows) -> a summary: verdict among exact /
+    within_tolerance / diverges, the first divergent row and its size, the frames' rel L2."""
+    common = [k for k in candidate if k in reference]
+    scratch = R.start("features", "scratch", mode=None, policy=policy, dtype=dtype, device=device)
+    judge(scratch, None, {k: candidate[k] for k in common}, {k: reference[k] for k in common}, policy=policy,
+          dtype=dtype, device=device, names=names, rows=common)
+    first = next((r for r in scratch["layers"] if not r["passed"]), None)
+    frames = next((r for r in scratch["layers"] if r["name"] == "output.frames"), {})
+    exact = bool(common) and all(torch.equal(candidate[k], reference[k]) for k in common
+                                 if candidate[k].shape == reference[k].shape)
+    out = {"verdict": "exact" if exact and first is None else ("within_tolerance" if first is None else "diverges"),
+           "rows": len(common), "frames_rel_l2": frames.get("rel_l2"), "frames_max_abs": frames.get("max_abs")}
+    if first is not None:
+        out.update(first_divergent=first["name"], rel_l2=first.get("rel_l2"), max_abs=first.get("max_abs"),
+                   failures=first["failures"][:2])
+    return out
+
+
+def _built_view(run: Run, other: Run) -> dict:
+    """The built objects as compared: attention calls only where both runs counted them (none are
+    counted inside regions FastVideo compiles)."""
+    view = dict(run.built)
+    if not run.built.get("attention_calls") or not other.built.get("attention_calls"):
+        view.pop("attention_calls", None)
+    return view
+
+
+def _diff(a, b, path="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    return [] if a == b else [f"{path}: {b!r} -> {a!r}"]
+
+
+def is_refusal(err: dict) -> bool:
+    """FastVideo refused the setting (argument validation, an explicit raise naming it)
+    rather than failing somewhere in a run."""
+    return err["phase"] == "args" or err["type"] == "NotImplementedError"
+
+
+def decide(f: Feature, run: Run, base: Run, *, policy, dtype, device) -> dict:
+    """A row's verdict against its baseline run, with the evidence."""
+    row = {"feature": f.feature, "setting": f.setting, "baseline": base_label(f.baseline),
+           "wall_s": run.wall_s, "peak_mib": run.peak_mib, "baseline_wall_s": base.wall_s,
+           "baseline_peak_mib": base.peak_mib, "fastvideo_warnings": run.warnings[:4]}
+    if run.error:
+        e = run.error
+        line = f"{e['type']}: {e['message']} (at {e['where']}, {e['phase']})"
+        if f.cpu_needs and str(device).startswith("cpu"):
+            row.update(verdict="not_run", message=f"{f.cpu_needs}; on this CPU it fails: {line}", error=e)
+        elif is_refusal(e):
+            row.update(verdict="unsupported", message=f"FastVideo refuses it: {e['type']}: {e['message']}", error=e)
+        else:
+            row.update(verdict="crashes", message=line, error=e)
+        return row
+    if base.error:
+        row.update(verdict="not_run", message=f"its baseline did not run: {base.error['message']}")
+        return row
+    cmp = compare(run.rows, base.rows, policy=policy, dtype=dtype, device=device,
+                  names=(f"{f.feature}={f.setting}", row["baseline"]))
+    changed = _diff(_built_view(run, base), _built_view(base, run))
+    verdict = cmp["verdict"]
+    lora = run.built.get("lora") or {}
+    inert_lora = bool(lora) and lora.get("targets_reached") == 0     # wrappers installed, none applies
+    if verdict == "exact" and f.baseline == "plain" and (not changed or inert_lora):
+        verdict = "no_op"
+    row.update(verdict=verdict, against_baseline=cmp, built=run.built, built_changes=changed[:12])
+    if run.built_extra:
+        row["evidence"] = run.built_extra
+    if lora:
+        row["lora_targets"] = {k: lora.get(k) for k in ("targets_present", "targets_reached", "n_skipped")}
+    keys = sorted({c.split(":")[0] for c in changed})
+    if verdict == "no_op" and inert_lora:
+        row["message"] = (f"accepted; every row bit for bit: LoRA layers installed ({lora.get('lora_layers')}) but "
+                          "none applies an adapter")
+    elif verdict == "no_op":
+        row["message"] = "accepted; the built objects and every row are the same as without it"
+    elif verdict == "exact":
+        row["message"] = "every row bit for bit; built objects differ in " + ", ".join(keys[:4])
+    elif verdict == "diverges":
+        row["message"] = (f"first divergent {cmp['first_divergent']} (rel L2 {_g(cmp.get('rel_l2'))}, max abs "
+                          f"{_g(cmp.get('max_abs'))}); frames rel L2 {_g(cmp['frames_rel_l2'])}")
+    else:
+        row["message"] = f"within the policy; frames rel L2 {_g(cmp['frames_rel_l2'])}"
+    if keys and verdict != "exact":
+        row["message"] += "; built objects differ in " + ", ".join(keys[:4])
+    if run.built_extra:
+        row["message"] += "; " + ", ".join(f"{k} {v}" for k, v in run.built_extra.items() if v not in ([], None))
+    return row
+
+
+def _g(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def base_label(baseline: str) -> str:
+    if baseline == "plain":
+        return "FastVideo without the feature"
+    if baseline == "lora_b":
+        return "FastVideo with the second adapter merged by FastVideo's LoRA layer (parity/native.py apply_lora)"
+    return (f"FastVideo with the LoRA merged at strength {baseline.split(':')[1]} by FastVideo's LoRA layer "
+            "(parity/native.py apply_lora)")
+
+
+# --------------------------------------------------------------------------- the run
+
+MATRIX_STEPS, MATRIX_FRAMES = 2, 5      # the bundled pipeline case, shortened (CI budget)
+
+
+def matrix_case(case):
+    """The tiny bundle's pipeline case with 2 steps and 5 frames (2 latent frames); CFG kept."""
+    meta = dict(case.meta, steps=MATRIX_STEPS, num_inference_steps=MATRIX_STEPS, num_frames=MATRIX_FRAMES)
+    return dataclasses.replace(case, meta=meta, golden={}, name=f"{case.name}-short")
+
+
+def features_report(source, converted, *, policy, dtype=torch.float32, device="cpu", case_path=None,
+                    only: tuple[str, ...] = (), overrides: dict | None = None, progress=None) -> dict:
+    """Run the matrix; one report with its ``features`` rows. ``only``: feature names to run.
+    ``overrides``: --fastvideo KEY=VALUE applied to every run, baselines included."""
+    import tempfile
+    from .cases import generated_component, load_component
+    from .components import converted_root
+    from .pipeline import run_reference_pipeline
+    from .policy import dtype_name
+    from longcat_convert.sources import resolve
+    src_root = resolve(str(source)).root
+    if src_root is None:
+        raise BadInput(f"{source}: the feature matrix needs the model folder (text_encoder/, vae/, ...), not a "
+                       "bare dit/ folder")
+    root = converted_root(converted)
+    base_case = load_component(Path(case_path)) if case_path else generated_component("pipeline", 42)
+    if base_case.component != "pipeline":
+        raise BadInput(f"{case_path}: a {base_case.component} case; the feature matrix runs a pipeline case")
+    case = matrix_case(base_case)
+    overrides = dict(overrides or {})
+    okw, osp = split_overrides(overrides)
+    report = R.start("features", f"FastVideo feature matrix ({dtype_name(dtype)}, {device})", mode="features",
+                     policy=policy, dtype=dtype, device=device, source=source, converted=converted,
+                     case=f"{case.name} ({MATRIX_STEPS} steps, {MATRIX_FRAMES} frames, "
+                          f"{case.meta['height']}x{case.meta['width']})",
+                     fastvideo_overrides=overrides or "none")
+    say = progress or (lambda *_: None)
+    t_all = time.perf_counter()
+
+    def run(f_kwargs=None, sampling=None, before=None, keep=False):
+        return run_fastvideo(root, case.meta, kwargs={**okw, **(f_kwargs or {})}, sampling={**osp, **(sampling or {})},
+                             dtype=dtype, device=device, before=before, keep_pipe=keep)
+    nat.ensure_runtime(device)          # FastVideo's import, outside every row's time
+    say("warm-up run (not timed)")
+    run()
+    say("baseline")
+    base = run()
+    if base.error:
+        raise BadInput(f"the baseline FastVideo run fails ({base.error['type']}: {base.error['message']} at "
+                       f"{base.error['where']}); nothing can be judged")
+    say("reference (original pipeline)")
+    ref_rows = run_reference_pipeline(src_root, case, torch.device(device))
+    ref_rows = {k: v for k, v in ref_rows.items() if k.startswith(("step.", "output.frames"))}
+    cmp_kw = dict(policy=policy, dtype=dtype, device=device)
+    base_vs_ref = compare(base.rows, ref_rows, names=("FastVideo baseline", "reference"), **cmp_kw)
+    report["features_baseline"] = {"wall_s": base.wall_s, "peak_mib": base.peak_mib, "built": base.built,
+                                   "against_reference": base_vs_ref,
+                                   "fastvideo_args": {**{k: v for k, v in CPU_BASE.items()}, **okw}}
+    rows = []
+    lora_bases: dict = {}
+    with tempfile.TemporaryDirectory(prefix="lcc-features-") as tmp:
+        feats = matrix(root, src_root, Path(tmp), device=device)
+        if only:
+            feats = [f for f in feats if f.feature in only or f"{f.feature}={f.setting}" in only]
+        for f in feats:
+            say(f"{f.feature} = {f.setting}")
+            if f.skip_on_cpu and not str(device).startswith("cuda"):
+                rows.append({"feature": f.feature, "setting": f.setting, "verdict": "not_run",
+                             "baseline": base_label(f.baseline), "message": f.skip_on_cpu})
+                continue
+            b = base
+            if f.baseline != "plain":
+                if f.baseline not in lora_bases:
+                    lora_bases[f.baseline] = _tool_lora_run(run, f, Path(tmp), root)
+                b = lora_bases[f.baseline]
+            r = run(f.kwargs, f.sampling, f.before)
+            row = decide(f, r, b, **cmp_kw)
+            if f.note:
+                row["note"] = f.note
+            if not r.error and r.rows:
+                vs = compare(r.rows, ref_rows, names=(f"{f.feature}={f.setting}", "reference"), **cmp_kw)
+                vs["same_as_baseline"] = (vs.get("first_divergent") == base_vs_ref.get("first_divergent")
+                                          and vs.get("rel_l2") == base_vs_ref.get("rel_l2"))
+                row["against_reference"] = vs
+            if f.feature == "lora_path" and "original-format" in f.setting:
+                row["message"] = _original_lora_message(row, r, f)
+            rows.append(row)
+    report["features"] = rows
+    report["features_wall_s"] = round(time.perf_counter() - t_all, 1)
+    report["notes"].append(FEATURES_NOTE)
+    R.finalize(report)
+    report["passed"] = True           # the matrix ran; verdicts are findings, not failures
+    report["cases"] = [{"case": "features", "passed": True, "first_divergent": None}]
+    return report
+
+
+FEATURES_NOTE = ("features: each row is one FastVideo run built by FastVideoArgs.from_kwargs -> build_pipeline on "
+                 "CONVERTED and run by pipeline.forward, judged against its baseline (the same run without the "
+                 "feature at the same precision, or the LoRA merged by FastVideo's LoRA layer code directly) and "
+                 "against the reference (the original pipeline on SOURCE, with the original's sigmas); verdicts: "
+                 "exact (bit for bit, the built objects differ), no_op (bit for bit and the same built objects), "
+                 "within_tolerance, diverges, unsupported (refused), crashes, not_run (why); wall time and peak RSS "
+                 "above the run's start beside the baseline's")
+
+
+def _tool_lora_run(run, f: Feature, tmp: Path, root: Path) -> Run:
+    """The baseline of a LoRA row: FastVideo without lora_path, the adapter merged into the built
+    transformer by FastVideo's LoRA layer code (parity/native.py apply_lora)."""
+    conv, _ = lora_files(root, root)
+    if f.baseline == "lora_b":
+        path, strength = tmp / SECOND_LORA, 1.0
+    else:
+        path, strength = conv, float(f.baseline.split(":")[1])
+
+    def merge(pipe, _run):
+        nat.apply_lora(pipe.modules["transformer"], path, strength)
+    return run(before=merge)
+
+
+def _original_lora_message(row: dict, r: Run, f: Feature) -> str:
+    lora = (r.built or {}).get("lora", {})
+    fmt = lora_format(Path(f.kwargs["lora_path"]))
+    head = (f"an unconverted original-format LoRA handed to FastVideo (keys are not FastVideo's "
+            f"'<module>.lora_A/.lora_B' format: {fmt}); ")
+    if r.error:
+        return head + row.get("message", "")
+    return head + (f"{lora.get('targets_present')} targets present, {lora.get('targets_reached')} reached, "
+                   f"{lora.get('n_skipped')} skipped with only a log warning ('LoRA key not loaded'); "
+                   + row.get("message", ""))
+
+
+# --------------------------------------------------------------------------- parity --fastvideo
+
+def begin_parity_overrides(specs, *, mode: str, component: str | None, sp) -> dict:
+    """``parity --fastvideo KEY=VALUE``: checked, then active for this run (always reset first,
+    so nothing carries over to the next command in the same process)."""
+    nat.set_overrides({})
+    overrides = parse_overrides(specs)
+    if not overrides:
+        return {}
+    kw, sampling = split_overrides(overrides)
+    if sampling:
+        raise BadInput(f"--fastvideo {next(iter(sampling))}=...: a SamplingParam field; parity builds its own "
+                       "inputs, so SamplingParam fields run in `longcat-convert features --fastvideo`")
+    if sp is not None:
+        raise BadInput("--fastvideo with --sp: the ranks build FastVideo's model themselves; run without --sp")
+    if mode == "blocks" and component is None:
+        raise BadInput("--fastvideo with --mode blocks: blocks mode streams one block at a time outside "
+                       "FastVideo's loader; use e2e, layer or sampling")
+    nat.set_overrides(kw)
+    return kw
+
+
+def end_parity_overrides(report: dict, overrides: dict) -> None:
+    """The report records the overrides and what FastVideo built with them; then they end."""
+    if overrides:
+        built = nat.built_objects()
+        report["fastvideo"] = {"overrides": overrides, "built": built}
+        report["environment"]["fastvideo_overrides"] = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        report["notes"].append(
+            "--fastvideo " + " ".join(f"{k}={v}" for k, v in overrides.items()) + ": applied through "
+            "FastVideoArgs.from_kwargs (FastVideoArgs and PipelineConfig fields); the DiT built by FastVideo's "
+            "TransformerLoader: " + ("; ".join(json_line(b) for b in built) if built else
+                                     "none in this mode (the pipeline's components are built by build_pipeline; "
+                                     "`longcat-convert features` records them)"))
+    nat.set_overrides({})
+
+
+def json_line(d: dict) -> str:
+    import json
+    return json.dumps(d, sort_keys=True, default=str)
