@@ -372,6 +372,29 @@ def _svg_plot(report: dict, metric: str, width=540, height=260) -> str:
     return "".join(parts)
 
 
+def _known_html(report: dict) -> str:
+    e = html.escape
+    out = []
+    for k in report.get("known_differences", []):
+        cases = ", ".join(f"{c['case']} at <code>{e(c['row'])}</code>" + (f" (rel L2 {_fmt(c['rel_l2'])})"
+                                                                          if c.get("rel_l2") is not None else "")
+                          for c in k["cases"])
+        items = [f"<li>why: {e(k['why'])}</li>", f"<li>FastVideo code: <code>{e(k['fastvideo_code'])}</code></li>"]
+        items += [f"<li>to isolate it: {e(k['isolate'])}</li>"] if k.get("isolate") else []
+        items += [f"<li>fix: {e(k['fix'])}</li>"] if k.get("fix") else []
+        out.append(f"<div class='known'><b>Known difference <code>{e(k['id'])}</code></b>: {e(k['title'])}."
+                   + (f" Cases: {cases}." if cases else "") + f"<ul>{''.join(items)}</ul></div>")
+    if report.get("unexplained"):
+        out.append(f"<div class='known unexplained'><b>Not a known difference</b>: case(s) "
+                   f"{e(', '.join(map(str, report['unexplained'])))} failed where no entry of the catalogue "
+                   f"({e(str(report.get('known_catalogue')))}) applies.</div>")
+    exp = report.get("expected")
+    if exp:
+        out.append(f"<div class='known'><b>--expect {e(' '.join(exp['ids']))}</b>: "
+                   f"{'PASSED' if exp['passed'] else 'FAILED'}, {e(exp['message'])}.</div>")
+    return "".join(out)
+
+
 def to_html(report: dict) -> str:
     status = "PASSED" if report["passed"] else "FAILED"
     color = "#2ca02c" if report["passed"] else "#d62728"
@@ -387,7 +410,7 @@ def to_html(report: dict) -> str:
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     env = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                   for k, v in report["environment"].items())
-    notes = "".join(f"<p class='known'>{html.escape(x)}</p>" for x in _known_markdown(report) if x)
+    notes = _known_html(report)
     notes += "".join(f"<p class='note'>{html.escape(n)}</p>" for n in report.get("notes", []))
     f_head, f_body = features_table(report)
     if f_body:
@@ -402,7 +425,7 @@ def to_html(report: dict) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(report['title'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ddd;padding:2px 6px;text-align:right}}td:nth-child(-n+3){{text-align:left}}
-tr.fail td{{background:#fde0e0}}.plots{{display:flex;flex-wrap:wrap;gap:8px}}.status{{color:{color}}}.note{{background:#fff6d5;padding:4px}}.known{{background:#e8f0fe;padding:4px;margin:2px 0}}</style></head><body>
+tr.fail td{{background:#fde0e0}}.plots{{display:flex;flex-wrap:wrap;gap:8px}}.status{{color:{color}}}.note{{background:#fff6d5;padding:4px}}.known{{background:#e8f0fe;padding:4px 8px;margin:4px 0}}.known ul{{margin:2px 0}}.unexplained{{background:#fde0e0}}</style></head><body>
 <h1>{html.escape(report['title'])}: <span class="status">{status}</span></h1>
 <p>First divergent row: <b>{html.escape(str(report['first_divergent']))}</b> &middot; mode {html.escape(str(report.get('mode')))}
 &middot; tolerance policy v{report['policy']['version']}: {html.escape(', '.join(f'{k} <= {v:g}' for k, v in report['policy']['limits'].items()))}</p>
