@@ -84,15 +84,36 @@ def _refusals(converted: dict, bundle: Path, tmp: Path):
     ]
 
 
+REFUSE_ALL = """
+import contextlib, io, json, sys
+from longcat_convert.cli import main
+out = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(argv)
+    out.append([rc, err.getvalue(), sorted(m for m in ("torch", "fastvideo") if m in sys.modules)])
+print(json.dumps(out))
+"""
+
+
 def test_each_refusal_names_its_culprit_before_torch_is_imported(converted, bundle_converted, tmp_path):
-    for name, argv, words in _refusals(converted, bundle_converted, tmp_path):
-        rc, out, err = in_subprocess(*argv)
+    """All the refusals in one fresh process, one after another: after each, neither torch
+    nor FastVideo has been imported (a refusal that needed them would show it)."""
+    cases = _refusals(converted, bundle_converted, tmp_path)
+    p = subprocess.run([sys.executable, "-c", REFUSE_ALL, json.dumps([[str(a) for a in c[1]] for c in cases])],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    results = json.loads(p.stdout)
+    assert len(results) == len(cases) >= 30
+    for (name, _, words), (rc, err, heavy) in zip(cases, results):
         assert rc == 2, (name, err)
         line = one_line(err)
         assert line.startswith("error:") and "Traceback" not in err, (name, err)
         for w in words:
             assert str(w) in line, (name, w, line)
-        assert "heavy: []" in out, (name, out)           # refused before torch / FastVideo were imported
+        assert heavy == [], (name, heavy)               # refused before torch / FastVideo were imported
 
 
 def test_a_refused_report_leaves_nothing(converted, tmp_path):
