@@ -512,7 +512,8 @@ def _flags(o: dict) -> dict:
         raise BadInput("--kv-cache-frames needs --mode e2e or layer; in sampling the K/V cache is the loop's "
                        "(--loop vc, --no-kv-cache)")
     if o.get("cases") and bsa:
-        raise BadInput("--bsa-* flags are for generated inputs; a case's JSON sets its own enable_bsa/bsa_params")
+        raise BadInput(f"{', '.join(bsa)} with --case: --bsa-* flags are for generated inputs; a case's JSON sets its "
+                       "own enable_bsa/bsa_params")
     if mode == "blocks" and component is None and out["loras"]:
         raise BadInput("--mode blocks does not apply LoRAs; use --mode e2e or layer for LoRA parity")
     return out
