@@ -33,7 +33,8 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
     backends, transformer_quant, enable_teacache, VAE tiling, the precision fields and LoRA
     through FastVideo's own loading, each run through build_pipeline on CONVERTED (a whole
     model folder) and judged against the same run without it and against the reference
-    (SOURCE). Exit 0 when the matrix ran (verdicts are findings), 2 on bad input."""
+    (SOURCE). Results on stdout, progress on stderr. Exit 0 when the matrix ran (verdicts are
+    findings, docs/features.md), 2 on bad input or when the baseline run itself fails."""
     import torch
     from rich.console import Console
     from parity import features, render
@@ -46,8 +47,15 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
         case_path=case_path, only=tuple(only), overrides=features.parse_overrides(overrides),
         progress=None if quiet else (lambda s: err.print(f"[dim]features: {s}[/dim]")))
     written = render.write_reports(report, report_dir) if report_dir is not None else []
-    for line in render.features_lines(report):
-        err.print(line, markup=False)
+    out = Console(highlight=False, soft_wrap=True)          # results on stdout; progress on stderr
+    counts: dict = {}
+    for r in report["features"]:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    if not quiet:
+        for line in render.features_lines(report):
+            out.print(line, markup=False)
+    out.print(f"features: {len(report['features'])} row(s) in {report['features_wall_s']} s: "
+              + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())), markup=False)
     if written:
-        err.print("reports: " + ", ".join(str(p) for p in written))
+        out.print("reports: " + ", ".join(str(p) for p in written), markup=False)
     return 0
