@@ -487,6 +487,9 @@ def _flags(o: dict) -> dict:
     device("--device", o["device"])
     if o["attention"] not in ATTENTION:
         raise BadInput(f"--attention {o['attention']!r}: choose one of {', '.join(ATTENTION)}")
+    t = o.get("sp_timeout", 600.0)
+    if not (math.isfinite(t) and 0 < t <= MAX_SP_TIMEOUT):
+        raise BadInput(f"--sp-timeout {t}: must be a positive number of seconds, at most {MAX_SP_TIMEOUT:g}")
     sp = o.get("sp")
     if sp is not None:
         if component is not None:
@@ -495,9 +498,6 @@ def _flags(o: dict) -> dict:
             raise BadInput(f"--sp runs with --mode e2e, layer or sampling, not {mode}")
         if sp < 2:
             raise BadInput(f"--sp {sp}: the number of sequence-parallel ranks, at least 2")
-        t = o.get("sp_timeout", 600.0)
-        if not (math.isfinite(t) and 0 < t <= MAX_SP_TIMEOUT):
-            raise BadInput(f"--sp-timeout {t}: must be a positive number of seconds, at most {MAX_SP_TIMEOUT:g}")
         if str(o["device"]).startswith("cuda") and o.get("sp_start") == "fork":
             raise BadInput("--sp-start fork: a CUDA context does not survive fork(); use spawn on CUDA")
     if component is not None:

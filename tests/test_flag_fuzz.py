@@ -78,6 +78,8 @@ def parity_options(scratch: Path, *, include=None, exclude=()) -> dict[str, list
     opts.update(CHOICES)
     opts.update({k: [str(p) for p in v] for k, v in _paths(scratch).items()})
     opts.update({f: [None] for f in FLAGS})
+    opts["--fastvideo"] = ["", "=", "x", "a=b", "dit_cpu_offload=true", "dit_cpu_offload=maybe", "=1", "k=" + "v" * 300]
+    opts["--known"] = [str(scratch / "nope.json"), str(scratch / "a-file"), str(F.ROOT / "parity/known_differences.json")]
     if include is not None:
         opts = {k: v for k, v in opts.items() if k in include}
     return {k: v for k, v in opts.items() if k not in exclude}
@@ -183,9 +185,9 @@ def test_parity_flags_never_end_in_a_traceback_before_the_models_load(scratch, c
 @given(st.data())
 def test_parity_runs_whatever_the_checks_let_through(scratch, converted, data):
     """Parity for real on the values the checks pass: 0, 1 or 2, never a traceback. The
-    bounded run leaves out --sp and the sampling step count (each a long run on its own;
-    their values are covered above); the long run has everything."""
-    exclude = () if LONG else ("--sp", "--steps", "--sp-timeout", "--mode", "--loop", "--component")
+    bounded run leaves out --sp, the modes and the sampling step count (each a long run
+    on its own; their values are covered above) and --fastvideo; the long run has everything."""
+    exclude = () if LONG else ("--sp", "--steps", "--sp-timeout", "--mode", "--loop", "--component", "--fastvideo")
     pairs = data.draw(pairs_of(parity_options(scratch, exclude=exclude), 3))
     check_run(["parity", TINY_A, converted["tiny-a"], *argv_of(pairs), "--quiet"], pairs)
 
