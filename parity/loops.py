@@ -116,6 +116,9 @@ def run_native(model, case: LoopCase, *, dtype, device, sigmas: str = "fastvideo
     nat.point_fastvideo_at(device)
     args = FastVideoArgs(model_path=str(converted or "."), pipeline_config=LongCatT2V480PConfig())
     args.model_loaded["transformer"] = True          # the stages use the model we hand them
+    # The loop's switches, where a FastVideo user sets them: its LongCat pipeline config.
+    args.pipeline_config.use_distill = bool(s.use_distill)
+    args.pipeline_config.enhance_hf = bool(s.enhance_hf)
     notes = []
     if s.mode == "vc" and not s.use_kv_cache:
         # The public switch. 0.2.1's KV-cache stage reads a different attribute

@@ -61,6 +61,8 @@ def verdict_line(report: dict) -> str:
             line += f"; known difference {kd['id']}: {kd['title']}"
             if kd.get("isolate"):
                 line += f" (to isolate it: {kd['isolate']})"
+            if kd.get("fix"):
+                line += f"; fixed by {kd['fix'].split(' (')[0]}"
         elif report.get("unexplained") is not None:
             line += "; not a known difference"
     exp = report.get("expected")
@@ -98,6 +100,9 @@ def to_markdown(report: dict) -> str:
     if report["first_divergent"]:
         lines.append(f"First divergent row: `{report['first_divergent']}`")
         lines.append("")
+    if report.get("fixes"):
+        lines += ["FastVideo ran with our fixes installed: " + "; ".join(f"`{f['name']}` ({f['what']})"
+                                                                         for f in report["fixes"]), ""]
     lines += _known_markdown(report)
     env = report["environment"]
     lines.append(f"torch {env.get('torch')}, fastvideo {env.get('fastvideo')}, CUDA {env.get('cuda')}, "

@@ -148,7 +148,7 @@ def launch(setup: Setup, work: Path, payloads: list[dict], conv, *, sp: int, sta
     torch.save({"jobs": payloads}, work / "payload.pt")
     spec = dict(dir=str(work), payload=str(work / "payload.pt"), converted=str(Path(setup.converted).resolve()),
                 dtype=str(setup.dtype).replace("torch.", ""), device=setup.device, loras=conv,
-                threads=threads, repeats=REPEATS,
+                threads=threads, repeats=REPEATS, fixes=_active_fixes(),
                 init={"baseline": str(work / "init-baseline"), "sp": str(work / "init-sp")})
     (work / "spec.json").write_text(json.dumps(spec, indent=1))
     launcher = Launcher(work, work / "spec.json", start, timeout)
@@ -157,6 +157,12 @@ def launch(setup: Setup, work: Path, payloads: list[dict], conv, *, sp: int, sta
         _time_here(spec, payloads, setup.device, threads["baseline"], outcomes["1proc"]["result"])
     outcomes.update({f"rank{o['rank']}": o for o in launcher.run("sp", sp)})
     return outcomes
+
+
+def _active_fixes() -> list[str]:
+    """The fixes of this run (``--fixes``), for ranks that start afresh (spawn)."""
+    import fixes
+    return fixes.active()
 
 
 def _time_here(spec: dict, payloads: list[dict], device: str, threads: int, result: dict) -> None:

@@ -308,6 +308,9 @@ def _work(spec: dict, group: str, rank: int, world: int, forked: bool, state: di
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
         torch.cuda.set_device(device)
     nat.ensure_runtime(device, sp_size=world, init_file=spec["init"][group])
+    if spec.get("fixes"):                  # a spawned rank installs the run's fixes (a forked one has them)
+        import fixes
+        fixes.install(spec["fixes"])
     payload = torch.load(spec["payload"], weights_only=False)
     return native_work(spec, payload["jobs"], device, world, state, fault=(group, rank))
 
@@ -451,6 +454,9 @@ def forked_main(spec_path, group: str, rank: int, world: int, parent_pid: int, l
         fd = os.open(str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         sys.stdout.flush(), sys.stderr.flush()
         os.dup2(fd, 1), os.dup2(fd, 2)
+        # The launcher's Python-level streams may be held (--quiet holds stderr in memory):
+        # this rank writes to its log through the process's own file descriptors.
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
         # In a new thread: GNU OpenMP's thread pool is per thread, and the one this thread
         # inherited names the launcher's pool threads, which a fork does not copy (a

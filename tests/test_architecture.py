@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("longcat_convert", "reference", "parity")
+PACKAGES = ("longcat_convert", "reference", "parity", "fixes")
 
 
 def _modules() -> dict[str, Path]:

@@ -128,6 +128,9 @@ def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
                    "failing case is one of them and each reproduces.")
 @click.option("--known", "known_file", type=click.Path(path_type=Path), default=None,
               help="Known-differences catalogue (default: the one shipped; format in docs/ci.md).")
+@click.option("--fixes", "fixes_spec", default=None, metavar="all|NAME,...",
+              help="Run FastVideo with our corrections of its LongCat port installed (docs/fixes.md): all, or "
+                   "some of schedule-reshift, use-distill-unread, bf16-dit-input, kv-cache-flag-unread.")
 @click.option("--fastvideo", "fastvideo", multiple=True, metavar="KEY=VALUE",
               help="A FastVideoArgs / PipelineConfig field for FastVideo's side, applied as FastVideo applies it "
                    "(docs/features.md); repeatable.")
@@ -149,6 +152,8 @@ def parity_cmd(source, converted, **o):
 
     if o["quiet"]:
         quiet_libraries()
+    import fixes
+    fix_names = fixes.parse(o["fixes_spec"])            # a bad name is bad input, before any model work
     if o["expect"]:                       # an unknown id is bad input, before any model work
         catalogue = known.Catalogue.load(o["known_file"])
         unknown = [i for i in o["expect"] if i not in catalogue.ids]
@@ -160,6 +165,10 @@ def parity_cmd(source, converted, **o):
                   attention=o["attention"], mode=mode, loras=_loras(o["loras"], o["lora_multiplier"]),
                   policy=Policy.load(o["tolerances"]))
     parse_device(o["device"])
+    if fix_names:                                         # installed for this command, removed after it
+        from parity import native as nat
+        nat.ensure_runtime(o["device"])                   # FastVideo imported the tool's way (its banners silenced)
+        click.get_current_context().with_resource(fixes.installed(fix_names))
     from parity.features import begin_parity_overrides, end_parity_overrides
     overrides = begin_parity_overrides(o["fastvideo"], mode=mode, component=o["component"], sp=o["sp"])
     if o["component"] is not None:
@@ -181,6 +190,9 @@ def parity_cmd(source, converted, **o):
     else:
         report = modes.forward_parity(setup, _forward_inputs(source, o), kv_cache_frames=o["kv_cache_frames"])
     end_parity_overrides(report, overrides)
+    if fix_names:
+        report["fixes"] = fixes.describe(fix_names)
+        report["title"] += f" with fixes: {', '.join(fix_names)}"
     return _finish(report, o["report_dir"], o["quiet"], "parity", known_file=o["known_file"],
                    expect=list(o["expect"]))
 

@@ -1,0 +1,92 @@
+"""Our corrections of FastVideo 0.2.1's LongCat port, one per known difference.
+
+Each fix is a small unit named after the finding it closes (the ids of
+parity/known_differences.json), installed on FastVideo's real classes for a
+scope and removed afterwards, so stock and fixed FastVideo can run side by side
+in one process:
+
+    from fixes import installed
+    with installed("all"):                 # or "schedule-reshift,bf16-dit-input"
+        pipe = build_pipeline(args)
+        pipe.forward(batch, args)
+
+``install(names)`` does the same without a scope and returns the function that
+undoes it. A fix only ever wraps a FastVideo method or replaces one name a
+FastVideo module looks up; none copies FastVideo code. docs/fixes.md describes
+each for upstream: what, why, and the evidence (the gate step that proves it).
+"""
+from __future__ import annotations
+
+import contextlib
+
+from longcat_convert.errors import BadInput
+
+from . import dit_dtype, kv_cache_flag, schedule
+
+# name -> module with ``install() -> restore``, in the order they are installed.
+FIXES = {
+    "schedule-reshift": schedule.RESHIFT,
+    "use-distill-unread": schedule.DISTILL,
+    "bf16-dit-input": dit_dtype.FIX,
+    "kv-cache-flag-unread": kv_cache_flag.FIX,
+}
+
+
+def parse(spec: str | None) -> list[str]:
+    """``all`` | ``none`` | ``NAME,NAME,...`` -> the names, checked."""
+    if spec is None or spec.strip() in ("", "none"):
+        return []
+    if spec.strip() == "all":
+        return list(FIXES)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FIXES]
+    if unknown:
+        raise BadInput(f"--fixes {unknown[0]}: no such fix (choose all, or some of {', '.join(FIXES)})")
+    return [n for n in FIXES if n in names]
+
+
+_INSTALLED: set[str] = set()
+
+
+def active() -> list[str]:
+    """The fixes installed in this process now."""
+    return [n for n in FIXES if n in _INSTALLED]
+
+
+def install(names) -> callable:
+    """Install the named fixes (a list, or a spec string) -> the function that removes them.
+    A fix already installed (a forked process inherits them) is left as it is."""
+    names = parse(names) if isinstance(names, str) or names is None else list(names)
+    undo = []
+    try:
+        for n in names:
+            if n in _INSTALLED:
+                continue
+            u = FIXES[n].install()
+            _INSTALLED.add(n)
+            undo.append((n, u))
+    except BaseException:
+        for n, u in reversed(undo):
+            u()
+            _INSTALLED.discard(n)
+        raise
+
+    def restore() -> None:
+        for n, u in reversed(undo):
+            u()
+            _INSTALLED.discard(n)
+    return restore
+
+
+@contextlib.contextmanager
+def installed(names):
+    restore = install(names)
+    try:
+        yield parse(names) if isinstance(names, str) or names is None else list(names)
+    finally:
+        restore()
+
+
+def describe(names) -> list[dict]:
+    """What the report says of each installed fix."""
+    return [{"name": n, "fixes": FIXES[n].finding, "what": FIXES[n].summary} for n in names]
