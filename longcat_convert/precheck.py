@@ -193,8 +193,8 @@ def original(cmd: str, role: str, spec, *, other=None, other_role: str = "", hub
             src = sources.resolve(text, components=components)
             p = src.root or src.dit
         else:
-            raise no_such_folder(role, text, "expected a LongCat-Video model folder (holding dit/) or its dit/ "
-                                             "folder")
+            raise BadInput(f"{role} {text}: no such checkpoint folder{_here(p)}; expected a LongCat-Video model "
+                           "folder (holding dit/) or its dit/ folder")
     kind = layout(p)
     if kind == "file":
         raise BadInput(f"{role} {text}: a file; expected a LongCat-Video model folder (holding dit/) or its dit/ folder")
@@ -289,7 +289,7 @@ def read_case(path, flag: str = "--case") -> CaseInfo:
     if not p.is_file():
         raise BadInput(f"{flag} {p}: not a file; a case is a .safetensors file with its .json beside it")
     if p.suffix != ".safetensors":
-        raise BadInput(f"{flag} {p}: a case is a .safetensors file (with its .json beside it)")
+        raise BadInput(f"{flag} {p}: a golden case is a .safetensors file (with its .json beside it)")
     meta: dict = {}
     mp = p.with_suffix(".json")
     if mp.is_file():
@@ -697,8 +697,11 @@ def golden_check(checkpoint, case_paths, *, report=None, dtype: str = "fp32", de
     device("--device", device_name)
     if reference == "ours" and upstream_path is not None:
         raise BadInput("--upstream-path is only used with --reference upstream")
+    if reference == "upstream" and upstream_path is None:
+        raise BadInput("--reference upstream needs --upstream-path (a LongCat-Video git checkout)")
     if upstream_path is not None and not Path(str(upstream_path)).expanduser().is_dir():
-        raise no_such_folder("--upstream-path", upstream_path, "expected a LongCat-Video git checkout")
+        raise BadInput(f"--upstream-path {upstream_path}: no such directory{_here(Path(str(upstream_path)))}; "
+                       "expected a LongCat-Video git checkout")
     if report is not None:
         report_dir(report)
     cases = [read_case(c, "CASE") for c in case_paths]
