@@ -531,19 +531,20 @@ def _bsa_flags(o: dict) -> list[str]:
             except ValueError:
                 raise BadInput(f"--bsa-sparsity {s!r}: expected a number in [0, 1] or 'none'")
             if not (math.isfinite(v) and 0 <= v <= 1):
-                raise BadInput(f"--bsa-sparsity {s}: expected a number in [0, 1] or 'none'")
+                raise BadInput(f"--bsa-sparsity {s}: bsa_params.sparsity is {v}; expected a number in [0, 1] or 'none'")
     c = o.get("bsa_cdf")
     if c is not None:
         given.append("--bsa-cdf")
-        _finite("--bsa-cdf", c, lo=0, hi=1, what="a CDF threshold")
+        _finite("--bsa-cdf", c, lo=0, hi=1, what="a CDF threshold (bsa_params.cdf_threshold)")
     for flag, key in (("--bsa-chunk-q", "bsa_chunk_q"), ("--bsa-chunk-k", "bsa_chunk_k")):
         text = o.get(key)
         if text is None:
             continue
         given.append(flag)
-        chunk = ints(flag, text, 3, "T,H,W (three positive integers)")
+        what = f"T,H,W for bsa_params.chunk_3d_shape_{flag[-1]} (three positive integers)"
+        chunk = ints(flag, text, 3, what)
         if any(x < 1 for x in chunk):
-            raise BadInput(f"{flag} {text}: expected T,H,W (three positive integers)")
+            raise BadInput(f"{flag} {text}: expected {what}")
         n = chunk[0] * chunk[1] * chunk[2]
         if n & (n - 1):
             raise BadInput(f"{flag} {text}: covers {n} tokens; the original's kernels need a power of two "
@@ -570,6 +571,8 @@ def _generated(o: dict, flags: dict, src: Original) -> None:
         raise BadInput(f"--kv-cache-frames {kv}: must be in [1, T={T}) (T from --shape {T},{H},{W}), or 0")
     if o.get("mode") == "sampling":
         _loop_flags(o, ncl or 0)
+    elif not kv:
+        _bsa_grid(o, flags, src, (T, H // ph, W // pw), ncl or 0)
     B, L = o["batch"], o["text_len"]
     tokens = T * H * W // (pt * ph * pw)
     need = 4 * B * (2 * d.cin * T * H * W + 2 * L * d.caption + 16 * tokens * d.hidden + 8 * L * d.hidden)
@@ -578,6 +581,40 @@ def _generated(o: dict, flags: dict, src: Original) -> None:
         raise BadInput(f"--shape {T},{H},{W} --batch {B} --text-len {L}: the generated inputs and one pass of "
                        f"activations would take about {need / 2**30:.3g} GiB, more than this machine's "
                        f"{mem / 2**30:.3g} GiB; give a smaller --shape, --batch or --text-len")
+
+
+BSA_DEFAULT_CHUNK = [4, 4, 8]      # the original's, for a key neither the flags nor config.json give
+
+
+def _bsa_grid(o: dict, flags: dict, src: Original, grid: tuple[int, int, int], ncl: int) -> None:
+    """Generated inputs with block-sparse attention (--bsa-* flags, or enable_bsa in
+    config.json): every grid the self-attention tiles must be a multiple of its chunk.
+    One forward without a K/V cache: queries and keys on (T, h, w); with c clean
+    frames, the condition (c, h, w) and the noise frames' queries (T - c, h, w)."""
+    cfg_on = src.cfg.get("enable_bsa") is True
+    if not (flags["bsa"] or cfg_on) or grid[0] <= 1:
+        return
+    base = src.cfg.get("bsa_params") if isinstance(src.cfg.get("bsa_params"), dict) else {}
+    T, h, w = grid
+    for flag, key, cfg_key in (("--bsa-chunk-q", "bsa_chunk_q", "chunk_3d_shape_q"),
+                               ("--bsa-chunk-k", "bsa_chunk_k", "chunk_3d_shape_k")):
+        if o.get(key) is not None:
+            chunk, where = ints(flag, o[key], 3), flag
+        elif isinstance(base.get(cfg_key), list) and len(base[cfg_key]) == 3 \
+                and all(type(x) is int and x > 0 for x in base[cfg_key]):
+            chunk, where = base[cfg_key], f"bsa_params.{cfg_key} in {src.config_path}"
+        else:
+            chunk, where = BSA_DEFAULT_CHUNK, f"the original's default {cfg_key}"
+        frames = [T] if not ncl else ([ncl, T - ncl] if key == "bsa_chunk_q" else [ncl, T])
+        for t in frames:
+            g = (t, h, w)
+            if any(a % b for a, b in zip(g, chunk)):
+                what = "query" if key == "bsa_chunk_q" else "key"
+                on = ", ".join(flags["bsa"]) or f"enable_bsa in {src.config_path}"
+                raise BadInput(f"--shape {o['shape']} with block-sparse attention ({on}): the {what} token grid "
+                               f"(T, H, W) = {g} "
+                               f"is not divisible by bsa_params.{cfg_key} {list(chunk)} ({where}); give a --shape "
+                               f"(or --num-cond-latents) whose grid is a multiple of the chunk, or another {flag}")
 
 
 def _loop_flags(o: dict, ncl: int) -> None:
