@@ -248,8 +248,7 @@ def run_fastvideo(converted: Path, meta: dict, *, kwargs: dict | None = None, sa
                 phase = "before"
                 before(pipe, run)
             phase = "forward"
-            transformer, scheduler, vae = (pipe.modules["transformer"], pipe.modules["scheduler"],
-                                           pipe.modules["vae"])
+            transformer, scheduler = pipe.modules["transformer"], pipe.modules["scheduler"]
             # No recording hooks inside regions FastVideo compiles (Dynamo would trace them).
             compiling = any(k.endswith("torch_compile") and v for k, v in (kwargs or {}).items())
             calls, handles = ({}, []) if compiling else _count_attention(transformer)
@@ -345,6 +344,10 @@ def inspect(pipe) -> dict:
                     kind = f"{type(sub).__name__}:{type(impl).__name__}"
                     backends[kind] = backends.get(kind, 0) + 1
             info["attention_layers"] = backends
+            # The request FastVideo's loader recorded for this component (attention/selector.py
+            # record_resolved_attention_backend): None means automatic selection.
+            req = getattr(getattr(m, "config", None), "_resolved_attention_backend", None)
+            info["attention_request"] = getattr(req, "name", req)
         built["modules"][name] = info
     lora = _lora_state(pipe)
     if lora:
@@ -629,9 +632,12 @@ def compare(candidate: dict, reference: dict, *, policy, dtype, device, names) -
 def _built_view(run: Run, other: Run) -> dict:
     """The built objects as compared: attention calls only where both runs counted them (none are
     counted inside regions FastVideo compiles)."""
-    view = dict(run.built)
+    import copy
+    view = copy.deepcopy(run.built)
     if not run.built.get("attention_calls") or not other.built.get("attention_calls"):
         view.pop("attention_calls", None)
+    # The recorded request is bookkeeping; what acts is each layer's implementation (attention_layers).
+    view.get("modules", {}).get("transformer", {}).pop("attention_request", None)
     return view
 
 
@@ -710,6 +716,14 @@ def decide(f: Feature, run: Run, base: Run, *, policy, dtype, device) -> dict:
         row["message"] += "; built objects differ in " + ", ".join(keys[:4])
     if run.built_extra:
         row["message"] += "; " + ", ".join(f"{k} {v}" for k, v in run.built_extra.items() if v not in ([], None))
+    req = run.built.get("modules", {}).get("transformer", {}).get("attention_request")
+    if req != base.built.get("modules", {}).get("transformer", {}).get("attention_request"):
+        layers = run.built["modules"]["transformer"].get("attention_layers", {})
+        row["message"] += (f"; the transformer's config records the request {req}, its attention layers run "
+                           + ", ".join(f"{k} x{n}" for k, n in layers.items()))
+    if run.warnings:
+        more = f" (+{len(run.warnings) - 1} more)" if len(run.warnings) > 1 else ""
+        row["message"] += f"; FastVideo logged: \"{run.warnings[0][:160]}\"{more}"
     return row
 
 
