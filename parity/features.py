@@ -880,6 +880,7 @@ def begin_parity_overrides(specs, *, mode: str, component: str | None, sp) -> di
     """``parity --fastvideo KEY=VALUE``: checked, then active for this run (always reset first,
     so nothing carries over to the next command in the same process)."""
     nat.set_overrides({})
+    _record_pipelines(False)
     overrides = parse_overrides(specs)
     if not overrides:
         return {}
@@ -893,22 +894,45 @@ def begin_parity_overrides(specs, *, mode: str, component: str | None, sp) -> di
         raise BadInput("--fastvideo with --mode blocks: blocks mode streams one block at a time outside "
                        "FastVideo's loader; use e2e, layer or sampling")
     nat.set_overrides(kw)
+    _record_pipelines(True)
     return kw
+
+
+_pipelines: list = []
+
+
+def _record_pipelines(on: bool) -> None:
+    """While ``parity --fastvideo`` runs, ``fastvideo.pipelines.build_pipeline`` is wrapped so the
+    pipelines it returns are kept for the report (the wrapper only calls through and remembers)."""
+    import fastvideo.pipelines as fvp
+    original = getattr(fvp.build_pipeline, "_lcc_original", fvp.build_pipeline)
+    _pipelines.clear()
+    if not on:
+        fvp.build_pipeline = original
+        return
+
+    def build_pipeline(*a, **k):
+        pipe = original(*a, **k)
+        _pipelines.append(pipe)
+        return pipe
+    build_pipeline._lcc_original = original
+    fvp.build_pipeline = build_pipeline
 
 
 def end_parity_overrides(report: dict, overrides: dict) -> None:
     """The report records the overrides and what FastVideo built with them; then they end."""
     if overrides:
+        for pipe in _pipelines:
+            nat.record_built(f"pipeline {type(pipe).__name__} (build_pipeline)", inspect(pipe))
         built = nat.built_objects()
         report["fastvideo"] = {"overrides": overrides, "built": built}
         report["environment"]["fastvideo_overrides"] = ", ".join(f"{k}={v}" for k, v in overrides.items())
         report["notes"].append(
             "--fastvideo " + " ".join(f"{k}={v}" for k, v in overrides.items()) + ": applied through "
             "FastVideoArgs.from_kwargs (FastVideoArgs and PipelineConfig fields); the DiT built by FastVideo's "
-            "TransformerLoader: " + ("; ".join(json_line(b) for b in built) if built else
-                                     "none in this mode (the pipeline's components are built by build_pipeline; "
-                                     "`longcat-convert features` records them)"))
+            "TransformerLoader, or the pipeline by build_pipeline: " + "; ".join(json_line(b) for b in built))
     nat.set_overrides({})
+    _record_pipelines(False)
 
 
 def json_line(d: dict) -> str:

@@ -212,3 +212,18 @@ def test_parity_fastvideo_fields_reach_fastvideos_loader_and_the_report(converte
     assert nat.active_overrides() == {}
     assert cli("parity", GOLDEN / "tiny-a", converted["tiny-a"], "--fastvideo", "no_such_field=1") == 2
     assert cli("parity", GOLDEN / "tiny-a", converted["tiny-a"], "--fastvideo", "enable_teacache=true") == 2
+
+
+@needs_native
+@pytest.mark.slow
+def test_parity_fastvideo_in_the_pipeline_mode_records_the_built_pipeline(bundle, tmp_path):
+    import fastvideo.pipelines as fvp
+    before = fvp.build_pipeline
+    rep = tmp_path / "rep"
+    cli("parity", BUNDLE, bundle, "--component", "pipeline", "--case", PIPE_CASE, "--sigmas", "original", "--quiet",
+        "--report", rep, "--fastvideo", "vae_tiling=true")
+    report = json.loads((rep / "report.json").read_text())
+    built = report["fastvideo"]["built"]
+    assert [b["pipeline"] for b in built] == ["LongCatPipeline"]
+    assert built[0]["modules"]["vae"]["use_tiling"] is True
+    assert fvp.build_pipeline is before                  # the recording wrapper is gone afterwards
