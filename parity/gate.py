@@ -32,6 +32,7 @@ class Step:
     report: Path | None = None
     expect: dict | None = None        # known difference: {"passed": false, "first_divergent": ..., "why": ...}
     expect_sp: dict | None = None     # --sp steps: the report's sp section must hold these (numbers within SIZE_RTOL)
+    expect_features: dict | None = None   # features step: "<feature>=<setting>" -> the verdict it must have
     rc: int | None = None
     seconds: float = 0.0
     ok: bool = False
@@ -99,6 +100,11 @@ def plan_steps(golden: Path, work: Path, manifest: dict, known_file: Path | None
         rep.mkdir(parents=True, exist_ok=True)
         steps.append(Step(label, "convert", ["convert", str(src), str(out), "--force", "--quiet"]))
         steps.append(Step(label, "verify", ["verify", str(src), str(out), "--quiet"]))
+        pinned = _features_for(manifest, model, golden)
+        if pinned is not None:
+            r = rep / "features"
+            steps.append(Step(label, "features", ["features", str(src), str(out), "--report", str(r), "--quiet"],
+                              report=r, expect_features=pinned))
         for entry in cases:
             cfile = golden / f"{entry['case']}.safetensors"
             name = Path(entry["case"]).name
@@ -113,6 +119,36 @@ def plan_steps(golden: Path, work: Path, manifest: dict, known_file: Path | None
                                    *known_args, "--report", str(r), "--quiet"], report=r, expect=expect,
                                   expect_sp=_expect_sp(run, entry, golden)))
     return steps
+
+
+def _features_for(manifest: dict, model: str, golden: Path) -> dict | None:
+    """The manifest's ``features`` entry for ``model``: ``{"model": ..., "verdicts":
+    {"<feature>=<setting>": verdict}}`` -> the verdicts (None: no features step)."""
+    entries = manifest.get("features", [])
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("model"), str) and isinstance(e.get("verdicts"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in e["verdicts"].items()) for e in entries):
+        raise BadInput(f"{golden / 'gate.json'}: features must be a list of {{model, verdicts: {{\"<feature>=<setting>\": "
+                       "verdict}}}}")
+    return next((e["verdicts"] for e in entries if e["model"] == model), None)
+
+
+def feature_key(row: dict) -> str:
+    return f"{row['feature']}={row['setting']}"
+
+
+def _check_features(step: Step, rep: dict | None) -> None:
+    """A features step: every row of the matrix must have the verdict the manifest pins (a
+    change in what FastVideo does with a feature, or a row appearing or going, fails the gate)."""
+    if step.expect_features is None:
+        return
+    got = {feature_key(r): r["verdict"] for r in (rep or {}).get("features", [])}
+    want = step.expect_features
+    bad = [f"{k}: {got.get(k, 'missing')} (expected {v})" for k, v in want.items() if got.get(k) != v]
+    bad += [f"{k}: {v} (not in the manifest)" for k, v in got.items() if k not in want]
+    step.ok = step.ok and not bad
+    step.message = (f"{len(got)} feature verdicts as pinned" if not bad else
+                    "feature verdicts differ: " + "; ".join(bad[:6]) + (" ..." if len(bad) > 6 else ""))
 
 
 def _parity_run(run, entry: dict, golden: Path) -> tuple[str, list[str], str, dict | None]:
@@ -177,6 +213,7 @@ def run_step(step: Step, root) -> None:
         step.message = "ok" if step.ok else f"exit {step.rc}" + (
             f", first divergent {rep['first_divergent']}" if rep and rep.get("first_divergent") else "")
         _check_sp(step, rep)
+        _check_features(step, rep)
         return
     want = step.expect
     got_first = rep.get("first_divergent") if rep else None

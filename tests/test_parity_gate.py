@@ -50,3 +50,28 @@ def test_gate_fails_when_the_difference_moves_or_is_not_declared(tmp_path):
 
 def test_gate_without_manifest_is_bad_input(tmp_path):
     assert cli("gate", "--golden", tmp_path, "--report", tmp_path / "r") == 2
+
+
+def test_a_features_step_holds_every_pinned_verdict():
+    """The gate's features step: a verdict that changes, a row that goes or one that appears fails it."""
+    from parity.gate import Step, _check_features
+    rows = [{"feature": "enable_teacache", "setting": "True", "verdict": "no_op"},
+            {"feature": "unmerge_lora_weights", "setting": "after lora_path", "verdict": "diverges"}]
+    pinned = {"enable_teacache=True": "no_op", "unmerge_lora_weights=after lora_path": "diverges"}
+
+    def check(report_rows, want):
+        s = Step("m", "features", [], expect_features=want, ok=True)
+        _check_features(s, {"features": report_rows})
+        return s
+    assert check(rows, pinned).ok and "2 feature verdicts as pinned" in check(rows, pinned).message
+    fixed = [dict(rows[0]), dict(rows[1], verdict="exact")]             # FastVideo fixed unmerge
+    assert not check(fixed, pinned).ok and "unmerge_lora_weights" in check(fixed, pinned).message
+    assert not check(rows[:1], pinned).ok                                # a row went
+    assert not check(rows + [{"feature": "x", "setting": "1", "verdict": "no_op"}], pinned).ok
+
+
+def test_the_bundled_manifest_pins_the_feature_matrix():
+    manifest = json.loads((GOLDEN / "gate.json").read_text())
+    pinned = next(e["verdicts"] for e in manifest["features"] if e["model"] == "tiny-bundle")
+    assert pinned["enable_teacache=True"] == "no_op" and pinned["unmerge_lora_weights=after lora_path"] == "diverges"
+    assert len(pinned) >= 25
