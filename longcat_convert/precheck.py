@@ -19,7 +19,8 @@ naming the flag or file at fault and what to do. What is checked:
   SOURCE's ``dit/config.json``), from the safetensors headers only;
 * LoRA names in SOURCE/lora and CONVERTED/lora, component folders on each side,
   ``--sp N`` against the attention heads, low precision with block-sparse attention
-  on a CPU, and ``--report DIR`` (not a file, creatable).
+  on a CPU, the grids block-sparse attention tiles, ``--tolerances`` and ``--known``
+  files, ``--expect`` ids, and ``--report DIR`` (not a file, creatable).
 
 Nothing here imports torch: files are read as JSON and safetensors headers
 (``longcat_convert.shards``); ``tests/test_inputs_first.py`` holds that.
@@ -642,6 +643,13 @@ def parity(source, converted_spec, o: dict) -> None:
     if o.get("tolerances") is not None:
         from parity.policy import Policy       # plain JSON; no torch
         Policy.load(o["tolerances"])
+    if o.get("known_file") is not None or o.get("expect"):
+        from parity import known               # plain JSON; no torch
+        catalogue = known.Catalogue.load(o.get("known_file"))
+        unknown = [i for i in o.get("expect") or () if i not in catalogue.ids]
+        if unknown:
+            raise BadInput(f"--expect {unknown[0]}: no such known difference in {catalogue.path} "
+                           f"(ids: {', '.join(sorted(catalogue.ids))})")
     if o.get("report_dir") is not None:
         report_dir(o["report_dir"])
     # Where both are local, their roles first (swapped?), then CONVERTED, then a hub SOURCE.
@@ -799,9 +807,9 @@ def export(native, output) -> None:
             raise BadInput(f"NATIVE and OUTPUT look swapped: {native} is an original LongCat-Video checkpoint and "
                            f"{output} a converted (FastVideo-layout) folder; give the converted folder first: "
                            f"longcat-convert export {output} {native}")
-        raise BadInput(f"NATIVE {native}: an original LongCat-Video checkpoint (dit/); export writes the original "
-                       f"layout from a converted folder (to convert this one: longcat-convert convert {native} "
-                       "OUTPUT)")
+        raise BadInput(f"NATIVE {native}: an original LongCat-Video checkpoint (its config.json does not name "
+                       f"{config_map.NATIVE_CLASS}); export writes the original layout from a converted folder (to "
+                       f"convert this one: longcat-convert convert {native} OUTPUT)")
     if layout(output) == "file":
         raise BadInput(f"OUTPUT {output}: an existing file; OUTPUT is the folder to write")
 

@@ -5,10 +5,11 @@ click's usage error naming the option), and a refusal made by the input checks
 
 Values are the hostile ones (negative, zero, huge, NaN, inf, empty, non-numeric, lists
 where a number goes, unicode digits) next to ordinary ones. `make test` runs a bounded
-set: the flag checks directly, the real commands poisoned to stop before any model
-loads (parity), and the quick commands for real. `LONGCAT_FUZZ=long` (with
-`LONGCAT_FUZZ_SCALE`) also runs parity for real on every value the checks let through,
-``--sp`` and long sampling runs included.
+set: the flag checks directly; parity as the real command on what the checks refuse
+(nothing loads a model), and for real on a few values they pass; the quick commands
+(golden-check, convert, verify, export, plan) for real. `LONGCAT_FUZZ=long` (with
+`LONGCAT_FUZZ_SCALE`) runs parity for real on more of what the checks let through,
+``--sp``, the modes, long sampling runs and ``--fastvideo`` included.
 """
 from __future__ import annotations
 
@@ -167,17 +168,34 @@ def test_golden_check_checks_refuse_with_a_named_culprit_or_pass(scratch, data):
 
 # -- the real commands -------------------------------------------------------------------
 
-@F.examples(25)
+@F.examples(40)
 @given(st.data())
-def test_parity_flags_never_end_in_a_traceback_before_the_models_load(scratch, converted, data):
-    """Every parity option through the real command, stopped by an unknown --expect id
-    (refused right after the input checks, before any model work) when the values pass."""
+def test_parity_refusals_come_through_the_real_command_as_one_line(scratch, converted, data):
+    """Every parity option through the real command, for the values the checks (or click)
+    refuse, so nothing loads a model: exit 2, the checks' own line, never a traceback.
+    The values the checks pass run for real in the test below."""
+    from longcat_convert import precheck
+    from longcat_convert.cli import _register_all, cli
+    from longcat_convert.errors import BadInput
+    _register_all()
     pairs = data.draw(pairs_of(parity_options(scratch), 4))
-    argv = ["parity", TINY_A, converted["tiny-a"], *argv_of(pairs), "--expect", "no-such-known-difference"]
-    rc, err = check_run(argv, pairs)
+    argv = [str(TINY_A), str(converted["tiny-a"]), *argv_of(pairs)]
+    try:
+        params = dict(cli.get_command(None, "parity").make_context("parity", list(argv)).params)
+        precheck.parity(params.pop("source"), params.pop("converted"), params)
+    except click.exceptions.UsageError:
+        event("click refused a value")
+        want = None
+    except BadInput as e:
+        event("refused by the checks")
+        want = f"error: {e}"
+    else:
+        event("passed the checks (run for real below)")
+        return
+    rc, err = check_run(["parity", *argv], pairs)
     assert rc == 2, (pairs, err)
-    event("passed the checks" if "--expect no-such-known-difference" in err else
-          "click refused a value" if "Error:" in err else "refused by the checks")
+    if want is not None:
+        assert err.strip() == want, (pairs, err)
 
 
 @pytest.mark.slow
