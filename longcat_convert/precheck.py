@@ -708,10 +708,11 @@ def parity(source, converted_spec, o: dict) -> None:
                            "use --dtype fp32 on the CPU, or --device cuda")
 
 
-def _component_folders(component: str, src: Original, conv: Converted) -> None:
+def _component_folders(component: str, src: Original, conv: Converted, what: str | None = None) -> None:
+    what = what or f"--component {component}"
     if src.bare:
-        raise BadInput(f"SOURCE {src.spec}: --component {component} needs the model folder (with text_encoder/, "
-                       "vae/, ...), not a bare dit/ folder")
+        raise BadInput(f"SOURCE {src.spec}: {what} needs the model folder (with text_encoder/, vae/, ...), not a "
+                       "bare dit/ folder")
     need = COMPONENT_FOLDERS[component]
     conv_need = list(need)
     if component == "pipeline":
@@ -726,12 +727,37 @@ def _component_folders(component: str, src: Original, conv: Converted) -> None:
     conv_lacks = [n for n in conv_need if not (conv.root / n).is_dir()]
     if src_lacks:
         also = f"; CONVERTED {conv.spec} lacks {', '.join(f'{n}/' for n in conv_lacks)} too" if conv_lacks else ""
-        raise BadInput(f"SOURCE {src.spec}: no {', '.join(f'{n}/' for n in src_lacks)} folder; --component "
-                       f"{component} compares the original's {', '.join(need)} in SOURCE with CONVERTED's: give "
-                       f"the model folder that holds them (as golden/tiny-bundle does){also}")
+        raise BadInput(f"SOURCE {src.spec}: no {', '.join(f'{n}/' for n in src_lacks)} folder; {what} compares the "
+                       f"original's {', '.join(need)} in SOURCE with CONVERTED's: give the model folder that holds "
+                       f"them (as golden/tiny-bundle does){also}")
     if conv_lacks:
         raise BadInput(f"CONVERTED {conv.spec}: no {', '.join(f'{n}/' for n in conv_lacks)} folder; convert "
                        f"{src.spec} again with --components copy (or link) so that CONVERTED holds them")
+
+
+# --------------------------------------------------------------------------- features
+
+def features(source, converted_spec, *, case=None, device_name: str = "cpu", tolerances=None, report=None) -> None:
+    """``longcat-convert features SOURCE CONVERTED``: the flags and files, the two folders'
+    roles (swapped?), the pipeline's component folders on both sides, the case's kind."""
+    device("--device", device_name)
+    if tolerances is not None:
+        from parity.policy import Policy       # plain JSON; no torch
+        Policy.load(tolerances)
+    if report is not None:
+        report_dir(report)
+    if layout(source) == "converted" and layout(converted_spec) == "original":
+        raise swapped("features", "SOURCE", source, "CONVERTED", converted_spec)
+    conv = converted("features", "CONVERTED", converted_spec, other=source, other_role="SOURCE", transformer=False)
+    src = original("features", "SOURCE", source, other=converted_spec, other_role="CONVERTED", components=True)
+    if case is not None:
+        c = read_case(case)
+        if c.kind != "component" or c.component != "pipeline":
+            kind = f"{c.component} case" if c.kind == "component" else KIND_WORDS[c.kind]
+            raise BadInput(f"--case {c.path}: a {kind}; the feature matrix runs a pipeline case (a .json naming "
+                           "\"component\": \"pipeline\", as golden/tiny-bundle/cases/pipeline_t2v.safetensors)")
+        case_for_model(c, src)
+    _component_folders("pipeline", src, conv, "the feature matrix")
 
 
 # --------------------------------------------------------------------------- golden-check

@@ -81,6 +81,7 @@ def _refusals(converted: dict, bundle: Path, tmp: Path):
         ("converted-of-another-model", ["parity", TINY_A, b, "--case", CASES / "t2v.safetensors"],
          ["does not match", "transformer/config.json"]),
         ("parity-swapped", ["parity", a, TINY_A], ["look swapped", f"parity {TINY_A} {a}"]),
+        ("features-swapped", ["features", bundle, BUNDLE], ["look swapped", f"features {BUNDLE} {bundle}"]),
         ("golden-check-converted", ["golden-check", a, CASES / "t2v.safetensors"], ["CHECKPOINT", "converted"]),
         ("missing-case", ["parity", TINY_A, a, "--case", tmp / "nope.safetensors"], ["--case", "nope.safetensors"]),
     ]
@@ -208,11 +209,13 @@ def test_nothing_the_gate_runs_is_refused(tmp_path):
         if argv[0] in ("convert", "verify"):
             assert cli(*argv) == 0, argv
             continue
-        if argv[0] not in ("parity", "golden-check"):
-            continue
         params = dict(group.get_command(None, argv[0]).make_context(argv[0], argv[1:]).params)
         if argv[0] == "parity":
             precheck.parity(params.pop("source"), params.pop("converted"), params)
+        elif argv[0] == "features":
+            precheck.features(params["source"], params["converted"], case=params["case_path"],
+                              device_name=params["device"], tolerances=params["tolerances"],
+                              report=params["report_dir"])
         else:
             precheck.golden_check(params["checkpoint"], params["cases"], report=params["report_dir"],
                                   dtype=params["dtype"], device_name=params["device"], reference=params["reference"],

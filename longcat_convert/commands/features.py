@@ -35,6 +35,9 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
     model folder) and judged against the same run without it and against the reference
     (SOURCE). Results on stdout, progress on stderr. Exit 0 when the matrix ran (verdicts are
     findings, docs/features.md), 2 on bad input or when the baseline run itself fails."""
+    from longcat_convert import precheck
+    precheck.features(source, converted, case=case_path, device_name=device, tolerances=tolerances,
+                      report=report_dir)      # inputs checked first: before torch or FastVideo is imported
     import torch
     from rich.console import Console
     from parity import features, render
