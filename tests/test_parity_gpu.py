@@ -78,3 +78,20 @@ def test_video_generator_with_fastvideo_defaults_matches_build_pipeline(tmp_path
     mse = float((a - b).square().mean())
     psnr = math.inf if mse == 0 else 10 * math.log10(float(a.abs().max()) ** 2 / mse)
     assert psnr >= 40.0, psnr
+
+
+def test_the_feature_matrix_runs_its_cuda_rows_on_a_gpu(tmp_path):
+    """The rows a CPU reports as not_run (FSDP, the text encoder's offload, FastVideo's defaults,
+    FLASH_ATTN, bf16 precisions) run for real on CUDA and get a verdict with evidence."""
+    from parity_support import GOLDEN
+    out = tmp_path / "bundle"
+    assert cli("convert", GOLDEN / "tiny-bundle", out, "--quiet") == 0
+    only = ["use_fsdp_inference", "text_encoder_cpu_offload", "dit_precision", "attention_backend"]
+    args = [a for o in only for a in ("--only", o)]
+    assert cli("features", GOLDEN / "tiny-bundle", out, "--device", "cuda", *args, "--report", tmp_path / "r",
+               "--quiet") == 0
+    rows = read_report(tmp_path / "r")["features"]
+    assert {r["feature"] for r in rows} >= set(only)
+    for r in rows:
+        assert r["verdict"] != "not_run" or "CUDA" not in r["message"], r
+        assert r["verdict"] in ("exact", "within_tolerance", "no_op", "unsupported", "crashes", "diverges", "not_run")
