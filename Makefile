@@ -33,7 +33,7 @@ test: install
 # A failure prints the example (and a @reproduce_failure blob); keep it in tests/fuzz_corpus/.
 FUZZ_SCALE ?= 50
 fuzz: install
-	LONGCAT_FUZZ=long LONGCAT_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest -q tests/test_reader_fuzz.py -p no:cacheprovider
+	LONGCAT_FUZZ=long LONGCAT_FUZZ_SCALE=$(FUZZ_SCALE) $(PY) -m pytest -q tests/test_reader_fuzz.py tests/test_flag_fuzz.py -p no:cacheprovider
 
 gate: install
 	$(CLI) gate --report reports/gate

@@ -64,7 +64,9 @@ def converted_root(converted: Path) -> Path:
 def component_dir(root: Path, name: str, side: str) -> Path:
     d = root / name
     if not d.is_dir():
-        raise BadInput(f"{d}: the {side} folder has no {name}/ (convert with --components copy or link)")
+        what = ("give the model folder that holds it as SOURCE" if side == "source" else
+                "convert the model folder again with --components copy or link")
+        raise BadInput(f"{d}: the {side} folder has no {name}/ ({what})")
     return d
 
 

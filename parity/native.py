@@ -141,9 +141,11 @@ def fastvideo_args(converted, *, dtype=None, device="cpu"):
     args = FastVideoArgs(model_path=str(converted), pipeline_config=pc, text_encoder_cpu_offload=False,
                          dit_cpu_offload=False, vae_cpu_offload=False, image_encoder_cpu_offload=False)
     if _overrides:          # parity --fastvideo KEY=VALUE: applied as FastVideo applies keyword arguments
-        args = FastVideoArgs.from_kwargs(model_path=str(converted), pipeline_config=pc, text_encoder_cpu_offload=False,
-                                         dit_cpu_offload=False, vae_cpu_offload=False,
-                                         image_encoder_cpu_offload=False, **_overrides)
+        # The tool's own settings first, the user's fields over them (a field given both ways
+        # is the user's).
+        kwargs = dict(model_path=str(converted), pipeline_config=pc, text_encoder_cpu_offload=False,
+                      dit_cpu_offload=False, vae_cpu_offload=False, image_encoder_cpu_offload=False)
+        args = FastVideoArgs.from_kwargs(**{**kwargs, **_overrides})
     point_fastvideo_at(device)
     return args
 
