@@ -904,9 +904,13 @@ _pipelines: list = []
 def _record_pipelines(on: bool) -> None:
     """While ``parity --fastvideo`` runs, ``fastvideo.pipelines.build_pipeline`` is wrapped so the
     pipelines it returns are kept for the report (the wrapper only calls through and remembers)."""
+    import sys
+    _pipelines.clear()
+    if not on and "fastvideo.pipelines" not in sys.modules:
+        return                                   # nothing was wrapped: FastVideo need not be imported
+    nat.ensure_runtime()                         # FastVideo imported the tool's way (its banners silenced)
     import fastvideo.pipelines as fvp
     original = getattr(fvp.build_pipeline, "_lcc_original", fvp.build_pipeline)
-    _pipelines.clear()
     if not on:
         fvp.build_pipeline = original
         return
