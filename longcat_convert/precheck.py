@@ -645,11 +645,10 @@ def parity(source, converted_spec, o: dict) -> None:
         Policy.load(o["tolerances"])
     if o.get("known_file") is not None or o.get("expect"):
         from parity import known               # plain JSON; no torch
-        catalogue = known.Catalogue.load(o.get("known_file"))
-        unknown = [i for i in o.get("expect") or () if i not in catalogue.ids]
-        if unknown:
-            raise BadInput(f"--expect {unknown[0]}: no such known difference in {catalogue.path} "
-                           f"(ids: {', '.join(sorted(catalogue.ids))})")
+        known.Catalogue.load(o.get("known_file")).check_ids(o.get("expect"))
+    if o.get("fixes_spec") is not None:
+        import fixes                            # names only; no torch
+        fixes.parse(o["fixes_spec"])
     if o.get("report_dir") is not None:
         report_dir(o["report_dir"])
     # Where both are local, their roles first (swapped?), then CONVERTED, then a hub SOURCE.

@@ -50,12 +50,13 @@ from longcat_convert.errors import BadInput
 
 from .capture import CallRecorder
 from .cases import MAX_SEQUENCE_LENGTH, ComponentCase
+from .setup import converted_root
 from .weights_check import strict_text_encoder, strict_vae
 
 
-def converted_root(converted: Path) -> Path:
-    converted = Path(converted)
-    root = converted.parent if converted.name == "transformer" else converted
+def pipeline_root(converted: Path) -> Path:
+    """CONVERTED's root, which must be a whole model folder (model_index.json)."""
+    root = converted_root(converted)
     if not (root / "model_index.json").is_file():
         raise BadInput(f"{converted}: no model_index.json; CONVERTED must be a folder written by convert")
     return root

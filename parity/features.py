@@ -757,7 +757,7 @@ def features_report(source, converted, *, policy, dtype=torch.float32, device="c
     ``overrides``: --fastvideo KEY=VALUE applied to every run, baselines included."""
     import tempfile
     from .cases import generated_component, load_component
-    from .components import converted_root
+    from .components import pipeline_root
     from .pipeline import run_reference_pipeline
     from .policy import dtype_name
     from longcat_convert.sources import resolve
@@ -765,7 +765,7 @@ def features_report(source, converted, *, policy, dtype=torch.float32, device="c
     if src_root is None:
         raise BadInput(f"{source}: the feature matrix needs the model folder (text_encoder/, vae/, ...), not a "
                        "bare dit/ folder")
-    root = converted_root(converted)
+    root = pipeline_root(converted)
     base_case = load_component(Path(case_path)) if case_path else generated_component("pipeline", 42)
     if base_case.component != "pipeline":
         raise BadInput(f"{case_path}: a {base_case.component} case; the feature matrix runs a pipeline case")

@@ -12,7 +12,6 @@ verdict: an expected difference passes when, and only when, it reproduces.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -32,6 +31,13 @@ class Catalogue:
     @property
     def ids(self) -> set[str]:
         return {e["id"] for e in self.entries + self.findings}
+
+    def check_ids(self, ids, flag: str = "--expect") -> None:
+        """Every id in the catalogue, else BadInput naming the first that is not."""
+        unknown = [i for i in ids or () if i not in self.ids]
+        if unknown:
+            raise BadInput(f"{flag} {unknown[0]}: no such known difference in {self.path} "
+                           f"(ids: {', '.join(sorted(self.ids))})")
 
     def get(self, known_id: str) -> dict | None:
         return next((e for e in self.entries + self.findings if e["id"] == known_id), None)
@@ -136,10 +142,7 @@ def annotate(report: dict, catalogue: Catalogue | None = None) -> dict:
 def check_expected(report: dict, expected: list[str], catalogue: Catalogue) -> tuple[bool, str]:
     """``--expect ID ...``: True when every failing case is one of the expected known
     differences and each expected one reproduced; the sentence says which way it went."""
-    unknown = [i for i in expected if i not in catalogue.ids]
-    if unknown:
-        raise BadInput(f"--expect {unknown[0]}: no such known difference in {catalogue.path} "
-                       f"(ids: {', '.join(sorted(catalogue.ids))})")
+    catalogue.check_ids(expected)
     found = {k["id"] for k in report.get("known_differences", [])}
     missing = [i for i in expected if i not in found]
     others = sorted(found - set(expected))

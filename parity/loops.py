@@ -41,6 +41,7 @@ from longcat_convert.errors import BadInput
 from . import native as nat
 from .capture import LoopObserver, TimedDiT
 from .cases import LoopCase
+from .setup import converted_root
 
 SIGMAS = ("fastvideo", "original")
 
@@ -90,7 +91,7 @@ def native_scheduler(converted: Path | None, settings, args):
     when the bundle has one, else its registered class built from the case's config."""
     sched_dir = None
     if converted is not None:
-        root = converted.parent if converted.name == "transformer" else converted
+        root = converted_root(converted)
         if (root / "scheduler" / "scheduler_config.json").is_file():
             sched_dir = root / "scheduler"
     if sched_dir is not None:

@@ -212,7 +212,7 @@ def component_parity(setup: Setup, component: str, case_paths, *, seed: int = 0,
         if c.component != component:
             raise BadInput(f"{c.path}: a {c.component} case; this run is --component {component}")
     src_root = _source_root(setup.source, "component parity")
-    root = components.converted_root(setup.converted)
+    root = components.pipeline_root(setup.converted)
     device = torch.device(setup.device)
     report = R.start("parity", f"parity {component}: original vs FastVideo (float32, {device})",
                      mode=f"component {component}", policy=setup.policy, dtype="float32", device=device,

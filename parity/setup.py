@@ -32,6 +32,12 @@ class Setup:
         return self.dtype in LOW_PRECISION
 
 
+def converted_root(converted) -> Path:
+    """CONVERTED is the folder ``convert`` wrote or its transformer/: the former."""
+    out = Path(converted)
+    return out.parent if out.name == "transformer" else out
+
+
 def lora_files(setup: Setup, model_dir: Path, name: str) -> tuple[Path, Path]:
     """(original-format file in SOURCE/lora, converted file in CONVERTED/lora/NAME)."""
     stem = Path(name).stem if name.endswith(".safetensors") else Path(name).name
@@ -39,9 +45,7 @@ def lora_files(setup: Setup, model_dir: Path, name: str) -> tuple[Path, Path]:
     if not orig.is_file():
         raise BadInput(f"{orig}: no such LoRA in the source model folder (SOURCE must be the model folder "
                        "holding dit/ and lora/)")
-    out = Path(setup.converted)
-    out = out.parent if out.name == "transformer" else out
-    conv = out / "lora" / stem / f"{stem}.safetensors"
+    conv = converted_root(setup.converted) / "lora" / stem / f"{stem}.safetensors"
     if not conv.is_file():
         raise BadInput(f"{conv}: the converted folder has no LoRA {stem!r}; convert the model folder again")
     return orig, conv

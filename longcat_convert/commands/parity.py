@@ -145,7 +145,7 @@ def parity_cmd(source, converted, **o):
     Exit 0 when every layer is within tolerance, 1 when not, 2 on bad input."""
     from longcat_convert import precheck
     precheck.parity(source, converted, o)      # inputs checked first: before torch or FastVideo is imported
-    from parity import known, modes
+    from parity import modes
     from parity.policy import Policy
     from parity.setup import Setup
     from reference.loading import parse_device
@@ -153,13 +153,7 @@ def parity_cmd(source, converted, **o):
     if o["quiet"]:
         quiet_libraries()
     import fixes
-    fix_names = fixes.parse(o["fixes_spec"])            # a bad name is bad input, before any model work
-    if o["expect"]:                       # an unknown id is bad input, before any model work
-        catalogue = known.Catalogue.load(o["known_file"])
-        unknown = [i for i in o["expect"] if i not in catalogue.ids]
-        if unknown:
-            raise BadInput(f"--expect {unknown[0]}: no such known difference in {catalogue.path} "
-                           f"(ids: {', '.join(sorted(catalogue.ids))})")
+    fix_names = fixes.parse(o["fixes_spec"])            # checked by precheck.parity; here the names
     mode = o["mode"]
     setup = Setup(source=source, converted=converted, dtype=_torch_dtype(o["dtype"]), device=o["device"],
                   attention=o["attention"], mode=mode, loras=_loras(o["loras"], o["lora_multiplier"]),
