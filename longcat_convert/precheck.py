@@ -736,10 +736,14 @@ def _component_folders(component: str, src: Original, conv: Converted, what: str
 
 # --------------------------------------------------------------------------- features
 
-def features(source, converted_spec, *, case=None, device_name: str = "cpu", tolerances=None, report=None) -> None:
+def features(source, converted_spec, *, case=None, device_name: str = "cpu", tolerances=None, report=None,
+             fixes_spec=None) -> None:
     """``longcat-convert features SOURCE CONVERTED``: the flags and files, the two folders'
     roles (swapped?), the pipeline's component folders on both sides, the case's kind."""
     device("--device", device_name)
+    if fixes_spec is not None:
+        import fixes                            # names only; no torch
+        fixes.parse(fixes_spec)
     if tolerances is not None:
         from parity.policy import Policy       # plain JSON; no torch
         Policy.load(tolerances)

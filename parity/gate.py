@@ -32,7 +32,7 @@ class Step:
     report: Path | None = None
     expect: dict | None = None        # known difference: {"passed": false, "first_divergent": ..., "why": ...}
     expect_sp: dict | None = None     # --sp steps: the report's sp section must hold these (numbers within SIZE_RTOL)
-    expect_features: dict | None = None   # features step: "<feature>=<setting>" -> the verdict it must have
+    expect_features: dict | None = None   # features step: the manifest's entry (verdicts: "<feature>=<setting>" -> verdict)
     rc: int | None = None
     seconds: float = 0.0
     ok: bool = False
@@ -100,11 +100,11 @@ def plan_steps(golden: Path, work: Path, manifest: dict, known_file: Path | None
         rep.mkdir(parents=True, exist_ok=True)
         steps.append(Step(label, "convert", ["convert", str(src), str(out), "--force", "--quiet"]))
         steps.append(Step(label, "verify", ["verify", str(src), str(out), "--quiet"]))
-        pinned = _features_for(manifest, model, golden)
-        if pinned is not None:
-            r = rep / "features"
-            steps.append(Step(label, "features", ["features", str(src), str(out), "--report", str(r), "--quiet"],
-                              report=r, expect_features=pinned))
+        for fe in _features_for(manifest, model, golden):
+            tag = fe.get("tag") or "features"
+            r = rep / tag
+            steps.append(Step(label, tag, ["features", str(src), str(out), *fe.get("args", []), "--report", str(r),
+                                           "--quiet"], report=r, expect_features=fe))
         for entry in cases:
             cfile = golden / f"{entry['case']}.safetensors"
             name = Path(entry["case"]).name
@@ -121,16 +121,21 @@ def plan_steps(golden: Path, work: Path, manifest: dict, known_file: Path | None
     return steps
 
 
-def _features_for(manifest: dict, model: str, golden: Path) -> dict | None:
-    """The manifest's ``features`` entry for ``model``: ``{"model": ..., "verdicts":
-    {"<feature>=<setting>": verdict}}`` -> the verdicts (None: no features step)."""
+def _features_for(manifest: dict, model: str, golden: Path) -> list[dict]:
+    """The manifest's ``features`` entries for ``model``: ``{"model": ..., "verdicts":
+    {"<feature>=<setting>": verdict}, "tag": "features-fixed", "args": ["--fixes", "all"],
+    "baseline_against_reference": verdict}`` (tag, args and the baseline's verdict optional)."""
     entries = manifest.get("features", [])
     if not isinstance(entries, list) or not all(
             isinstance(e, dict) and isinstance(e.get("model"), str) and isinstance(e.get("verdicts"), dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in e["verdicts"].items()) for e in entries):
-        raise BadInput(f"{golden / 'gate.json'}: features must be a list of {{model, verdicts: {{\"<feature>=<setting>\": "
-                       "verdict}}}}")
-    return next((e["verdicts"] for e in entries if e["model"] == model), None)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in e["verdicts"].items())
+            and isinstance(e.get("args", []), list) and all(isinstance(a, str) for a in e.get("args", []))
+            and isinstance(e.get("tag", ""), str) and isinstance(e.get("baseline_against_reference", ""), str)
+            for e in entries):
+        raise BadInput(f"{golden / 'gate.json'}: features must be a list of objects: model, verdicts "
+                       "(\"<feature>=<setting>\" -> verdict), and optionally tag, args (strings) and "
+                       "baseline_against_reference")
+    return [e for e in entries if e["model"] == model]
 
 
 def feature_key(row: dict) -> str:
@@ -143,9 +148,13 @@ def _check_features(step: Step, rep: dict | None) -> None:
     if step.expect_features is None:
         return
     got = {feature_key(r): r["verdict"] for r in (rep or {}).get("features", [])}
-    want = step.expect_features
+    want = step.expect_features["verdicts"]
     bad = [f"{k}: {got.get(k, 'missing')} (expected {v})" for k, v in want.items() if got.get(k) != v]
     bad += [f"{k}: {v} (not in the manifest)" for k, v in got.items() if k not in want]
+    base = step.expect_features.get("baseline_against_reference")
+    have = (((rep or {}).get("features_baseline") or {}).get("against_reference") or {}).get("verdict")
+    if base is not None and have != base:
+        bad.insert(0, f"the baseline against the reference: {have} (expected {base})")
     step.ok = step.ok and not bad
     step.message = (f"{len(got)} feature verdicts as pinned" if not bad else
                     "feature verdicts differ: " + "; ".join(bad[:6]) + (" ..." if len(bad) > 6 else ""))

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+import fixes
 from longcat_convert.errors import BadInput
 
 from . import native as nat
@@ -151,10 +152,12 @@ def run_native(model, case: LoopCase, *, dtype, device, sigmas: str = "fastvideo
         batch.sigmas = input_sigmas(s.steps, s.use_distill and s.mode != "refine").tolist()
         notes.append("--sigmas original: FastVideo was handed the original's sigmas (before the shift) through "
                      "ForwardBatch.sigmas")
-    if s.use_distill:
-        notes.append("use_distill: FastVideo 0.2.1 declares the flag in its LongCat config but no stage reads it")
-    if s.enhance_hf:
-        notes.append("enhance_hf: FastVideo 0.2.1 declares the flag in its LongCat config but no stage reads it")
+    fixed = set(fixes.active())
+    for flag, on, fix in (("use_distill", s.use_distill, "use-distill-unread"),
+                          ("enhance_hf", s.enhance_hf, "enhance-hf-unread")):
+        if on:
+            notes.append(f"{flag}: FastVideo 0.2.1 declares the flag in its LongCat config but no stage reads it"
+                         + (f" (read here by the fix {fix})" if fix in fixed else ""))
 
     obs = LoopObserver(model, scheduler, device)
     try:

@@ -163,6 +163,41 @@ def test_unmerge_checker_tells_restored_weights_bit_for_bit(bundle, short_case):
 
 
 @needs_native
+def test_the_lora_fix_restores_base_weights_and_switching_replaces_the_adapter(bundle, short_case, tmp_path):
+    """Stock FastVideo on a CPU restores no base weight on unmerge (lora-unmerge-cpu); with
+    --fixes lora-unmerge-cpu every adapted weight comes back bit for bit, switching to a second
+    adapter and back leaves exactly the first adapter, and the scope ends with FastVideo as it was."""
+    import fixes
+    from fastvideo.layers.lora.linear import BaseLayerWithLoRA
+    from parity.features import (delta_evidence, lora_files, lora_findings, run_fastvideo, unmerge_evidence,
+                                 write_scaled_lora)
+    conv, _ = lora_files(bundle, BUNDLE)
+    second = write_scaled_lora(conv, tmp_path / "doubled.safetensors")
+
+    def unmerged_and_switched():
+        run = run_fastvideo(bundle, short_case.meta, kwargs={"lora_path": str(conv)}, keep_pipe=True)
+        assert run.error is None, run.error
+        pipe = run.pipe
+        pipe.set_lora_adapter("doubled", str(second), strength=1.0)
+        pipe.set_lora_adapter("default")
+        back = delta_evidence(pipe, bundle, conv, 1.0)["merged_over_expected"]
+        pipe.unmerge_lora_weights()
+        return back, unmerge_evidence(pipe, bundle, torch.float32)["weights_restored"]
+
+    init = BaseLayerWithLoRA.__init__
+    back, restored = unmerged_and_switched()
+    done, total = restored.split()[0].split("/")
+    assert back != pytest.approx(1.0, abs=0.01) and int(done) < int(total)          # the findings reproduce
+    with fixes.installed("lora-unmerge-cpu"):
+        back, restored = unmerged_and_switched()
+    assert back == pytest.approx(1.0, abs=1e-4) and restored == f"{total}/{total} bit for bit"
+    assert BaseLayerWithLoRA.__init__ is init
+    rows = [{"feature": "unmerge_lora_weights", "evidence": {"weights_restored": restored}},
+            {"feature": "set_lora_adapter", "evidence": {"weights_hold_the_first_adapter_times": back}}]
+    assert lora_findings(rows) == {"lora_unmerge_restores_nothing": False, "lora_switch_accumulates": False}
+
+
+@needs_native
 @pytest.mark.slow
 def test_features_command_writes_the_matrix_into_one_report(bundle, tmp_path):
     rep = tmp_path / "rep"

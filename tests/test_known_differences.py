@@ -118,4 +118,4 @@ def test_the_gate_manifest_names_catalogue_ids():
     named = [kd["id"] for m in manifest["models"] for c in m["cases"]
              for kd in [c.get("known_difference")] + [r.get("known_difference") for r in c.get("parity", [])
                                                       if isinstance(r, dict)] if kd]
-    assert len(named) == 30 and set(named) <= ids          # 29 stock, 1 that --fixes all leaves (enhance_hf)
+    assert len(named) == 29 and set(named) <= ids          # every one a stock step: --fixes all leaves none

@@ -59,15 +59,20 @@ def test_a_features_step_holds_every_pinned_verdict():
             {"feature": "unmerge_lora_weights", "setting": "after lora_path", "verdict": "diverges"}]
     pinned = {"enable_teacache=True": "no_op", "unmerge_lora_weights=after lora_path": "diverges"}
 
-    def check(report_rows, want):
-        s = Step("m", "features", [], expect_features=want, ok=True)
-        _check_features(s, {"features": report_rows})
+    def check(report_rows, want, baseline=None, have="diverges"):
+        entry = {"verdicts": want, **({"baseline_against_reference": baseline} if baseline else {})}
+        s = Step("m", "features", [], expect_features=entry, ok=True)
+        _check_features(s, {"features": report_rows, "features_baseline": {"against_reference": {"verdict": have}}})
         return s
     assert check(rows, pinned).ok and "2 feature verdicts as pinned" in check(rows, pinned).message
     fixed = [dict(rows[0]), dict(rows[1], verdict="exact")]             # FastVideo fixed unmerge
     assert not check(fixed, pinned).ok and "unmerge_lora_weights" in check(fixed, pinned).message
     assert not check(rows[:1], pinned).ok                                # a row went
     assert not check(rows + [{"feature": "x", "setting": "1", "verdict": "no_op"}], pinned).ok
+    # With fixes, the baseline's own verdict against the reference is pinned too.
+    assert check(rows, pinned, baseline="within_tolerance", have="within_tolerance").ok
+    bad = check(rows, pinned, baseline="within_tolerance", have="diverges")
+    assert not bad.ok and "baseline against the reference: diverges" in bad.message
 
 
 def test_the_bundled_manifest_pins_the_feature_matrix():

@@ -27,8 +27,12 @@ from .parity import DTYPES
 @click.option("--tolerances", type=click.Path(path_type=Path), default=None, help="Tolerance policy file.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
               help="Write report.json, report.md and report.html here.")
+@click.option("--fixes", "fixes_spec", default=None, metavar="all|NAME,...",
+              help="Every run (baselines included) with our corrections of FastVideo's LongCat port installed "
+                   "(docs/fixes.md): all, or names.")
 @click.option("--quiet", is_flag=True)
-def features_cmd(source, converted, case_path, only, overrides, dtype, device, tolerances, report_dir, quiet):
+def features_cmd(source, converted, case_path, only, overrides, dtype, device, tolerances, report_dir, fixes_spec,
+                 quiet):
     """The FastVideo feature matrix: every offload flag, FSDP, both compile paths, attention
     backends, transformer_quant, enable_teacache, VAE tiling, the precision fields and LoRA
     through FastVideo's own loading, each run through build_pipeline on CONVERTED (a whole
@@ -37,18 +41,29 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
     findings, docs/features.md), 2 on bad input or when the baseline run itself fails."""
     from longcat_convert import precheck
     precheck.features(source, converted, case=case_path, device_name=device, tolerances=tolerances,
-                      report=report_dir)      # inputs checked first: before torch or FastVideo is imported
+                      report=report_dir, fixes_spec=fixes_spec)  # inputs first: before torch or FastVideo
     import torch
+    import fixes
     from rich.console import Console
     from parity import features, render
     from parity.policy import Policy
     from reference.loading import parse_device
     parse_device(device)
     err = Console(stderr=True, highlight=False)
-    report = features.features_report(
-        source, converted, policy=Policy.load(tolerances), dtype=getattr(torch, DTYPES[dtype]), device=device,
-        case_path=case_path, only=tuple(only), overrides=features.parse_overrides(overrides),
-        progress=None if quiet else (lambda s: err.print(f"[dim]features: {s}[/dim]")))
+    fix_names = fixes.parse(fixes_spec)
+    if fix_names:
+        from parity import native as nat
+        nat.ensure_runtime(device)                 # FastVideo imported the tool's way, then corrected
+    with fixes.installed(fix_names):
+        report = features.features_report(
+            source, converted, policy=Policy.load(tolerances), dtype=getattr(torch, DTYPES[dtype]), device=device,
+            case_path=case_path, only=tuple(only), overrides=features.parse_overrides(overrides),
+            progress=None if quiet else (lambda s: err.print(f"[dim]features: {s}[/dim]")))
+    if fix_names:
+        report["fixes"] = fixes.describe(fix_names)
+        report["title"] += f" with fixes: {', '.join(fix_names)}"
+    from parity import known
+    known.annotate(report)              # the catalogue's findings this matrix shows (features_findings)
     written = render.write_reports(report, report_dir) if report_dir is not None else []
     out = Console(highlight=False, soft_wrap=True)          # results on stdout; progress on stderr
     counts: dict = {}

@@ -1,0 +1,64 @@
+"""``lora-unmerge-cpu`` (also closes ``lora-switch-accumulates``): the base weight a LoRA
+layer keeps to restore, on a CPU.
+
+FastVideo: ``fastvideo/layers/lora/linear.py``, ``BaseLayerWithLoRA.__init__`` keeps
+``base_layer.weight.to("cpu")`` as the copy ``unmerge_lora_weights`` restores. On a
+GPU that is a copy; on a CPU ``.to("cpu")`` hands back the weight itself, and
+``merge_lora_weights`` adds the adapter into it in place, so the "saved" weight
+holds the adapter too: ``unmerge_lora_weights`` restores nothing (the unmerged layer
+then applies the LoRA on top of a weight that already holds it), and
+``set_lora_adapter`` (unmerge, then merge the next) accumulates adapters. The same
+aliasing a second time: ``unmerge_lora_weights`` restores with
+``cpu_weight.data.to(weight)``, which on a CPU is ``cpu_weight`` itself, so the next
+merge writes into the kept copy again (switching to a second adapter and back leaves
+3x the first adapter where it should leave 1x).
+
+Fix: after ``__init__``, when the kept weight shares storage with the layer's own,
+keep a plain tensor copy instead (what the GPU path already holds); after
+``unmerge_lora_weights``, when the restored weight shares storage with the kept copy,
+the weight gets its own copy. Upstream: ``.to("cpu", copy=True)`` in ``__init__``
+and ``.to(weight, copy=True)`` in ``unmerge_lora_weights``.
+
+Proven by the gate's features step (``tiny-bundle: features --fixes all``): the rows
+``unmerge_lora_weights`` and ``set_lora_adapter`` no longer diverge from their baselines.
+"""
+from __future__ import annotations
+
+from .base import Fix, wrap_method
+
+
+def _make(original):
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        kept, weight = getattr(self, "cpu_weight", None), getattr(self.base_layer, "weight", None)
+        if kept is not None and weight is not None and kept.data_ptr() == weight.data_ptr():
+            # On a CPU `.to("cpu")` returned the Parameter itself, so nn.Module registered it as a
+            # second parameter; the GPU path holds a plain tensor copy, and so does this.
+            delattr(self, "cpu_weight")
+            self.cpu_weight = kept.detach().clone()
+    return __init__
+
+
+def _make_unmerge(original):
+    def unmerge_lora_weights(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        kept, weight = getattr(self, "cpu_weight", None), getattr(self.base_layer, "weight", None)
+        if kept is not None and weight is not None and kept.data_ptr() == weight.data_ptr():
+            weight.data = weight.data.clone()       # the next in-place merge must not reach the kept copy
+        return out
+    return unmerge_lora_weights
+
+
+def _install():
+    from fastvideo.layers.lora.linear import BaseLayerWithLoRA
+    undo = [wrap_method(BaseLayerWithLoRA, "__init__", _make),
+            wrap_method(BaseLayerWithLoRA, "unmerge_lora_weights", _make_unmerge)]
+
+    def restore() -> None:
+        for u in reversed(undo):
+            u()
+    return restore
+
+
+FIX = Fix("lora-unmerge-cpu", "a LoRA layer on a CPU keeps a copy of its base weight to restore, not the weight "
+                              "itself", _install)
