@@ -596,7 +596,10 @@ def matrix(converted: Path, source: Path, tmp: Path, *, device: str = "cpu") -> 
                     baseline="lora_b"),
             Feature("set_lora_adapter", "switch to a second adapter and back", kwargs=dict(lora_path=a),
                     before=switch_back, baseline="lora:1.0"),
-            Feature("unmerge_lora_weights", "after lora_path", kwargs=dict(lora_path=a), before=unmerge),
+            # Unmerged, FastVideo's LoRA layers add the adapter in forward (BaseLayerWithLoRA.forward:
+            # not merged and not disable_lora), so the expected result is the adapter at strength 1.0.
+            Feature("unmerge_lora_weights", "after lora_path", kwargs=dict(lora_path=a), before=unmerge,
+                    baseline="lora:1.0"),
         ]
     if orig_lora is not None:
         rows.append(Feature("lora_path", f"unconverted original-format {orig_lora.name}",
@@ -831,12 +834,28 @@ def features_report(source, converted, *, policy, dtype=torch.float32, device="c
                 row["message"] = _original_lora_message(row, r, f)
             rows.append(row)
     report["features"] = rows
+    report["features_findings"] = lora_findings(rows)
     report["features_wall_s"] = round(time.perf_counter() - t_all, 1)
     report["notes"].append(FEATURES_NOTE)
     R.finalize(report)
     report["passed"] = True           # the matrix ran; verdicts are findings, not failures
     report["cases"] = [{"case": "features", "passed": True, "first_divergent": None}]
     return report
+
+
+def lora_findings(rows: list[dict]) -> dict:
+    """What the LoRA rows' evidence shows, as the booleans the known-differences catalogue's
+    findings point at (``features_findings.<key>``); a key is absent when its row did not run."""
+    out = {}
+    for r in rows:
+        ev = r.get("evidence") or {}
+        if r["feature"] == "unmerge_lora_weights" and "weights_restored" in ev:
+            done, total = ev["weights_restored"].split()[0].split("/")
+            out["lora_unmerge_restores_nothing"] = int(total) > 0 and int(done) < int(total)
+        times = [v for k, v in ev.items() if k.startswith("weights_hold_the_")]
+        if r["feature"] == "set_lora_adapter" and times and times[0] is not None:
+            out["lora_switch_accumulates"] = out.get("lora_switch_accumulates", False) or abs(times[0] - 1.0) > 0.01
+    return out
 
 
 FEATURES_NOTE = ("features: each row is one FastVideo run built by FastVideoArgs.from_kwargs -> build_pipeline on "
