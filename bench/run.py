@@ -307,8 +307,70 @@ def print_sampling(res: dict) -> None:
     con.print(t)
 
 
+def section_fixes(args) -> dict:
+    """The fixes' cost, side by side in one run: per DiT call and per loop (the DiT calls of
+    the loop summed), the reference against stock FastVideo and FastVideo with ``--fixes all``;
+    the tiny golden trajectories (t2v with CFG, video continuation with enhance_hf) and a
+    generated t2v loop on the released widths (the shallowest --blocks checkpoint)."""
+    work = cache_dir() / "runs-fixes"
+    _rm(work)
+    work.mkdir(parents=True)
+    root = Path(__file__).resolve().parent.parent
+    cases = root / "golden" / "tiny-a" / "cases"
+    extra = root / "golden" / "extra" / "tiny-a" / "cases"
+    runs = [("tiny-a traj_t2v_cfg", "fp32", root / "golden" / "tiny-a",
+             ["--case", str(cases / "traj_t2v_cfg.safetensors")]),
+            ("tiny-a traj_vc_cache_hf", "fp32", root / "golden" / "tiny-a",
+             ["--case", str(extra / "traj_vc_cache_hf.safetensors")])]
+    blocks = min(args.blocks)
+    runs.append((f"released widths, {blocks} blocks", "fp32", cached_checkpoint("fp32", blocks),
+                 ["--loop", "t2v", "--steps", "3", "--guidance", "1", "--shape", args.parity_shape,
+                  "--text-len", "64"]))
+    rows = []
+    for label, dtype, src, extra_args in runs:
+        conv = work / f"conv-{len(rows)}"
+        _check(measure(CLI + ["convert", str(src), str(conv), "--quiet", "--no-fsync"]), "convert")
+        row = {"checkpoint": label, "dtype": dtype}
+        for side, fix_args in (("stock", []), ("fixed", ["--fixes", "all"])):
+            print(f"  parity --mode sampling, {label}, {side} ...", file=sys.stderr, flush=True)
+            rep = work / f"report-{len(rows)}-{side}"
+            smp = measure(CLI + ["parity", str(src), str(conv), "--mode", "sampling", "--dtype", dtype, "--quiet",
+                                 "--report", str(rep), *fix_args, *extra_args])
+            if smp.rc not in (0, 1):
+                _check(smp, f"parity --mode sampling ({side})")
+            report = json.loads((rep / "report.json").read_text())
+            (t,) = report["timing"]
+            row[side] = {"calls": t["dit_calls"]["native"], "ms": t["native_ms_per_dit_call"],
+                         "loop_s": t["loop_dit_s"]["native"], "passed": report["passed"],
+                         "first_divergent": report["first_divergent"]}
+            row["reference"] = {"calls": t["dit_calls"]["reference"], "ms": t["reference_ms_per_dit_call"],
+                                "loop_s": t["loop_dit_s"]["reference"]}
+        rows.append(row)
+        _rm(conv)
+    _rm(work)
+    return {"shape": args.parity_shape, "rows": rows}
+
+
+def print_fixes(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    con = Console(width=220, highlight=False)
+    t = Table(title="fixes: wall time per DiT call (median) and per loop (DiT calls summed), same run, fp32")
+    for c in ("checkpoint", "calls ref / stock / fixed", "ref ms", "stock ms", "fixed ms", "fixed / stock",
+              "fixed / ref", "loop s ref / stock / fixed", "stock", "fixed"):
+        t.add_column(c, justify="right")
+    for r in res["rows"]:
+        ref, st, fx = r["reference"], r["stock"], r["fixed"]
+        t.add_row(r["checkpoint"], f"{ref['calls']} / {st['calls']} / {fx['calls']}", f"{ref['ms']:.1f}",
+                  f"{st['ms']:.1f}", f"{fx['ms']:.1f}", f"{fx['ms'] / st['ms']:.2f}", f"{fx['ms'] / ref['ms']:.2f}",
+                  f"{ref['loop_s']:.2f} / {st['loop_s']:.2f} / {fx['loop_s']:.2f}",
+                  "passes" if st["passed"] else f"first divergent {st['first_divergent']}",
+                  "passes" if fx["passed"] else f"first divergent {fx['first_divergent']}")
+    con.print(t)
+
+
 SECTIONS: dict[str, Callable] = {"conversion": section_conversion, "parity_blocks": section_parity_blocks,
-                                 "sampling": section_sampling}
+                                 "sampling": section_sampling, "fixes": section_fixes}
 
 
 def print_conversion(res: dict) -> None:
@@ -360,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         print_parity_blocks(results["parity_blocks"])
     if "sampling" in results:
         print_sampling(results["sampling"])
+    if "fixes" in results:
+        print_fixes(results["fixes"])
     print(f"bench: {time.perf_counter() - t0:.0f}s in all; checkpoints cached in {cache_dir()}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

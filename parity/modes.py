@@ -6,6 +6,7 @@ sides, runs them, hands every pair of row sets to the judge, and finalises.
 """
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -154,6 +155,7 @@ def sampling_parity(setup: Setup, cases: list[LoopCase], *, sigmas: str = "fastv
                 "reference_ms_per_dit_call": r_ms, "native_ms_per_dit_call": n_ms,
                 "reference_ms_spread": r["spread"], "native_ms_spread": n["spread"],
                 "first_call_ms": {"reference": r["first"], "native": n["first"]},
+                "loop_dit_s": {"reference": round(sum(ref_s), 4), "native": round(sum(nat_s), 4)},
                 "native_over_reference": round(n_ms / r_ms, 3) if r_ms and n_ms else None})
     report["notes"].append(SAMPLING_NOTE)
     return R.finalize(report)
@@ -201,8 +203,11 @@ def _source_root(source, what: str) -> Path:
     return src.root
 
 
-def component_parity(setup: Setup, component: str, case_paths, *, seed: int = 0, sigmas: str = "fastvideo") -> dict:
-    """--component text_encoder|vae|pipeline over the given cases (or one generated case)."""
+def component_parity(setup: Setup, component: str, case_paths, *, seed: int = 0, sigmas: str = "fastvideo",
+                     fix_names=(), stock_run: bool = True) -> dict:
+    """--component text_encoder|vae|pipeline over the given cases (or one generated case).
+    ``fix_names`` (pipeline): the fixes, installed here around FastVideo's run; with
+    ``stock_run`` stock FastVideo also runs, for the frames picture and a PSNR line."""
     if component not in COMPONENTS:
         raise BadInput(f"--component {component!r}: choose {', '.join(COMPONENTS)}")
     if dtype_name(setup.dtype) != "float32":
@@ -218,7 +223,7 @@ def component_parity(setup: Setup, component: str, case_paths, *, seed: int = 0,
                      mode=f"component {component}", policy=setup.policy, dtype="float32", device=device,
                      attention=setup.attention, source=setup.source, converted=setup.converted, component=component)
     if component == "pipeline":
-        return _pipeline(setup, report, src_root, root, cases, sigmas)
+        return _pipeline(setup, report, src_root, root, cases, sigmas, list(fix_names), stock_run)
     args = nat.fastvideo_args(root, dtype=torch.float32, device=device)
     if component == "text_encoder":
         tok, enc, (m, problems) = components.load_native_text(root, args)
@@ -253,16 +258,65 @@ def component_parity(setup: Setup, component: str, case_paths, *, seed: int = 0,
     return R.finalize(report)
 
 
-def _pipeline(setup: Setup, report: dict, src_root: Path, root: Path, cases, sigmas: str) -> dict:
-    """One full prompt-to-frames run of each side per case, every stage's rows judged."""
+def _stock_native(root: Path, case, device, sigmas: str, report: dict) -> tuple[dict | None, float]:
+    """Stock FastVideo's run (no fix installed) -> (its rows, seconds), or None where
+    fixes are installed outside this run's scope (it could not be stock)."""
+    import time
+
+    import fixes
+    if fixes.active():
+        _add_notes(report, [f"stock FastVideo not run: fixes installed outside this run ({', '.join(fixes.active())})"])
+        return None, 0.0
+    t0 = time.perf_counter()
+    rows, _, _ = pipeline.run_native_pipeline(root, case, device, sigmas)
+    return rows, time.perf_counter() - t0
+
+
+def _stock_steps(stock: dict, ref: dict) -> dict:
+    """Relative L2 of the stock run's loop rows against the original (drawn, not judged)."""
+    from . import pictures
+    from .metrics import rel_l2
+    out = {}
+    for name, t in stock.items():
+        r = ref.get(name)
+        if pictures.is_step_row(name) and r is not None and r.shape == t.shape:
+            v = rel_l2(t.float(), r.float())
+            out[name] = v if math.isfinite(v) else str(v)
+    return out
+
+
+def _frames_pictures(report: dict, case: str, ref: dict, runs: list[tuple[str, dict | None]]) -> None:
+    """The frames grid of one case: original | each FastVideo run | its difference."""
+    from . import pictures
+    shown = [(label, rows["output.frames"]) for label, rows in runs
+             if rows is not None and rows.get("output.frames") is not None]
+    f_ref = ref.get("output.frames")
+    if f_ref is None or not shown or any(v.shape != f_ref.shape for _, v in shown):
+        return
+    entry, data = pictures.frames_picture(case, f_ref, shown)
+    R.attach(report, entry, data)
+
+
+def _pipeline(setup: Setup, report: dict, src_root: Path, root: Path, cases, sigmas: str, fix_names: list[str],
+              stock_run: bool) -> dict:
+    """One full prompt-to-frames run of each side per case, every stage's rows judged; with
+    fixes, the judged run is the fixed one and stock FastVideo runs beside it for pictures."""
+    import fixes
     device = torch.device(setup.device)
     report["frames"] = []
+    if fix_names:
+        nat.ensure_runtime(device)                  # FastVideo imported the tool's way before a fix wraps it
     for case in cases:
         ref = pipeline.run_reference_pipeline(src_root, case, device)
         if case.golden:
             judge_golden(report, case, ref, pipeline.golden_rows(case), policy=setup.policy)
-        fv, notes, cls = pipeline.run_native_pipeline(root, case, device, sigmas)
+        with fixes.installed(fix_names):
+            fv, notes, cls = pipeline.run_native_pipeline(root, case, device, sigmas)
         _add_notes(report, notes)
+        stock, stock_s = (_stock_native(root, case, device, sigmas, report) if fix_names and stock_run
+                          else (None, 0.0))
+        runs = [("FastVideo stock", stock), ("FastVideo fixed", fv)] if stock is not None else [("FastVideo", fv)]
+        _frames_pictures(report, case.name, ref, runs)
         for rows in (ref, fv):
             pipeline.add_valid_tokens(rows, "text.attention_mask", "text.prompt_embeds")
             pipeline.add_valid_tokens(rows, "text.negative_attention_mask", "text.negative_prompt_embeds")
@@ -274,10 +328,21 @@ def _pipeline(setup: Setup, report: dict, src_root: Path, root: Path, cases, sig
         if f_nat is not None and f_ref is not None and f_nat.shape == f_ref.shape:
             entry = {"case": case.name, "pipeline": cls, "shape": list(f_ref.shape),
                      "psnr_db": pipeline.psnr(f_nat, f_ref), "max_abs": float((f_nat - f_ref).abs().max())}
+            f_stock = stock.get("output.frames") if stock is not None else None
+            if f_stock is not None and f_stock.shape == f_ref.shape:
+                entry["stock"] = {"psnr_db": pipeline.psnr(f_stock, f_ref),
+                                  "max_abs": float((f_stock - f_ref).abs().max()), "seconds": round(stock_s, 2),
+                                  "steps": _stock_steps(stock, ref)}
             report["frames"].append(entry)
+            fixed = " with fixes" if fix_names else ""
             report["notes"].append(f"{case.name}: frames [B, C, F, H, W] {entry['shape']}: PSNR "
-                                   f"{entry['psnr_db']:.2f} dB, max abs {entry['max_abs']:.4g} (FastVideo vs "
+                                   f"{entry['psnr_db']:.2f} dB, max abs {entry['max_abs']:.4g} (FastVideo{fixed} vs "
                                    "original, values in [0, 1])")
+            if "stock" in entry:
+                st = entry["stock"]
+                report["notes"].append(f"{case.name}: stock FastVideo (no fix; pictures only, not judged): frames "
+                                       f"PSNR {st['psnr_db']:.2f} dB, max abs {st['max_abs']:.4g}; its extra run "
+                                       f"took {st['seconds']:.1f} s (--no-stock-run skips it)")
     report["notes"].append(PIPELINE_NOTE)
     return R.finalize(report)
 

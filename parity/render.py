@@ -9,6 +9,7 @@ import math
 import os
 from pathlib import Path
 
+from . import pictures
 from .metrics import METRIC_KEYS
 from .rows import ordered
 
@@ -94,7 +95,9 @@ def _known_markdown(report: dict) -> list[str]:
     return out
 
 
-def to_markdown(report: dict) -> str:
+def to_markdown(report: dict, *, with_pictures: bool = True) -> str:
+    """The report for PR comments; ``with_pictures``: link the pictures (files of the
+    report folder; left out of ``$GITHUB_STEP_SUMMARY``, where they would not resolve)."""
     status = "PASSED" if report["passed"] else "FAILED"
     lines = [f"## {report['title']}: {status}", ""]
     if report["first_divergent"]:
@@ -104,6 +107,10 @@ def to_markdown(report: dict) -> str:
         lines += ["FastVideo ran with our fixes installed: " + "; ".join(f"`{f['name']}` ({f['what']})"
                                                                          for f in report["fixes"]), ""]
     lines += _known_markdown(report)
+    if with_pictures:
+        lines += _pictures_markdown(report)
+    elif picture_entries(report):
+        lines += ["Pictures (decoded frames, error per step): report.md / report.html of the report folder.", ""]
     env = report["environment"]
     lines.append(f"torch {env.get('torch')}, fastvideo {env.get('fastvideo')}, CUDA {env.get('cuda')}, "
                  f"device {env.get('device')} ({env.get('device_name')}), dtype {env.get('dtype')}, "
@@ -134,6 +141,46 @@ def to_markdown(report: dict) -> str:
     for n in report.get("notes", []):
         lines += ["", f"> {n}"]
     return "\n".join(lines) + "\n"
+
+
+def picture_entries(report: dict) -> list[tuple[dict, str | None]]:
+    """Every picture of the report, (entry, SVG text or None): the frames grids the run
+    attached, then one error-per-step curve per loop case (drawn from the rows)."""
+    frames = [(e, None) for e in report.get("pictures") or [] if e.get("kind") != "steps"]
+    return frames + pictures.step_curves(report)
+
+
+def _caption(entry: dict) -> str:
+    if entry["kind"] == "steps":
+        return (f"{entry['case'] or 'the loop'}: relative L2 per step, one curve per row kind "
+                f"({', '.join(entry['rows'])}); dashed: the policy limit")
+    runs = "; ".join(f"{r['label']}: PSNR {_fmt(r['psnr_db'])} dB, max abs {_fmt(r['max_abs'])}"
+                     for r in entry["runs"])
+    return (f"{entry['case']}: decoded frames {', '.join(map(str, entry['frames']))} of {entry['frame_count']}, "
+            f"columns {' | '.join(entry['columns'])}; difference = max over channels, x{entry['amplification']:g} "
+            f"(black 0, white >= {entry['white']:.3g}); {runs}")
+
+
+def _pictures_markdown(report: dict) -> list[str]:
+    out = []
+    for entry, _ in picture_entries(report):
+        out += [f"![{entry['kind']} {entry['case'] or ''}]({entry['file']})", "", f"*{_caption(entry)}*", ""]
+    return (["### Pictures", ""] + out) if out else []
+
+
+def _pictures_html(report: dict) -> str:
+    import base64
+    files = report.get("attachments") or {}
+    out = []
+    for entry, svg in picture_entries(report):
+        if svg is not None:
+            body = svg
+        else:
+            data = files.get(entry["file"])
+            src = ("data:image/png;base64," + base64.b64encode(data).decode()) if data else html.escape(entry["file"])
+            body = f'<img src="{src}" alt="{html.escape(entry["kind"])}" style="max-width:100%">'
+        out.append(f"<figure>{body}<figcaption>{html.escape(_caption(entry))}</figcaption></figure>")
+    return ("<h2>Pictures</h2>" + "".join(out)) if out else ""
 
 
 FEATURES_HEAD = ["feature", "setting", "verdict", "against", "evidence", "wall s (baseline)",
@@ -430,11 +477,11 @@ def to_html(report: dict) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(report['title'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ddd;padding:2px 6px;text-align:right}}td:nth-child(-n+3){{text-align:left}}
-tr.fail td{{background:#fde0e0}}.plots{{display:flex;flex-wrap:wrap;gap:8px}}.status{{color:{color}}}.note{{background:#fff6d5;padding:4px}}.known{{background:#e8f0fe;padding:4px 8px;margin:4px 0}}.known ul{{margin:2px 0}}.unexplained{{background:#fde0e0}}</style></head><body>
+tr.fail td{{background:#fde0e0}}.plots{{display:flex;flex-wrap:wrap;gap:8px}}.status{{color:{color}}}.note{{background:#fff6d5;padding:4px}}.known{{background:#e8f0fe;padding:4px 8px;margin:4px 0}}.known ul{{margin:2px 0}}.unexplained{{background:#fde0e0}}figure{{margin:8px 0 16px}}figcaption{{font-size:12px;color:#444;max-width:1000px}}</style></head><body>
 <h1>{html.escape(report['title'])}: <span class="status">{status}</span></h1>
 <p>First divergent row: <b>{html.escape(str(report['first_divergent']))}</b> &middot; mode {html.escape(str(report.get('mode')))}
 &middot; tolerance policy v{report['policy']['version']}: {html.escape(', '.join(f'{k} <= {v:g}' for k, v in report['policy']['limits'].items()))}</p>
-{notes}<h2>Error per row</h2><div class="plots">{plots}</div>
+{notes}{_pictures_html(report)}<h2>Error per row</h2><div class="plots">{plots}</div>
 <h2>Rows (run order)</h2><table><tr>{head}</tr>{''.join(body)}</table>
 <h2>Environment</h2><table>{env}</table>
 <!-- markdown rendering of the same report:
@@ -447,12 +494,22 @@ def write_reports(report: dict, out_dir: str | os.PathLike) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "report.json", out / "report.md", out / "report.html"]
-    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    entries = picture_entries(report)
+    files = dict(report.get("attachments") or {})
+    files.update({e["file"]: svg.encode() for e, svg in entries if svg is not None})
+    for name, data in files.items():
+        p = out / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        paths.append(p)
+    if entries:
+        report["pictures"] = [e for e, _ in entries]
+    paths[0].write_text(json.dumps({k: v for k, v in report.items() if k != "attachments"}, indent=2) + "\n")
     md = to_markdown(report)
     paths[1].write_text(md)
     paths[2].write_text(to_html(report))
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a") as f:
-            f.write(md + "\n")
+            f.write(to_markdown(report, with_pictures=False) + "\n")
     return paths

@@ -11,12 +11,30 @@ A report is a plain dict:
      "notes": [str],
      "timing": [{"case", "dit_calls", "reference_ms_per_dit_call", "native_ms_per_dit_call",
                  "reference_ms_spread", "native_ms_spread", "first_call_ms",
+                 "loop_dit_s",                   # each side's DiT calls in the loop, summed (first call included)
                  "native_over_reference"}],      # sampling mode only; medians after the first (warm-up) call
      "known_differences": [{"id", "title", "why", "fastvideo_code", "isolate", "fix", "cases"}],
      "unexplained": [case], "known_catalogue": path,  # parity/known.py; cases[i].known_difference: the id
      "expected": {"ids", "passed", "message"},        # parity --expect only
      "timeouts": [{"case", "run", "message"}],        # --sp runs that ran out of time
-     "sp": {...}}                                                                # --sp N only
+     "sp": {...},                                                                # --sp N only
+     "frames": [{"case", "pipeline", "shape", "psnr_db", "max_abs",               # --component pipeline
+                 "stock": {"psnr_db", "max_abs", "seconds", "steps": {row: rel_l2}}}],  # with --fixes; not judged
+     "pictures": [{"kind": "frames" | "steps", "case", "file", ...}]}   # written with --report DIR
+
+``pictures`` (parity/pictures.py; files under ``DIR/pictures/``, linked by report.md,
+embedded in report.html): ``kind: "frames"`` (``--component pipeline``): a PNG grid,
+a row per decoded frame (``frames``: their indices of ``frame_count``), ``columns``
+(``original``, then per FastVideo run its frames and ``|<run> - original|``), the
+difference's ``amplification`` (``white``: the difference drawn white, 1/amplification),
+``runs`` [{``label``, ``psnr_db``, ``max_abs``}] (with ``--fixes``: ``FastVideo stock``
+and ``FastVideo fixed``), ``frame_size`` [H, W], ``size`` [H, W] of the PNG;
+``kind: "steps"`` (every case with ``step.<i>.<kind>`` rows: sampling mode, the
+pipeline): an SVG of ``metric`` (``rel_l2``) per step, one curve per row kind in
+``rows``, the policy's ``limit`` dashed; ``stock``: whether the stock run's curves
+(``frames[i].stock.steps``) are drawn beside them, dotted. The PNG bytes travel in the report dict under
+``attachments`` {file: bytes} until ``render.write_reports`` writes them; report.json
+never holds them.
 
 ``sp`` (``parity --sp N``, parity/distributed.py; cases are ``<case>:1proc`` for the
 one-process baseline and ``<case>:rank<r>`` per rank): ``world_size``, ``backend``
@@ -95,6 +113,13 @@ def add_layer(report: dict, *, name: str, metrics: dict, passed: bool, failures=
     row["failures"] = list(failures)
     report["layers"].append(row)
     return row
+
+
+def attach(report: dict, entry: dict, data: bytes) -> None:
+    """A picture of the report: its entry in ``pictures`` (``entry["file"]``, relative to
+    the report folder) and its bytes, written by ``render.write_reports``."""
+    report.setdefault("pictures", []).append(entry)
+    report.setdefault("attachments", {})[entry["file"]] = data
 
 
 def describe_case(report: dict, case: str, **settings) -> None:

@@ -42,6 +42,14 @@ for c in golden/tiny-a/cases/bsa_*.safetensors; do
 done
 step pipeline-cuda "$CLI" parity golden/tiny-bundle out/gpu/tiny-bundle --component pipeline --device cuda \
     --case golden/tiny-bundle/cases/pipeline_t2v.safetensors --report "$OUT_DIR/pipeline"
+# The fixes on CUDA: every trajectory case in float32 and the full run, with --fixes all.
+for c in golden/tiny-a/cases/traj_*.safetensors golden/extra/tiny-a/cases/traj_*.safetensors; do
+  n=$(basename "$c" .safetensors)
+  step "sampling-fixed-$n" "$CLI" parity golden/tiny-a out/gpu/tiny-a --mode sampling --device cuda --fixes all \
+      --case "$c" --report "$OUT_DIR/sampling-fixed-$n"
+done
+step pipeline-fixed-cuda "$CLI" parity golden/tiny-bundle out/gpu/tiny-bundle --component pipeline --device cuda \
+    --fixes all --case golden/tiny-bundle/cases/pipeline_t2v.safetensors --report "$OUT_DIR/pipeline-fixed"
 step video-generator "$PY" - <<'PYEOF'
 # FastVideo's own entry point on the converted tiny bundle with its defaults (offloads on).
 import time, torch

@@ -95,3 +95,50 @@ def test_the_feature_matrix_runs_its_cuda_rows_on_a_gpu(tmp_path):
     for r in rows:
         assert r["verdict"] != "not_run" or "CUDA" not in r["message"], r
         assert r["verdict"] in ("exact", "within_tolerance", "no_op", "unsupported", "crashes", "diverges", "not_run")
+
+
+def test_video_generator_with_fixes_matches_build_pipeline_with_fixes(tmp_path):
+    """fixes.install_in_workers reaches VideoGenerator's spawned workers: its frames with
+    --fixes all equal those of build_pipeline run here with the same fixes installed, and
+    differ from stock VideoGenerator's (the schedule alone changes every step)."""
+    import math
+
+    import fixes
+    from fastvideo import VideoGenerator
+    from fastvideo.api.sampling_param import SamplingParam
+    from fastvideo.fastvideo_args import FastVideoArgs
+    from fastvideo.pipelines import build_pipeline
+
+    from parity.pipeline import forward_batch
+    from parity_support import GOLDEN
+    out = tmp_path / "bundle"
+    assert cli("convert", GOLDEN / "tiny-bundle", out, "--quiet") == 0
+    settings = dict(prompt="A red cat walks on the street at night.", negative_prompt="blurred, static, dark",
+                    height=32, width=48, num_frames=9, num_inference_steps=4, guidance_scale=4.0, seed=42)
+
+    def generate(spec):
+        gen = VideoGenerator.from_pretrained(str(out), num_gpus=1)
+        try:
+            if spec:
+                assert fixes.install_in_workers(gen, spec) == [list(fixes.FIXES)]
+            res = gen.generate_video(settings["prompt"], save_video=False, return_frames=True,
+                                     **{k: v for k, v in settings.items() if k != "prompt"})
+        finally:
+            gen.shutdown()
+        return torch.as_tensor(res["frames"] if isinstance(res, dict) else res).float().flatten()
+
+    fixed, stock = generate("all"), generate(None)
+    args = FastVideoArgs.from_kwargs(model_path=str(out), num_gpus=1)
+    with fixes.installed("all"):
+        pipe = build_pipeline(args)
+        with torch.no_grad():
+            here = torch.as_tensor(pipe.forward(forward_batch(SamplingParam(**settings), args), args).output)
+    here = here.float().flatten()
+    if here.max() <= 1.0 < fixed.max():                # VideoGenerator hands out uint8 frames
+        here = here * 255
+
+    def psnr(a, b):
+        mse = float((a - b).square().mean())
+        return math.inf if mse == 0 else 10 * math.log10(float(a.abs().max()) ** 2 / mse)
+    assert fixed.numel() == here.numel() == stock.numel()
+    assert psnr(fixed, here) >= 40.0 and psnr(fixed, stock) < psnr(fixed, here)

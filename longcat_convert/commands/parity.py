@@ -131,6 +131,9 @@ def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
 @click.option("--fixes", "fixes_spec", default=None, metavar="all|NAME,...",
               help="Run FastVideo with our corrections of its LongCat port installed (docs/fixes.md): all, or "
                    "some of schedule-reshift, use-distill-unread, bf16-dit-input, kv-cache-flag-unread.")
+@click.option("--no-stock-run", "no_stock_run", is_flag=True,
+              help="--component pipeline --fixes: skip the second, stock FastVideo run whose frames the report "
+                   "shows beside the fixed run's (pictures and a PSNR line only; it is never judged).")
 @click.option("--fastvideo", "fastvideo", multiple=True, metavar="KEY=VALUE",
               help="A FastVideoArgs / PipelineConfig field for FastVideo's side, applied as FastVideo applies it "
                    "(docs/features.md); repeatable.")
@@ -159,14 +162,17 @@ def parity_cmd(source, converted, **o):
                   attention=o["attention"], mode=mode, loras=_loras(o["loras"], o["lora_multiplier"]),
                   policy=Policy.load(o["tolerances"]))
     parse_device(o["device"])
-    if fix_names:                                         # installed for this command, removed after it
+    in_pipeline = o["component"] == "pipeline"             # the pipeline installs them around its fixed run
+    if fix_names and not in_pipeline:                     # installed for this command, removed after it
         from parity import native as nat
         nat.ensure_runtime(o["device"])                   # FastVideo imported the tool's way (its banners silenced)
         click.get_current_context().with_resource(fixes.installed(fix_names))
     from parity.features import begin_parity_overrides, end_parity_overrides
     overrides = begin_parity_overrides(o["fastvideo"], mode=mode, component=o["component"], sp=o["sp"])
     if o["component"] is not None:
-        report = modes.component_parity(setup, o["component"], o["cases"], seed=o["seed"], sigmas=o["sigmas"])
+        report = modes.component_parity(setup, o["component"], o["cases"], seed=o["seed"], sigmas=o["sigmas"],
+                                        fix_names=fix_names if in_pipeline else (),
+                                        stock_run=not o["no_stock_run"])
     elif o["sp"] is not None and mode == "sampling":
         report = modes.sp_sampling_parity(setup, _loop_cases(source, o), sp_size=o["sp"], sigmas=o["sigmas"],
                                  timeout=o["sp_timeout"], start=o["sp_start"])

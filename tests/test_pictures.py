@@ -1,0 +1,241 @@
+"""Pictures in the reports (parity/pictures.py, drawn by parity/render.py): the PNG
+writer, the frames grid (original | FastVideo | |difference|), the error-per-step
+curves, and the files a report folder gets."""
+from __future__ import annotations
+
+import json
+import math
+import struct
+import xml.etree.ElementTree as ET
+import zlib
+
+import numpy as np
+import pytest
+
+from parity import pictures, render
+from parity import report as R
+from parity.policy import Policy
+from parity_support import GOLDEN, cli, needs_native, read_report
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """An independent reader of the PNGs the writer makes (8-bit, filter 0 lines):
+    signature, every chunk's CRC, IHDR, the zlib stream of the IDAT chunks."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, []
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        (crc,) = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
+        assert crc == zlib.crc32(tag + body) & 0xFFFFFFFF, tag
+        chunks.append((tag, body))
+        pos += 12 + n
+    assert chunks[0][0] == b"IHDR" and chunks[-1] == (b"IEND", b"")
+    w, h, depth, color, comp, filt, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    assert (depth, comp, filt, interlace) == (8, 0, 0, 0)
+    c = {0: 1, 2: 3, 6: 4}[color]
+    raw = zlib.decompress(b"".join(b for t, b in chunks if t == b"IDAT"))
+    lines = np.frombuffer(raw, np.uint8).reshape(h, 1 + w * c)
+    assert (lines[:, 0] == 0).all()                    # filter type 0 on every line
+    return lines[:, 1:].reshape(h, w, c)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (6, 4, 3), (3, 9, 4), (1, 1, 3)])
+def test_png_decodes_back_to_the_same_pixels(shape):
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    back = decode_png(pictures.png(img))
+    assert back.shape == (shape if len(shape) == 3 else shape + (1,))
+    assert np.array_equal(back.reshape(img.shape), img)
+
+
+def test_png_refuses_what_it_cannot_write():
+    with pytest.raises(ValueError):
+        pictures.png(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError):
+        pictures.png(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_the_difference_of_identical_frames_is_all_zero():
+    f = np.random.default_rng(1).random((8, 12, 3))
+    assert not pictures.difference(f, f.copy(), 1e6).any()
+    g = f.copy()                       # a difference of 1/amplification or more is white
+    g[..., 1] += 0.25
+    assert (pictures.difference(g, f, 4.0) == 255).all()
+
+
+def test_amplification_is_a_1_2_5_number_keeping_the_difference_in_range():
+    assert pictures.amplification(0.0) == 1.0 and pictures.amplification(float("nan")) == 1.0
+    assert pictures.amplification(0.21) == 2.0
+    assert pictures.amplification(0.1) == 10.0
+    assert pictures.amplification(2.6e-6) == pytest.approx(2e5)
+    assert pictures.amplification(3.0) == 1.0          # never attenuates
+
+
+def test_frames_are_picked_evenly_with_first_and_last():
+    assert pictures.pick_frames(5) == [0, 1, 2, 3, 4]
+    p = pictures.pick_frames(93, 9)
+    assert len(p) == 9 and p[0] == 0 and p[-1] == 92 and p == sorted(set(p))
+
+
+def _video(value, F=3, H=8, W=12):
+    v = np.empty((1, 3, F, H, W))
+    v[0] = np.asarray(value, float)[:, None, None, None]
+    return v
+
+
+def _count(img, rgb, tol: int = 1) -> int:
+    """Pixels of this colour (within ``tol`` per channel: the float rounding of the inputs)."""
+    return int((np.abs(img.astype(int) - np.asarray(rgb)) <= tol).all(axis=2).sum())
+
+
+def test_frames_picture_shows_each_run_beside_its_difference_on_one_scale():
+    """original | stock | |stock - original| | fixed | |fixed - original|: the cells hold the
+    frames' own pixels; one amplification (from the larger difference) for both
+    difference columns, so the smaller difference is darker; identical frames are black."""
+    ref = _video([0.2, 0.4, 0.6])
+    stock = _video([0.2, 0.5, 0.6])           # differs by 0.1 in one channel
+    half = _video([0.2, 0.45, 0.6])           # by 0.05
+    entry, data = pictures.frames_picture("c", ref, [("FastVideo stock", stock), ("half", half),
+                                                     ("FastVideo fixed", ref.copy())])
+    img = decode_png(data)
+    assert list(img.shape[:2]) == entry["size"] and img.shape[2] == 3
+    assert entry["file"] == "pictures/c.frames.png" and entry["frames"] == [0, 1, 2]
+    assert entry["columns"] == ["original", "FastVideo stock", "|FastVideo stock - original|", "half",
+                                "|half - original|", "FastVideo fixed", "|FastVideo fixed - original|"]
+    assert entry["amplification"] == 10.0 and entry["white"] == pytest.approx(0.1)
+    zoom = min(8, pictures.CELL_HEIGHT // 8)      # magnified up to 8x
+    area = 3 * (8 * zoom) * (12 * zoom)       # 3 frames per column
+    assert _count(img, (51, 102, 153)) == 2 * area          # original and fixed show the same pixels
+    assert _count(img, (51, 128, 153)) == area
+    assert _count(img, (255, 255, 255)) >= area             # 0.1 x 10: white (the background is white too)
+    assert _count(img, (255, 128, 0)) == area               # 0.05 x 10 = 0.5 on the heat scale
+    assert _count(img, (0, 0, 0)) >= area                   # identical: black (text is black too)
+    runs = {r["label"]: r for r in entry["runs"]}
+    assert runs["FastVideo fixed"]["psnr_db"] == "inf" and runs["FastVideo fixed"]["max_abs"] == 0
+    assert runs["FastVideo stock"]["psnr_db"] == pytest.approx(10 * math.log10(1 / (0.01 / 3)))
+    with pytest.raises(ValueError):
+        pictures.frames_picture("c", ref, [("x", _video([0, 0, 0], F=2))])
+
+
+def test_large_videos_are_subsampled_and_limited_in_frames():
+    ref = np.random.default_rng(2).random((1, 3, 20, 40, 700))
+    entry, data = pictures.frames_picture("big", ref, [("FastVideo", ref)])
+    img = decode_png(data)
+    assert entry["frames"] == pictures.pick_frames(20) and len(entry["frames"]) == pictures.MAX_FRAMES
+    assert img.shape[1] < 3 * 700 and entry["frame_count"] == 20
+
+
+# --------------------------------------------------------------------- curves
+
+KINDS = ["dit_in", "dit_out", "noise_pred", "latents"]
+
+
+def _loop_report(steps=3, cases=("c",), zero_kind="dit_in") -> dict:
+    rep = R.new_report("parity", "t", mode="sampling", policy=Policy.load(), dtype="float32", device="cpu", env={})
+    for case in cases:
+        R.add_layer(rep, name="timesteps", metrics={"rel_l2": 0.0}, passed=True, case=case)
+        for i in range(steps):
+            for k, kind in enumerate(KINDS):
+                v = 0.0 if kind == zero_kind and i == 0 else 10.0 ** (-7 + k) * (i + 1)
+                R.add_layer(rep, name=f"step.{i}.{kind}", metrics={"rel_l2": v}, passed=v <= 1e-5, case=case)
+        R.add_layer(rep, name="output.latents", metrics={"rel_l2": 1e-4}, passed=False, case=case)
+    return R.finalize(rep)
+
+
+def _paths(svg: str, cls: str = "kind") -> list:
+    root = ET.fromstring(svg)
+    return [p for p in root.iter(f"{SVG}path") if p.get("class") == cls]
+
+
+def test_the_step_curves_have_one_path_per_row_kind_and_the_limit_dashed():
+    rep = _loop_report(cases=("a", "b"))
+    curves = pictures.step_curves(rep)
+    assert [e["case"] for e, _ in curves] == ["a", "b"]
+    entry, svg = curves[0]
+    assert entry == {"kind": "steps", "case": "a", "file": "pictures/a.steps.svg", "metric": "rel_l2",
+                     "rows": KINDS, "limit": 1e-5, "stock": False}
+    paths = _paths(svg)
+    assert [p.get("data-kind") for p in paths] == KINDS
+    assert all(p.get("d").count("L") == 2 for p in paths)       # 3 steps: one move, two lines
+    root = ET.fromstring(svg)
+    dashed = [ln for ln in root.iter(f"{SVG}line") if ln.get("stroke-dasharray")]
+    assert dashed and any("policy limit rel_l2 1e-05" in (t.text or "") for t in root.iter(f"{SVG}text"))
+    assert any((t.text or "") == "0" for t in root.iter(f"{SVG}text"))   # the floor of exact zeros
+    assert len(list(root.iter(f"{SVG}circle"))) == 3 * len(KINDS)
+
+
+def test_reports_without_loop_rows_have_no_curves():
+    rep = R.new_report("parity", "t", mode="e2e", policy=Policy.load(), dtype="float32", device="cpu", env={})
+    R.add_layer(rep, name="blocks.0.attn", metrics={"rel_l2": 1e-7}, passed=True, case="c")
+    assert pictures.step_curves(R.finalize(rep)) == []
+
+
+def test_a_stock_run_is_drawn_dotted_beside_the_judged_one():
+    rep = _loop_report()
+    rep["frames"] = [{"case": "c", "stock": {"steps": {f"step.{i}.{k}": 0.01 * (i + 1) for i in range(3)
+                                                      for k in KINDS}}}]
+    entry, svg = pictures.step_curves(rep)[0]
+    assert entry["stock"] is True
+    assert len(_paths(svg)) == len(KINDS) and len(_paths(svg, "stock")) == len(KINDS)
+
+
+# --------------------------------------------------------------------- report files
+
+def test_the_report_folder_holds_every_picture_the_json_names(tmp_path, monkeypatch):
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    rep = _loop_report()
+    ref = np.random.default_rng(3).random((1, 3, 2, 8, 8))
+    entry, data = pictures.frames_picture("c", ref, [("FastVideo", ref * 0.9)])
+    R.attach(rep, entry, data)
+    paths = render.write_reports(rep, tmp_path / "r")
+    out = tmp_path / "r"
+    js = json.loads((out / "report.json").read_text())
+    assert "attachments" not in js
+    files = [p["file"] for p in js["pictures"]]
+    assert files == ["pictures/c.frames.png", "pictures/c.steps.svg"]
+    assert [p.name for p in paths[:3]] == ["report.json", "report.md", "report.html"]
+    for f in files:
+        assert (out / f).is_file() and (out / f) in paths
+    assert (out / files[0]).read_bytes() == data
+    assert decode_png(data).shape[:2] == tuple(js["pictures"][0]["size"])
+    ET.fromstring((out / files[1]).read_text())                    # a well-formed SVG
+    md = (out / "report.md").read_text()
+    assert all(f"]({f})" in md for f in files)
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and len(_paths(html[html.index("<svg xmlns"):].split("</svg>")[0]
+                                                         + "</svg>")) == len(KINDS)
+    assert "pictures/" not in summary.read_text().split("Pictures")[0] and "](pictures/" not in summary.read_text()
+
+
+@pytest.mark.slow
+@needs_native
+def test_the_pipeline_report_shows_stock_and_fixed_frames(tmp_path):
+    """--component pipeline --fixes: the fixed run is judged; stock FastVideo runs beside it
+    for the frames picture (its difference visible, the fixed one's dark), a PSNR line and
+    dotted curves; --no-stock-run leaves it out."""
+    bundle = GOLDEN / "tiny-bundle"
+    conv = tmp_path / "conv"
+    assert cli("convert", bundle, conv, "--workload", "t2v", "--quiet", "--no-fsync") == 0
+    rc = cli("parity", bundle, conv, "--component", "pipeline", "--case", bundle / "cases/pipeline_t2v.safetensors",
+             "--fixes", "schedule-reshift,bf16-dit-input", "--report", tmp_path / "r", "--quiet")
+    assert rc == 0
+    rep = read_report(tmp_path / "r")
+    frames = next(p for p in rep["pictures"] if p["kind"] == "frames")
+    assert [r["label"] for r in frames["runs"]] == ["FastVideo stock", "FastVideo fixed"]
+    stock, fixed = frames["runs"]
+    assert stock["psnr_db"] < 40 < fixed["psnr_db"]                 # stock: 30.9 dB; fixed: 128 dB
+    assert fixed["max_abs"] * frames["amplification"] < 1e-3        # one scale: the fixed difference is black
+    st = rep["frames"][0]["stock"]
+    assert st["psnr_db"] == pytest.approx(stock["psnr_db"], rel=1e-6) and st["seconds"] > 0
+    assert st["steps"]["step.0.dit_in"] > 0
+    img = decode_png((tmp_path / "r" / frames["file"]).read_bytes())
+    assert list(img.shape[:2]) == frames["size"]
+    curves = [p for p in rep["pictures"] if p["kind"] == "steps"]
+    assert {c["case"] for c in curves} == {"pipeline_t2v", "pipeline_t2v:golden"}
+    assert next(c for c in curves if c["case"] == "pipeline_t2v")["stock"] is True
+    for p in rep["pictures"]:
+        assert (tmp_path / "r" / p["file"]).is_file()
+    assert any("stock FastVideo" in n and "PSNR" in n for n in rep["notes"])
