@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+import fixes
 from longcat_convert.errors import BadInput, sigterm_as_interrupt
 
 from . import blocks, components, forward, loops, pipeline, sp
@@ -241,7 +242,9 @@ def component_parity(setup: Setup, component: str, case_paths, *, seed: int = 0,
             if not torch.equal(fv["stage_attention_mask"], ref["attention_mask"]):
                 report["notes"].append(f"{case.name}: the attention mask FastVideo's text stage returns differs "
                                        "from the tokenizer's")
-        report["notes"].append(TEXT_NOTE)
+        report["notes"].append(TEXT_NOTE + ("; here with the fix text-embeds-padding (fixes/text_padding.py), which "
+                                            "hands over the encoder's output at every position as the original"
+                                            if "text-embeds-padding" in fixes.active() else ""))
     else:
         vae, (m, problems) = components.load_native_vae(root, args)
         vae = vae.to(device)
@@ -263,7 +266,6 @@ def _stock_native(root: Path, case, device, sigmas: str, report: dict) -> tuple[
     fixes are installed outside this run's scope (it could not be stock)."""
     import time
 
-    import fixes
     if fixes.active():
         _add_notes(report, [f"stock FastVideo not run: fixes installed outside this run ({', '.join(fixes.active())})"])
         return None, 0.0
@@ -301,7 +303,6 @@ def _pipeline(setup: Setup, report: dict, src_root: Path, root: Path, cases, sig
               stock_run: bool) -> dict:
     """One full prompt-to-frames run of each side per case, every stage's rows judged; with
     fixes, the judged run is the fixed one and stock FastVideo runs beside it for pictures."""
-    import fixes
     device = torch.device(setup.device)
     report["frames"] = []
     if fix_names:

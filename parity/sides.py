@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+import fixes
 from longcat_convert.errors import BadInput
 from longcat_convert.shards import ShardedReader
 
@@ -25,6 +26,12 @@ from .setup import Setup, lora_files
 ZERO_PAD_NOTE = ("text_tokens_zero_pad=false: the original attends each sample to its valid text tokens only; "
                  "FastVideo's native model attends to every padded token (known difference, expected to fail "
                  "from the first cross-attention on)")
+ZERO_PAD_FIXED_NOTE = ("text_tokens_zero_pad=false: the original attends each sample to its valid text tokens only; "
+                       "the fix varlen-text (fixes/varlen_text.py) makes FastVideo's cross-attention do the same")
+
+
+def zero_pad_note() -> str:
+    return ZERO_PAD_FIXED_NOTE if "varlen-text" in fixes.active() else ZERO_PAD_NOTE
 BSA_NOTE = ("block-sparse attention on both sides ({params}): the reference's (reference/bsa.py) and FastVideo's "
             "own path (enable_bsa(), self_attn.bsa_params, its vendored Triton flash_attn_bsa_3d{interp})")
 BSA_COND_NOTE = ("BSA with num_cond_latents > 0: the original makes both halves of the condition split "
@@ -33,6 +40,8 @@ BSA_COND_NOTE = ("BSA with num_cond_latents > 0: the original makes both halves 
 BSA_KV_NOTE = ("BSA with a KV-cache continuation: the original attends the new frames block-sparsely to cache + new "
                "frames, FastVideo's native forward_with_kv_cache uses dense SDPA (known difference; the self-attention "
                "there has no hook on either side, so it shows from the first layer after it)")
+BSA_FIXED_NOTE = ("BSA in the {what}: the fix {fix} (fixes/bsa.py) makes FastVideo's native model block-sparse "
+                  "there, as the original")
 
 
 @dataclass
@@ -97,7 +106,7 @@ def load_sides(setup: Setup, loras: tuple[tuple[str, float], ...] = (), *, nativ
         sides.notes.append(f"LoRA {orig.stem} at multiplier {multiplier}: original format on the reference, "
                            f"converted format through FastVideo's LoRA layers on the native side")
     if not sides.zero_pad:
-        sides.notes.append(ZERO_PAD_NOTE)
+        sides.notes.append(zero_pad_note())
     return sides
 
 
@@ -121,7 +130,7 @@ def load_block_sides(setup: Setup) -> Sides:
             nat.load_state(m, reader, keys=nonblock(reader), device=setup.device, strict=False)
     sides = Sides(ref, model, truth, config, readers=(src, conv))
     if not sides.zero_pad:
-        sides.notes.append(ZERO_PAD_NOTE)
+        sides.notes.append(zero_pad_note())
     return sides
 
 
@@ -133,10 +142,13 @@ def bsa_notes(setup: Setup, params: dict, T: int, num_cond_latents: int, continu
     from reference import triton_cpu
     interp = ", in Triton's interpreter" if triton_cpu.wants_interpreter(setup.device) else ""
     notes = [BSA_NOTE.format(params=params, interp=interp)]
+    fixed = fixes.active()
     if T > 1 and num_cond_latents and not continuation:    # both use BSA only for T > 1
-        notes.append(BSA_COND_NOTE)
+        notes.append(BSA_FIXED_NOTE.format(fix="bsa-cond-split-dense", what="condition split")
+                     if "bsa-cond-split-dense" in fixed else BSA_COND_NOTE)
     if T > 1 and continuation:
-        notes.append(BSA_KV_NOTE)
+        notes.append(BSA_FIXED_NOTE.format(fix="bsa-kv-cache-dense", what="K/V-cache continuation")
+                     if "bsa-kv-cache-dense" in fixed else BSA_KV_NOTE)
     return notes
 
 
