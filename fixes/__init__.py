@@ -21,14 +21,24 @@ import contextlib
 
 from longcat_convert.errors import BadInput
 
-from . import dit_dtype, kv_cache_flag, schedule
+from . import dit_dtype, kv_cache_flag, lora_cpu_copy, schedule
+from . import bsa
+from . import text_padding, varlen_text
+from . import sp_shard
 
 # name -> module with ``install() -> restore``, in the order they are installed.
 FIXES = {
     "schedule-reshift": schedule.RESHIFT,
     "use-distill-unread": schedule.DISTILL,
+    "enhance-hf-unread": schedule.ENHANCE_HF,
     "bf16-dit-input": dit_dtype.FIX,
     "kv-cache-flag-unread": kv_cache_flag.FIX,
+    "lora-unmerge-cpu": lora_cpu_copy.FIX,
+    "bsa-cond-split-dense": bsa.COND_SPLIT,
+    "bsa-kv-cache-dense": bsa.KV_CACHE,
+    "varlen-text": varlen_text.FIX,
+    "text-embeds-padding": text_padding.FIX,
+    "sp-whole-sequence": sp_shard.FIX,
 }
 
 
@@ -85,6 +95,12 @@ def installed(names):
         yield parse(names) if isinstance(names, str) or names is None else list(names)
     finally:
         restore()
+
+
+def install_in_workers(generator, spec) -> list[list[str]]:
+    """The fixes in a ``VideoGenerator``'s spawned workers (fixes/workers.py)."""
+    from .workers import install_in_workers as run
+    return run(generator, spec)
 
 
 def describe(names) -> list[dict]:

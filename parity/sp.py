@@ -85,7 +85,13 @@ def prepare(setup: Setup, sp: int, start: str, report: dict) -> tuple[int, dict]
     return cores, threads
 
 
+BSA_SP_SHARDED_NOTE = ("BSA under SP with the sp-whole-sequence fix: each rank holds 1/{n} of the tokens; the kernel runs "
+                       "after the all-to-all on the whole latent grid with 1/{n} of the heads")
+
+
 def bsa_note(sp: int) -> str:
+    if "sp-whole-sequence" in _active_fixes():
+        return BSA_SP_SHARDED_NOTE.format(n=sp)
     return BSA_SP_NOTE.format(split="x".join(map(str, cp_split_hw(sp))), n=sp)
 
 

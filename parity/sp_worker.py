@@ -112,7 +112,8 @@ class AttentionLog:
                     or name in self.watch:
                 self._handles.append(m.register_forward_pre_hook(self._push(name), prepend=True))
                 self._handles.append(m.register_forward_hook(self._pop(name)))
-        sdpa, bsa = F.scaled_dot_product_attention, fv_longcat.flash_attn_bsa_3d
+        import fastvideo.third_party.longcat_video.block_sparse_attention.bsa_interface as bsa_mod
+        sdpa, bsa, kernel = F.scaled_dot_product_attention, fv_longcat.flash_attn_bsa_3d, bsa_mod.flash_attn_bsa_3d
         log = self
 
         def sdpa_logged(q, k, v, *a, **kw):          # [B, H, S, D]
@@ -120,14 +121,22 @@ class AttentionLog:
                 log._record(q, k, None)
             return sdpa(q, k, v, *a, **kw)
 
-        def bsa_logged(q, k, v, *a, **kw):           # [B, H, S, D]
-            log._record(q, k, "self_attn.bsa", latent_shape_q=kw.get("latent_shape_q"))
-            with log._kernel():
-                return bsa(q, k, v, *a, **kw)
+        def bsa_logged(fn):
+            def logged(q, k, v, *a, **kw):           # [B, H, S, D]
+                if log._in_kernel and log.calls and log.calls[-1]["kind"] == "self_attn.bsa":
+                    # The kernel called by a wrapper of LongCat's (the sp-whole-sequence fix, after
+                    # its all-to-all): the call is recorded with the shapes the kernel runs on.
+                    log.calls.pop()
+                log._record(q, k, "self_attn.bsa", latent_shape_q=kw.get("latent_shape_q"))
+                with log._kernel():
+                    return fn(q, k, v, *a, **kw)
+            return logged
 
         F.scaled_dot_product_attention = sdpa_logged
-        fv_longcat.flash_attn_bsa_3d = bsa_logged
-        self._restore = [(F, "scaled_dot_product_attention", sdpa), (fv_longcat, "flash_attn_bsa_3d", bsa)]
+        fv_longcat.flash_attn_bsa_3d = bsa_logged(bsa)
+        bsa_mod.flash_attn_bsa_3d = bsa_logged(kernel)
+        self._restore = [(F, "scaled_dot_product_attention", sdpa), (fv_longcat, "flash_attn_bsa_3d", bsa),
+                         (bsa_mod, "flash_attn_bsa_3d", kernel)]
         # FastVideo's attention layers hand their backend (SDPA on a CPU, FlashAttention or
         # SDPA on CUDA) [B, S, H, D]: recorded there, whichever backend it is.
         for m in names.values():
@@ -146,11 +155,11 @@ class AttentionLog:
 
     @contextlib.contextmanager
     def _kernel(self):
-        self._in_kernel = True
+        before, self._in_kernel = self._in_kernel, True
         try:
             yield
         finally:
-            self._in_kernel = False
+            self._in_kernel = before
 
     def _push(self, name):
         def hook(_m, args):
@@ -344,14 +353,15 @@ def native_work(spec: dict, jobs: list[dict], device: str, world: int, state: di
             kv = kvs.get(job["kv_from"]) if job.get("kv_from") else job.get("kv_given")
             watch = set(job["record"]) | set(job["proj"])
             state["log"] = log = AttentionLog(native, watch)
+            shard = _token_shard(native, job)
             _sync(device, world)
             with log, Recorder(native, job["record"]) as rec, Recorder(native, job["proj"]) as proj, \
-                    Feeder(native, job["feeds"]):
+                    Feeder(native, shard.feeds(job["feeds"])):
                 t0 = time.perf_counter()
                 out, n_kv = nat.run(native, job["inp"], dtype, device, kv_cache=kv, **job["overrides"])
                 _sync(device, world)
                 first_ms = (time.perf_counter() - t0) * 1e3
-            acts = dict(proj.outputs, **rec.outputs, output=out)
+            acts = shard.whole(dict(proj.outputs, **rec.outputs, output=out))
             as_attn(acts, ".to_out")
             repeats = next((n for below, n in spec["repeats"] if _slowest(first_ms, device, world) < below), 0)
             times = []
@@ -368,6 +378,35 @@ def native_work(spec: dict, jobs: list[dict], device: str, world: int, state: di
         del native
     return {"world": world, "pid": os.getpid(), "threads": torch.get_num_threads(), "device": device,
             "memory": meter.result(), "jobs": jobs_out}
+
+
+class _TokenShard:
+    """Where a fix shards the sequence among the ranks (``sp-whole-sequence``, fixes/sp_shard.py),
+    the modules inside hold this rank's tokens only: layer mode feeds them this rank's part of
+    the reference's input, and what they return is gathered (every rank's tokens, global order)
+    so that every row compares with the whole reference. Without it both are left as they are."""
+
+    def __init__(self, layout=None, holds_local=None):
+        self.layout, self.holds_local = layout, holds_local
+
+    def feeds(self, feeds: dict) -> dict:
+        if self.layout is None:
+            return feeds
+        return {n: self.layout.local(t) if self.holds_local(n, output=False) else t for n, t in feeds.items()}
+
+    def whole(self, acts: dict) -> dict:
+        if self.layout is None:
+            return acts
+        return {n: self.layout.whole(acts[n]) if self.holds_local(n, output=True) else acts[n] for n in sorted(acts)}
+
+
+def _token_shard(native, job: dict) -> _TokenShard:
+    import fixes
+    if "sp-whole-sequence" not in fixes.active():
+        return _TokenShard()
+    from fixes import sp_shard
+    hidden = job["overrides"].get("hidden_states", job["inp"].hidden_states)
+    return _TokenShard(sp_shard.layout_for(native, hidden), sp_shard.holds_local_tokens)
 
 
 def _loop_job(native, job: dict, spec: dict, dtype, device: str, world: int, state: dict) -> dict:

@@ -72,3 +72,28 @@ def test_every_fix_names_a_catalogue_finding_that_points_back_at_it():
     for name, fix in fixes.FIXES.items():
         entry = cat.get(fix.finding)
         assert entry is not None and name == fix.finding and f"--fixes {name}" in entry["fix"]
+
+
+@needs_native
+def test_fixes_install_in_a_fresh_worker_through_fastvideos_rpc_call():
+    """VideoGenerator's workers are spawned processes reached by collective_rpc, which pickles
+    the callable and runs it through fastvideo.utils.run_method with the worker object. The same
+    here in a fresh interpreter: the callable survives pickling and installs the fixes there."""
+    import subprocess
+    import sys
+    code = (
+        "import pickle\n"
+        "from parity import native as nat\n"
+        "nat.ensure_runtime('cpu')\n"
+        "import fixes, fixes.workers as w\n"
+        "from fastvideo.utils import run_method\n"
+        "import fastvideo.pipelines.stages.timestep_preparation as tp\n"
+        "before = tp.TimestepPreparationStage.forward\n"
+        "fn = pickle.loads(pickle.dumps(w.install_here))\n"
+        "print(run_method(object(), fn, ('all',), {}))\n"
+        "print(tp.TimestepPreparationStage.forward is not before)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    import fixes
+    assert lines[-2] == str(list(fixes.FIXES)) and lines[-1] == "True"

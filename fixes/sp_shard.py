@@ -1,0 +1,343 @@
+"""``sp-whole-sequence`` (also closes ``sp-bsa-assert``): a LongCat DiT that shards the
+sequence under FastVideo's sequence parallelism.
+
+FastVideo: ``fastvideo/models/dits/longcat.py``. ``LongCatTransformer3DModel.forward``
+hands every rank the whole token sequence (other FastVideo DiTs call
+``sequence_model_parallel_shard`` first). ``LongCatSelfAttention`` feeds it to
+``DistributedAttention``, whose all-to-all concatenates every rank's copy: N·S tokens
+with H/N heads per rank, so self-attention does N times one process's work; cross-
+attention, the noise half of the i2v split, the K/V-cache continuation (plain SDPA)
+and every linear layer run whole on every rank. With block-sparse attention on, the
+same forward divides H and W of the latent shape it hands ``flash_attn_bsa_3d`` by
+``cp_split_hw`` (the original's per-rank shard) while q/k/v hold all tokens, and the
+kernel's assertion ``Tq * Hq * Wq == Sq`` fails on every rank (``sp-bsa-assert``).
+
+Fix, while a forward runs with an SP group of N > 1 ranks and every frame's H·W tokens
+divide by N (else the forward runs as stock):
+
+- the patch embedding's output is sharded: rank r keeps the r-th run of H·W/N tokens
+  of every frame (frame-major, so the blocks' per-frame modulation and the count of
+  conditioning tokens hold as they are); every block runs on these tokens;
+- RoPE uses each kept token's global (t, h, w): the rope module is handed its
+  frequency rows for exactly those tokens;
+- dense self-attention stays FastVideo's ``DistributedAttention`` (its all-to-all now
+  brings every token once); the plain-SDPA paths (noise half of the i2v split,
+  ``forward_with_kv_cache``) attend to the keys and values of every rank (gathered);
+- block-sparse attention gets the same all-to-all, the gathered tokens put in their
+  global order, and runs on the whole latent grid (H/N heads per rank), then goes back;
+- cross-attention: local tokens against the whole text, as it is;
+- the final layer runs on the local tokens and its output is gathered (global order),
+  so the model returns what one process returns; a returned K/V cache is gathered
+  too, and a given one is sharded like the tokens it belongs to.
+
+Mechanism: wraps ``LongCatTransformer3DModel.forward``, ``PatchEmbed3D.forward``,
+``FinalLayer.forward``, ``RotaryPositionalEmbedding3D.forward``; the longcat module's
+names ``flash_attn_bsa_3d`` and ``torch`` (which answers
+``torch.nn.functional.scaled_dot_product_attention`` with the gathering version and is
+torch otherwise). Collectives are FastVideo's (``sequence_model_parallel_all_gather``,
+``sequence_model_parallel_all_to_all_4D``). Upstream: call the shard after the patch
+embedding, pass global positions to RoPE, route BSA and the SDPA paths through the
+all-to-all / gathered keys, and gather before the final layer, as other FastVideo DiTs do.
+
+Proven by the gate steps ``parity e2e-sp2-fixed`` (t2v, i2v, t2v_lora, kv_continue_b2,
+bsa_t2v), ``parity layer-sp2-fixed``, ``parity kv-sp2-fixed`` and ``parity sampling-fixed-sp2``:
+every row of every rank within the float32 policy, ``every_rank_whole_sequence`` false
+and attention work per rank 0.5 of one process at SP 2.
+"""
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import types
+
+from .base import Fix, wrap_method
+
+_LAYOUT = contextvars.ContextVar("longcat_sp_layout", default=None)     # the running forward's token layout
+_state = {"installed": False}
+
+
+class Layout:
+    """Which tokens of a (T, H, W) token grid rank ``rank`` of ``world`` holds: the
+    ``rank``-th run of H·W/world tokens of every frame, frame after frame."""
+
+    def __init__(self, grid, world: int, rank: int):
+        self.grid = tuple(int(g) for g in grid)
+        self.world, self.rank = int(world), int(rank)
+        T, H, W = self.grid
+        self.tokens = T * H * W
+        self.local_tokens = self.tokens // self.world
+
+    def _positions(self, r: int):
+        import torch
+        T, H, W = self.grid
+        per = H * W // self.world
+        return (torch.arange(T)[:, None] * (H * W) + r * per + torch.arange(per)[None, :]).reshape(-1)
+
+    @functools.cached_property
+    def index(self):
+        """Global positions of this rank's tokens, in the order it holds them."""
+        return self._positions(self.rank)
+
+    @functools.cached_property
+    def rank_order(self):
+        """Global position of each token of the ranks' tokens concatenated (rank 0's first)."""
+        import torch
+        return torch.cat([self._positions(r) for r in range(self.world)])
+
+    @functools.cached_property
+    def global_order(self):
+        """Where each global position sits in the ranks' concatenation."""
+        import torch
+        return torch.argsort(self.rank_order)
+
+    def local(self, x, dim: int = 1):
+        """This rank's tokens of a whole sequence (global order) along ``dim``."""
+        return x.index_select(dim, self.index.to(x.device))
+
+    def whole(self, x, dim: int = 1):
+        """Every rank's tokens (a collective: every rank calls it) in global order."""
+        from fastvideo.distributed.communication_op import sequence_model_parallel_all_gather
+        gathered = sequence_model_parallel_all_gather(x.contiguous(), dim=dim)
+        return gathered.index_select(dim, self.global_order.to(x.device))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(grid: tuple, world: int, rank: int) -> Layout:
+    return Layout(grid, world, rank)
+
+
+def _sp() -> tuple[int, int]:
+    """(world size, rank) of FastVideo's SP group; (1, 0) when none is set up."""
+    try:
+        from fastvideo.distributed.parallel_state import (get_sp_parallel_rank, get_sp_world_size,
+                                                          model_parallel_is_initialized)
+        if not model_parallel_is_initialized():
+            return 1, 0
+        return int(get_sp_world_size()), int(get_sp_parallel_rank())
+    except Exception:       # noqa: BLE001  (no FastVideo runtime: one process)
+        return 1, 0
+
+
+def layout_for(model, hidden_states) -> Layout | None:
+    """The token layout a forward of ``model`` on ``hidden_states`` ([B, C, T, H, W])
+    runs with under this fix, or None when it runs as stock (fix not installed, one
+    rank, or a frame's tokens do not divide among the ranks)."""
+    if not _state["installed"]:
+        return None
+    world, rank = _sp()
+    if world <= 1:
+        return None
+    pt, ph, pw = model.patch_size
+    T, H, W = hidden_states.shape[2] // pt, hidden_states.shape[3] // ph, hidden_states.shape[4] // pw
+    if (H * W) % world:
+        return None
+    return _layout((T, H, W), world, rank)
+
+
+def holds_local_tokens(module: str, *, output: bool) -> bool:
+    """Under this fix, does FastVideo's LongCat module ``module`` take (``output=False``)
+    or return (``output=True``) this rank's tokens instead of the whole sequence?"""
+    if module.startswith("blocks."):
+        return True
+    if module == "patch_embed":
+        return output
+    if module == "final_layer":
+        return not output
+    return False
+
+
+# --- the wrapped methods ---------------------------------------------------------------
+
+# FastVideo's LongCatTransformer3DModel.forward parameters, in order (for a wrapper that takes *args).
+_FORWARD_PARAMS = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",
+                   "encoder_hidden_states_image", "guidance", "num_cond_latents", "return_kv", "kv_cache_dict")
+
+
+def _model_forward(original):
+    params = list(inspect.signature(original).parameters)[1:]
+    names = params if "hidden_states" in params else list(_FORWARD_PARAMS)
+
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        given = dict(zip(names, args), **kwargs)
+        layout = layout_for(self, given["hidden_states"])
+        if layout is None:
+            return original(self, *args, **kwargs)
+        cache = given.get("kv_cache_dict")
+        if cache:
+            T, H, W = layout.grid
+            n_cond = next(iter(cache.values()))[0].shape[2]
+            if n_cond % (H * W):
+                return original(self, *args, **kwargs)
+            part = _layout((n_cond // (H * W), H, W), layout.world, layout.rank)
+            cache = {i: (part.local(k, 2), part.local(v, 2)) for i, (k, v) in cache.items()}
+            if "kv_cache_dict" in kwargs:
+                kwargs = dict(kwargs, kv_cache_dict=cache)
+            else:
+                args = tuple(cache if n == "kv_cache_dict" else a for n, a in zip(names, args))
+        token = _LAYOUT.set(layout)
+        try:
+            out = original(self, *args, **kwargs)
+        finally:
+            _LAYOUT.reset(token)
+        if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
+            device = given["hidden_states"].device
+            out = (out[0], {i: tuple(layout.whole(t.to(device), 2).to(t.device) for t in kv)
+                            for i, kv in out[1].items()})
+        return out
+    return forward
+
+
+def _patch_embed_forward(original):
+    def forward(self, x):
+        out = original(self, x)
+        layout = _LAYOUT.get()
+        if layout is not None and out.shape[1] == layout.tokens:
+            out = layout.local(out)
+        return out
+    return forward
+
+
+def _final_layer_forward(original):
+    def forward(self, x, *args, **kwargs):
+        out = original(self, x, *args, **kwargs)
+        layout = _LAYOUT.get()
+        if layout is not None and x.shape[1] == layout.local_tokens:
+            out = layout.whole(out)
+        return out
+    return forward
+
+
+def _rope_forward(original):
+    def forward(self, q, k, grid_size):
+        layout = _LAYOUT.get()
+        grid = tuple(int(g) for g in grid_size)
+        if layout is None or q.shape[-2] * layout.world != grid[0] * grid[1] * grid[2] or (grid[1] * grid[2]) % layout.world:
+            return original(self, q, k, grid_size)
+        part = _layout(grid, layout.world, layout.rank)
+        self.register_grid_size(grid)
+        key = grid + ("sp-rank", part.rank, part.world)
+        self.freqs_dict[key] = self.freqs_dict[grid].index_select(0, part.index.to(self.freqs_dict[grid].device))
+        try:
+            return original(self, q, k, key)
+        finally:
+            self.freqs_dict.pop(key, None)
+    return forward
+
+
+def _global_grid(given, n_local: int, layout: Layout) -> tuple | None:
+    """The whole latent grid of a BSA operand holding ``n_local`` of this rank's tokens:
+    ``given`` itself when it is whole, or ``given``'s frames on the forward's H x W
+    (FastVideo's own BSA path hands H and W divided by ``cp_split_hw``)."""
+    T, h, w = (int(g) for g in given)
+    H, W = layout.grid[1:]
+    for grid in ((T, h, w), (T, H, W)):
+        if grid[0] * grid[1] * grid[2] == n_local * layout.world and (grid[1] * grid[2]) % layout.world == 0:
+            return grid
+    return None
+
+
+def _bsa_global(original):
+    """``flash_attn_bsa_3d`` as LongCat's self-attention calls it ([B, H, S, D]): under a
+    sharded forward, all-to-all (every token, H/N heads), global token order, the
+    kernel on the whole latent grids, and back. It keeps the kernel's name and module
+    (``functools.wraps``), as code that finds the kernel's module through it expects."""
+    @functools.wraps(original)
+    def flash_attn_bsa_3d(q, k, v, *args, **kwargs):
+        layout = _LAYOUT.get()
+        params = dict(zip(("latent_shape_q", "latent_shape_k"), args))
+        params.update(kwargs)
+        grid_q = grid_k = None
+        if layout is not None and "latent_shape_q" in params and "latent_shape_k" in params:
+            grid_q = _global_grid(params["latent_shape_q"], q.shape[2], layout)
+            grid_k = _global_grid(params["latent_shape_k"], k.shape[2], layout)
+        if grid_q is None or grid_k is None:
+            return original(q, k, v, *args, **kwargs)
+        import torch
+        from fastvideo.distributed.communication_op import sequence_model_parallel_all_to_all_4D as all_to_all
+        from fastvideo.third_party.longcat_video.block_sparse_attention import bsa_interface
+        lay_q, lay_k = _layout(grid_q, layout.world, layout.rank), _layout(grid_k, layout.world, layout.rank)
+
+        def spread(x, lay):      # [b, H, n, D] -> [b, H/N, N, D], every rank's tokens in global order
+            x = all_to_all(x.transpose(1, 2).contiguous(), scatter_dim=2, gather_dim=1)
+            return x.index_select(1, lay.global_order.to(x.device)).transpose(1, 2).contiguous()
+
+        B = q.shape[0]
+        if grid_q == grid_k:
+            qkv = spread(torch.cat([q, k, v], dim=0), lay_q)
+            q, k, v = qkv[:B], qkv[B:2 * B], qkv[2 * B:]
+        else:
+            q, kv = spread(q, lay_q), spread(torch.cat([k, v], dim=0), lay_k)
+            k, v = kv[:B], kv[B:]
+        params.update(latent_shape_q=grid_q, latent_shape_k=grid_k)
+        out = bsa_interface.flash_attn_bsa_3d(q, k, v, **params)                # [B, H/N, Nq, D]
+        out = out.transpose(1, 2).index_select(1, lay_q.rank_order.to(out.device)).contiguous()
+        return all_to_all(out, scatter_dim=1, gather_dim=2).transpose(1, 2)    # [B, H, nq, D]
+    return flash_attn_bsa_3d
+
+
+def _sdpa_all_keys(q, k, v, *args, **kwargs):
+    """LongCat's plain-SDPA self-attention paths under a sharded forward: this rank's
+    queries against the keys and values of every rank (no mask: the order of keys
+    does not matter)."""
+    import torch
+    layout = _LAYOUT.get()
+    if layout is not None:
+        from fastvideo.distributed.communication_op import sequence_model_parallel_all_gather
+        if kwargs.get("attn_mask") is not None or (args and args[0] is not None):
+            raise NotImplementedError("sp-whole-sequence: a masked SDPA call cannot gather the keys of every rank")
+        k = sequence_model_parallel_all_gather(k.contiguous(), dim=2)
+        v = sequence_model_parallel_all_gather(v.contiguous(), dim=2)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, *args, **kwargs)
+
+
+class _Functional(types.ModuleType):
+    def __getattr__(self, name):
+        import torch.nn.functional as F
+        return _sdpa_all_keys if name == "scaled_dot_product_attention" else getattr(F, name)
+
+
+class _NN(types.ModuleType):
+    def __getattr__(self, name):
+        import torch.nn
+        return _FUNCTIONAL if name == "functional" else getattr(torch.nn, name)
+
+
+class _Torch(types.ModuleType):
+    """``torch`` for the longcat module: ``torch.nn.functional.scaled_dot_product_attention``
+    is the gathering version, everything else is torch itself."""
+
+    def __getattr__(self, name):
+        import torch
+        return _NN_PROXY if name == "nn" else getattr(torch, name)
+
+
+_FUNCTIONAL = _Functional("torch.nn.functional")
+_NN_PROXY = _NN("torch.nn")
+
+
+def _install():
+    import fastvideo.models.dits.longcat as lc
+    from fastvideo.layers.rotary_embedding_3d import RotaryPositionalEmbedding3D
+    undo = [wrap_method(lc.LongCatTransformer3DModel, "forward", _model_forward),
+            wrap_method(lc.PatchEmbed3D, "forward", _patch_embed_forward),
+            wrap_method(lc.FinalLayer, "forward", _final_layer_forward),
+            wrap_method(RotaryPositionalEmbedding3D, "forward", _rope_forward)]
+    previous_bsa, previous_torch = lc.flash_attn_bsa_3d, lc.torch
+    lc.flash_attn_bsa_3d = _bsa_global(previous_bsa)
+    lc.torch = _Torch("torch")
+    undo.append(lambda: setattr(lc, "flash_attn_bsa_3d", previous_bsa))
+    undo.append(lambda: setattr(lc, "torch", previous_torch))
+    _state["installed"] = True
+
+    def restore() -> None:
+        _state["installed"] = False
+        for u in reversed(undo):
+            u()
+    return restore
+
+
+FIX = Fix("sp-whole-sequence", "under sequence parallelism each rank holds 1/N of the tokens through the blocks "
+                               "(global RoPE positions and BSA layout, whole text, sequence gathered before the "
+                               "output); also closes sp-bsa-assert", _install)
