@@ -330,21 +330,30 @@ def section_fixes(args) -> dict:
     for label, dtype, src, extra_args in runs:
         conv = work / f"conv-{len(rows)}"
         _check(measure(CLI + ["convert", str(src), str(conv), "--quiet", "--no-fsync"]), "convert")
-        row = {"checkpoint": label, "dtype": dtype}
-        for side, fix_args in (("stock", []), ("fixed", ["--fixes", "all"])):
-            print(f"  parity --mode sampling, {label}, {side} ...", file=sys.stderr, flush=True)
-            rep = work / f"report-{len(rows)}-{side}"
-            smp = measure(CLI + ["parity", str(src), str(conv), "--mode", "sampling", "--dtype", dtype, "--quiet",
-                                 "--report", str(rep), *fix_args, *extra_args])
-            if smp.rc not in (0, 1):
-                _check(smp, f"parity --mode sampling ({side})")
-            report = json.loads((rep / "report.json").read_text())
-            (t,) = report["timing"]
-            row[side] = {"calls": t["dit_calls"]["native"], "ms": t["native_ms_per_dit_call"],
-                         "loop_s": t["loop_dit_s"]["native"], "passed": report["passed"],
-                         "first_divergent": report["first_divergent"]}
-            row["reference"] = {"calls": t["dit_calls"]["reference"], "ms": t["reference_ms_per_dit_call"],
-                                "loop_s": t["loop_dit_s"]["reference"]}
+        got: dict = {"reference": [], "stock": [], "fixed": []}
+        last: dict = {}
+        for rep_i in range(args.reps):               # stock and fixed interleaved, each with its reference
+            for side, fix_args in (("stock", []), ("fixed", ["--fixes", "all"])):
+                print(f"  parity --mode sampling, {label}, {side} ({rep_i + 1}/{args.reps}) ...", file=sys.stderr,
+                      flush=True)
+                rep = work / f"report-{len(rows)}-{side}"
+                _rm(rep)
+                smp = measure(CLI + ["parity", str(src), str(conv), "--mode", "sampling", "--dtype", dtype,
+                                     "--quiet", "--report", str(rep), *fix_args, *extra_args])
+                if smp.rc not in (0, 1):
+                    _check(smp, f"parity --mode sampling ({side})")
+                report = json.loads((rep / "report.json").read_text())
+                (t,) = report["timing"]
+                got[side].append((t["native_ms_per_dit_call"], t["loop_dit_s"]["native"]))
+                got["reference"].append((t["reference_ms_per_dit_call"], t["loop_dit_s"]["reference"]))
+                last[side] = {"calls": t["dit_calls"]["native"], "passed": report["passed"],
+                              "first_divergent": report["first_divergent"]}
+                last["reference"] = {"calls": t["dit_calls"]["reference"]}
+        row = {"checkpoint": label, "dtype": dtype, "reps": args.reps}
+        for side, vals in got.items():
+            ms = [v[0] for v in vals]
+            row[side] = dict(last[side], ms=statistics.median(ms), ms_spread=[min(ms), max(ms)],
+                             loop_s=statistics.median(v[1] for v in vals))
         rows.append(row)
         _rm(conv)
     _rm(work)
@@ -355,14 +364,18 @@ def print_fixes(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
     con = Console(width=220, highlight=False)
-    t = Table(title="fixes: wall time per DiT call (median) and per loop (DiT calls summed), same run, fp32")
+    t = Table(title="fixes: wall time per DiT call and per loop (DiT calls summed), median over the reps of "
+                    "each run's median, same run, fp32 (per-call spread across reps in brackets)")
     for c in ("checkpoint", "calls ref / stock / fixed", "ref ms", "stock ms", "fixed ms", "fixed / stock",
               "fixed / ref", "loop s ref / stock / fixed", "stock", "fixed"):
         t.add_column(c, justify="right")
     for r in res["rows"]:
         ref, st, fx = r["reference"], r["stock"], r["fixed"]
-        t.add_row(r["checkpoint"], f"{ref['calls']} / {st['calls']} / {fx['calls']}", f"{ref['ms']:.1f}",
-                  f"{st['ms']:.1f}", f"{fx['ms']:.1f}", f"{fx['ms'] / st['ms']:.2f}", f"{fx['ms'] / ref['ms']:.2f}",
+        def ms(side):
+            lo, hi = side["ms_spread"]
+            return f"{side['ms']:.1f} [{lo:.1f}-{hi:.1f}]"
+        t.add_row(r["checkpoint"], f"{ref['calls']} / {st['calls']} / {fx['calls']}", ms(ref),
+                  ms(st), ms(fx), f"{fx['ms'] / st['ms']:.2f}", f"{fx['ms'] / ref['ms']:.2f}",
                   f"{ref['loop_s']:.2f} / {st['loop_s']:.2f} / {fx['loop_s']:.2f}",
                   "passes" if st["passed"] else f"first divergent {st['first_divergent']}",
                   "passes" if fx["passed"] else f"first divergent {fx['first_divergent']}")

@@ -21,3 +21,21 @@ def wrap_method(cls, name: str, make) -> Callable[[], None]:
     def undo() -> None:
         setattr(cls, name, original)
     return undo
+
+
+def replace_name(module, name: str, value) -> Callable[[], None]:
+    """Make ``module.name`` (a name the module's code looks up when it runs) ``value``; -> the undo."""
+    previous = getattr(module, name)
+    setattr(module, name, value)
+
+    def undo() -> None:
+        setattr(module, name, previous)
+    return undo
+
+
+def undo_all(undos: list[Callable[[], None]]) -> Callable[[], None]:
+    """One undo for several, run in reverse order."""
+    def restore() -> None:
+        for u in reversed(undos):
+            u()
+    return restore

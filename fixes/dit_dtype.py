@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextvars
 import types
 
-from .base import Fix, wrap_method
+from .base import Fix, replace_name, undo_all, wrap_method
 
 _MODULES = ("fastvideo.pipelines.stages.longcat_denoising", "fastvideo.pipelines.stages.longcat_i2v_denoising",
             "fastvideo.pipelines.stages.longcat_vc_denoising")
@@ -58,15 +58,9 @@ def _install():
     proxy = _TorchWithModelDtype("torch")
     for mod_name, cls_name in zip(_MODULES, _STAGES):
         mod = importlib.import_module(mod_name)
-        previous = mod.torch
-        mod.torch = proxy
-        undo.append(lambda mod=mod, previous=previous: setattr(mod, "torch", previous))
+        undo.append(replace_name(mod, "torch", proxy))
         undo.append(wrap_method(getattr(mod, cls_name), "forward", _make))
-
-    def restore() -> None:
-        for u in reversed(undo):
-            u()
-    return restore
+    return undo_all(undo)
 
 
 FIX = Fix("bf16-dit-input", "the LongCat denoising stages hand the DiT input in the model's dtype, not a hard-coded "

@@ -24,7 +24,7 @@ Proven by the gate's features step (``tiny-bundle: features --fixes all``): the 
 """
 from __future__ import annotations
 
-from .base import Fix, wrap_method
+from .base import Fix, undo_all, wrap_method
 
 
 def _make(original):
@@ -53,11 +53,7 @@ def _install():
     from fastvideo.layers.lora.linear import BaseLayerWithLoRA
     undo = [wrap_method(BaseLayerWithLoRA, "__init__", _make),
             wrap_method(BaseLayerWithLoRA, "unmerge_lora_weights", _make_unmerge)]
-
-    def restore() -> None:
-        for u in reversed(undo):
-            u()
-    return restore
+    return undo_all(undo)
 
 
 FIX = Fix("lora-unmerge-cpu", "a LoRA layer on a CPU keeps a copy of its base weight to restore, not the weight "

@@ -51,7 +51,7 @@ import functools
 import inspect
 import types
 
-from .base import Fix, wrap_method
+from .base import Fix, replace_name, undo_all, wrap_method
 
 _LAYOUT = contextvars.ContextVar("longcat_sp_layout", default=None)     # the running forward's token layout
 _state = {"installed": False}
@@ -324,18 +324,11 @@ def _install():
             wrap_method(lc.PatchEmbed3D, "forward", _patch_embed_forward),
             wrap_method(lc.FinalLayer, "forward", _final_layer_forward),
             wrap_method(RotaryPositionalEmbedding3D, "forward", _rope_forward)]
-    previous_bsa, previous_torch = lc.flash_attn_bsa_3d, lc.torch
-    lc.flash_attn_bsa_3d = _bsa_global(previous_bsa)
-    lc.torch = _Torch("torch")
-    undo.append(lambda: setattr(lc, "flash_attn_bsa_3d", previous_bsa))
-    undo.append(lambda: setattr(lc, "torch", previous_torch))
+    undo.append(replace_name(lc, "flash_attn_bsa_3d", _bsa_global(lc.flash_attn_bsa_3d)))
+    undo.append(replace_name(lc, "torch", _Torch("torch")))
     _state["installed"] = True
-
-    def restore() -> None:
-        _state["installed"] = False
-        for u in reversed(undo):
-            u()
-    return restore
+    undo.insert(0, lambda: _state.update(installed=False))      # run last, after every name is back
+    return undo_all(undo)
 
 
 FIX = Fix("sp-whole-sequence", "under sequence parallelism each rank holds 1/N of the tokens through the blocks "

@@ -38,7 +38,7 @@ import contextvars
 import functools
 import inspect
 
-from .base import Fix, wrap_method
+from .base import Fix, undo_all, wrap_method
 
 # The running forward's valid text positions, [B, N_text] bool; None: attend as FastVideo does.
 _VALID = contextvars.ContextVar("longcat_valid_text", default=None)
@@ -118,11 +118,7 @@ def _install():
     from fastvideo.models.dits.longcat import LongCatCrossAttention, LongCatTransformer3DModel
     undo = [wrap_method(LongCatTransformer3DModel, "forward", _make_model_forward),
             wrap_method(LongCatCrossAttention, "forward", _make_cross_forward)]
-
-    def restore() -> None:
-        for u in reversed(undo):
-            u()
-    return restore
+    return undo_all(undo)
 
 
 FIX = Fix("varlen-text", "with text_tokens_zero_pad off, each sample cross-attends to its own valid text tokens "

@@ -129,8 +129,8 @@ def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
 @click.option("--known", "known_file", type=click.Path(path_type=Path), default=None,
               help="Known-differences catalogue (default: the one shipped; format in docs/ci.md).")
 @click.option("--fixes", "fixes_spec", default=None, metavar="all|NAME,...",
-              help="Run FastVideo with our corrections of its LongCat port installed (docs/fixes.md): all, or "
-                   "some of schedule-reshift, use-distill-unread, bf16-dit-input, kv-cache-flag-unread.")
+              help="Run FastVideo with our corrections of its LongCat port installed: all, or names (each "
+                   "named after the known difference it closes; the list: docs/fixes.md).")
 @click.option("--no-stock-run", "no_stock_run", is_flag=True,
               help="--component pipeline --fixes: skip the second, stock FastVideo run whose frames the report "
                    "shows beside the fixed run's (pictures and a PSNR line only; it is never judged).")
