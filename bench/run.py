@@ -382,8 +382,82 @@ def print_fixes(res: dict) -> None:
     con.print(t)
 
 
+def section_sp(args) -> dict:
+    """Sequence parallelism stock against fixed, side by side in one run: ``parity --sp 2``
+    (spawned ranks) with and without ``--fixes sp-whole-sequence`` on the golden t2v case
+    (18 tokens) and generated t2v inputs of 2048 and 4096 tokens on tiny-a; from each
+    report's ``sp`` section: attention work per rank over one process's, the slowest rank's
+    forward time, speedup over one process, peak memory per rank over one process's."""
+    work = cache_dir() / "runs-sp"
+    _rm(work)
+    work.mkdir(parents=True)
+    root = Path(__file__).resolve().parent.parent
+    src = root / "golden" / "tiny-a"
+    conv = work / "conv"
+    _check(measure(CLI + ["convert", str(src), str(conv), "--quiet", "--no-fsync"]), "convert")
+    runs = [("t2v case, 18 tokens", ["--case", str(src / "cases" / "t2v.safetensors")]),
+            ("--shape 8,32,32, 2048 tokens", ["--shape", "8,32,32"]),
+            ("--shape 16,32,32, 4096 tokens", ["--shape", "16,32,32"])]
+    rows = []
+    for label, extra in runs:
+        got: dict = {"stock": [], "fixed": []}
+        for rep_i in range(args.reps):
+            for side, fix_args in (("stock", []), ("fixed", ["--fixes", "sp-whole-sequence"])):
+                print(f"  parity --sp 2, {label}, {side} ({rep_i + 1}/{args.reps}) ...", file=sys.stderr, flush=True)
+                rep = work / f"report-{side}"
+                _rm(rep)
+                smp = measure(CLI + ["parity", str(src), str(conv), "--sp", "2", "--sp-start", "spawn", "--quiet",
+                                     "--report", str(rep), *fix_args, *extra])
+                if smp.rc not in (0, 1):
+                    _check(smp, f"parity --sp 2 ({side})")
+                report = json.loads((rep / "report.json").read_text())
+                sp = report.get("sp") or {}
+                ranks = [r for r in sp.get("ranks", []) if r.get("ok")]
+                if not ranks or not sp.get("baseline") or "forward_ms" not in sp["baseline"]:
+                    got[side].append(None)
+                    continue
+                got[side].append({"work": sp["attention_work_ratio"], "rank_ms": max(r["forward_ms"] for r in ranks),
+                                  "one_ms": sp["baseline"]["forward_ms"], "speedup": sp["speedup"],
+                                  "memory": sp["memory_ratio"], "passed": report["passed"],
+                                  "whole": sp["every_rank_whole_sequence"]})
+        row = {"inputs": label, "reps": args.reps}
+        for side, vals in got.items():
+            ok = [v for v in vals if v]
+            row[side] = None if not ok else {
+                k: statistics.median(v[k] for v in ok) for k in ("work", "rank_ms", "one_ms", "speedup", "memory")}
+            if ok:
+                row[side].update(passed=all(v["passed"] for v in ok), whole=ok[-1]["whole"])
+        rows.append(row)
+    _rm(work)
+    return {"rows": rows}
+
+
+def print_sp(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    con = Console(width=200, highlight=False)
+    t = Table(title="sequence parallelism, SP 2 (spawned ranks), stock vs --fixes sp-whole-sequence: medians "
+                    "over the reps")
+    for c in ("inputs", "side", "work / rank", "slowest rank ms", "1 process ms", "speedup", "memory / rank",
+              "whole sequence", "rows"):
+        t.add_column(c, justify="right")
+    ratios = []
+    for r in res["rows"]:
+        for side in ("stock", "fixed"):
+            v = r[side]
+            if v is None:
+                t.add_row(r["inputs"], side, "did not run", "", "", "", "", "", "")
+                continue
+            t.add_row(r["inputs"], side, f"{v['work']:.2f}", f"{v['rank_ms']:.1f}", f"{v['one_ms']:.1f}",
+                      f"{v['speedup']:.2f}", f"{v['memory']:.2f}", str(v["whole"]), "pass" if v["passed"] else "fail")
+        if r["stock"] and r["fixed"]:
+            ratios.append(f"{r['inputs']}: {r['stock']['rank_ms'] / r['fixed']['rank_ms']:.2f}")
+    con.print(t)
+    con.print("slowest rank, stock over fixed: " + "; ".join(ratios))
+
+
 SECTIONS: dict[str, Callable] = {"conversion": section_conversion, "parity_blocks": section_parity_blocks,
-                                 "sampling": section_sampling, "fixes": section_fixes}
+                                 "sampling": section_sampling, "fixes": section_fixes, "sp": section_sp}
 
 
 def print_conversion(res: dict) -> None:
@@ -437,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         print_sampling(results["sampling"])
     if "fixes" in results:
         print_fixes(results["fixes"])
+    if "sp" in results:
+        print_sp(results["sp"])
     print(f"bench: {time.perf_counter() - t0:.0f}s in all; checkpoints cached in {cache_dir()}", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
