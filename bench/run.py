@@ -210,7 +210,7 @@ def section_parity_blocks(args) -> dict:
             print(f"  parity --mode blocks, {dtype}, {blocks} blocks ...", file=sys.stderr, flush=True)
             cache.prepare(src, conv)
             rep = work / f"report-{dtype}-{blocks}"
-            s = measure(CLI + ["parity", str(src), str(conv), "--mode", "blocks", "--dtype", dtype,
+            s = measure(CLI + ["parity", str(src), str(conv), "--device", args.device, "--mode", "blocks", "--dtype", dtype,
                                "--shape", args.parity_shape, "--text-len", "64", "--quiet", "--report", str(rep)])
             if s.rc not in (0, 1):
                 _check(s, "parity --mode blocks")
@@ -277,7 +277,7 @@ def section_sampling(args) -> dict:
         _check(measure(CLI + ["convert", str(src), str(conv), "--quiet", "--no-fsync"]), "convert")
         print(f"  parity --mode sampling, {label}, {dtype} ...", file=sys.stderr, flush=True)
         rep = work / f"report-{len(rows)}"
-        s = measure(CLI + ["parity", str(src), str(conv), "--mode", "sampling", "--sigmas", "original",
+        s = measure(CLI + ["parity", str(src), str(conv), "--device", args.device, "--mode", "sampling", "--sigmas", "original",
                            "--dtype", dtype, "--quiet", "--report", str(rep), *extra])
         if s.rc not in (0, 1):
             _check(s, "parity --mode sampling")
@@ -338,7 +338,7 @@ def section_fixes(args) -> dict:
                       flush=True)
                 rep = work / f"report-{len(rows)}-{side}"
                 _rm(rep)
-                smp = measure(CLI + ["parity", str(src), str(conv), "--mode", "sampling", "--dtype", dtype,
+                smp = measure(CLI + ["parity", str(src), str(conv), "--device", args.device, "--mode", "sampling", "--dtype", dtype,
                                      "--quiet", "--report", str(rep), *fix_args, *extra_args])
                 if smp.rc not in (0, 1):
                     _check(smp, f"parity --mode sampling ({side})")
@@ -496,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=int(os.environ.get("LONGCAT_BENCH_REPS", 3)))
     ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     ap.add_argument("--parity-shape", default="2,16,16", help="Latent T,H,W for block-streamed parity.")
+    ap.add_argument("--device", default="cpu", help="Where the parity sections run both sides (cpu, cuda); "
+                                                    "the sp section runs CPU processes.")
     ap.add_argument("--json", type=Path, help="Also write the results here.")
     args = ap.parse_args(argv)
     results = {}

@@ -60,6 +60,8 @@ out = gen.generate_video("A red cat walks on the street at night.", height=32, w
                          num_inference_steps=4, guidance_scale=4.0, seed=42, save_video=False, return_frames=True)
 print("VideoGenerator ok", type(out), f"{time.time() - t0:.1f}s")
 PYEOF
-step bench-sampling "$PY" -m bench.run --sections sampling --blocks 2
-step blocks-released "$PY" -m bench.run --sections parity_blocks --dtypes bf16 --blocks 2 --reps 1
+step bench-sampling "$PY" -m bench.run --sections sampling fixes --blocks 2 --dtypes bf16 --reps 2 --device cuda \
+    --json "$OUT_DIR/bench-sampling.json"
+step blocks-released "$PY" -m bench.run --sections parity_blocks --dtypes bf16 --blocks 2 --reps 1 --device cuda \
+    --json "$OUT_DIR/bench-blocks.json"
 cat "$SUMMARY"
