@@ -210,8 +210,8 @@ def section_parity_blocks(args) -> dict:
             print(f"  parity --mode blocks, {dtype}, {blocks} blocks ...", file=sys.stderr, flush=True)
             cache.prepare(src, conv)
             rep = work / f"report-{dtype}-{blocks}"
-            s = measure(CLI + ["parity", str(src), str(conv), "--device", args.device, "--mode", "blocks", "--dtype", dtype,
-                               "--shape", args.parity_shape, "--text-len", "64", "--quiet", "--report", str(rep)])
+            s = measure(CLI + ["parity", str(src), str(conv), "--device", args.device, "--mode", "blocks",
+                               "--dtype", dtype, "--shape", args.parity_shape, "--text-len", "64", "--quiet", "--report", str(rep)])
             if s.rc not in (0, 1):
                 _check(s, "parity --mode blocks")
             report = json.loads((rep / "report.json").read_text())
@@ -255,6 +255,12 @@ def print_parity_blocks(res: dict) -> None:
                       f"{hi['rss'] / lo['rss']:.3f} (flat in depth when ~1)")
 
 
+def released_loop(args) -> list[str]:
+    """The generated loop the sampling sections run on the released widths: t2v, 3 steps,
+    no CFG, the --parity-shape latent, 64 text tokens."""
+    return ["--loop", "t2v", "--steps", "3", "--guidance", "1", "--shape", args.parity_shape, "--text-len", "64"]
+
+
 def section_sampling(args) -> dict:
     """Sampling parity's timing: each side's median wall time per DiT call, measured
     side by side in one run (the reference sampler with our reference DiT, FastVideo's
@@ -269,16 +275,15 @@ def section_sampling(args) -> dict:
     blocks = min(args.blocks)
     for dtype in args.dtypes:
         runs.append((f"released widths, {blocks} blocks", dtype, cached_checkpoint(dtype, blocks),
-                     ["--loop", "t2v", "--steps", "3", "--guidance", "1", "--shape", args.parity_shape,
-                      "--text-len", "64"]))
+                     released_loop(args)))
     rows = []
     for label, dtype, src, extra in runs:
         conv = work / f"conv-{len(rows)}"
         _check(measure(CLI + ["convert", str(src), str(conv), "--quiet", "--no-fsync"]), "convert")
         print(f"  parity --mode sampling, {label}, {dtype} ...", file=sys.stderr, flush=True)
         rep = work / f"report-{len(rows)}"
-        s = measure(CLI + ["parity", str(src), str(conv), "--device", args.device, "--mode", "sampling", "--sigmas", "original",
-                           "--dtype", dtype, "--quiet", "--report", str(rep), *extra])
+        s = measure(CLI + ["parity", str(src), str(conv), "--device", args.device, "--mode", "sampling",
+                           "--sigmas", "original", "--dtype", dtype, "--quiet", "--report", str(rep), *extra])
         if s.rc not in (0, 1):
             _check(s, "parity --mode sampling")
         report = json.loads((rep / "report.json").read_text())
@@ -324,8 +329,7 @@ def section_fixes(args) -> dict:
              ["--case", str(extra / "traj_vc_cache_hf.safetensors")])]
     blocks = min(args.blocks)
     runs.append((f"released widths, {blocks} blocks", "fp32", cached_checkpoint("fp32", blocks),
-                 ["--loop", "t2v", "--steps", "3", "--guidance", "1", "--shape", args.parity_shape,
-                  "--text-len", "64"]))
+                 released_loop(args)))
     rows = []
     for label, dtype, src, extra_args in runs:
         conv = work / f"conv-{len(rows)}"
@@ -338,8 +342,8 @@ def section_fixes(args) -> dict:
                       flush=True)
                 rep = work / f"report-{len(rows)}-{side}"
                 _rm(rep)
-                smp = measure(CLI + ["parity", str(src), str(conv), "--device", args.device, "--mode", "sampling", "--dtype", dtype,
-                                     "--quiet", "--report", str(rep), *fix_args, *extra_args])
+                smp = measure(CLI + ["parity", str(src), str(conv), "--device", args.device, "--mode", "sampling",
+                                     "--dtype", dtype, "--quiet", "--report", str(rep), *fix_args, *extra_args])
                 if smp.rc not in (0, 1):
                     _check(smp, f"parity --mode sampling ({side})")
                 report = json.loads((rep / "report.json").read_text())

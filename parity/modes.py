@@ -305,13 +305,11 @@ def _pipeline(setup: Setup, report: dict, src_root: Path, root: Path, cases, sig
     fixes, the judged run is the fixed one and stock FastVideo runs beside it for pictures."""
     device = torch.device(setup.device)
     report["frames"] = []
-    if fix_names:
-        nat.ensure_runtime(device)                  # FastVideo imported the tool's way before a fix wraps it
     for case in cases:
         ref = pipeline.run_reference_pipeline(src_root, case, device)
         if case.golden:
             judge_golden(report, case, ref, pipeline.golden_rows(case), policy=setup.policy)
-        with fixes.installed(fix_names):
+        with nat.fixes_installed(fix_names, device):
             fv, notes, cls = pipeline.run_native_pipeline(root, case, device, sigmas)
         _add_notes(report, notes)
         stock, stock_s = (_stock_native(root, case, device, sigmas, report) if fix_names and stock_run

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import fixes
 from longcat_convert.errors import BadInput
 from reference import triton_cpu
 
@@ -41,6 +42,18 @@ def fastvideo_available() -> str | None:
     if v != FASTVIDEO_VERSION:
         return f"fastvideo {v} is installed; this tool is pinned to {FASTVIDEO_VERSION}"
     return None
+
+
+@contextlib.contextmanager
+def fixes_installed(names, device=None):
+    """Our fixes (fixes/) installed for a scope, FastVideo first imported the tool's way
+    (``ensure_runtime``: its CPU adjustments made, its banners silenced) so the fixes wrap
+    the classes the run then uses. ``names``: a list, or a spec ("all", "a,b"); none: a no-op."""
+    names = fixes.parse(names) if isinstance(names, str) or names is None else list(names)
+    if names:
+        ensure_runtime(device)
+    with fixes.installed(names):
+        yield names
 
 
 def ensure_runtime(device=None, *, sp_size: int = 1, init_file: str | None = None) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+import fixes
 from longcat_convert.errors import BadInput
 
 from . import native as nat
@@ -90,7 +91,7 @@ BSA_SP_SHARDED_NOTE = ("BSA under SP with the sp-whole-sequence fix: each rank h
 
 
 def bsa_note(sp: int) -> str:
-    if "sp-whole-sequence" in _active_fixes():
+    if "sp-whole-sequence" in fixes.active():
         return BSA_SP_SHARDED_NOTE.format(n=sp)
     return BSA_SP_NOTE.format(split="x".join(map(str, cp_split_hw(sp))), n=sp)
 
@@ -154,7 +155,7 @@ def launch(setup: Setup, work: Path, payloads: list[dict], conv, *, sp: int, sta
     torch.save({"jobs": payloads}, work / "payload.pt")
     spec = dict(dir=str(work), payload=str(work / "payload.pt"), converted=str(Path(setup.converted).resolve()),
                 dtype=str(setup.dtype).replace("torch.", ""), device=setup.device, loras=conv,
-                threads=threads, repeats=REPEATS, fixes=_active_fixes(),
+                threads=threads, repeats=REPEATS, fixes=fixes.active(),   # spawned ranks install them
                 init={"baseline": str(work / "init-baseline"), "sp": str(work / "init-sp")})
     (work / "spec.json").write_text(json.dumps(spec, indent=1))
     launcher = Launcher(work, work / "spec.json", start, timeout)
@@ -163,12 +164,6 @@ def launch(setup: Setup, work: Path, payloads: list[dict], conv, *, sp: int, sta
         _time_here(spec, payloads, setup.device, threads["baseline"], outcomes["1proc"]["result"])
     outcomes.update({f"rank{o['rank']}": o for o in launcher.run("sp", sp)})
     return outcomes
-
-
-def _active_fixes() -> list[str]:
-    """The fixes of this run (``--fixes``), for ranks that start afresh (spawn)."""
-    import fixes
-    return fixes.active()
 
 
 def _time_here(spec: dict, payloads: list[dict], device: str, threads: int, result: dict) -> None:

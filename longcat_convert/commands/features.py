@@ -50,11 +50,9 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
     from reference.loading import parse_device
     parse_device(device)
     err = Console(stderr=True, highlight=False)
+    from parity import native as nat
     fix_names = fixes.parse(fixes_spec)
-    if fix_names:
-        from parity import native as nat
-        nat.ensure_runtime(device)                 # FastVideo imported the tool's way, then corrected
-    with fixes.installed(fix_names):
+    with nat.fixes_installed(fix_names, device):
         report = features.features_report(
             source, converted, policy=Policy.load(tolerances), dtype=getattr(torch, DTYPES[dtype]), device=device,
             case_path=case_path, only=tuple(only), overrides=features.parse_overrides(overrides),

@@ -165,8 +165,7 @@ def parity_cmd(source, converted, **o):
     in_pipeline = o["component"] == "pipeline"             # the pipeline installs them around its fixed run
     if fix_names and not in_pipeline:                     # installed for this command, removed after it
         from parity import native as nat
-        nat.ensure_runtime(o["device"])                   # FastVideo imported the tool's way (its banners silenced)
-        click.get_current_context().with_resource(fixes.installed(fix_names))
+        click.get_current_context().with_resource(nat.fixes_installed(fix_names, o["device"]))
     from parity.features import begin_parity_overrides, end_parity_overrides
     overrides = begin_parity_overrides(o["fastvideo"], mode=mode, component=o["component"], sp=o["sp"])
     if o["component"] is not None:
