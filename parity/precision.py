@@ -107,13 +107,18 @@ def derive(candidate: dict, reference: dict, asked, names: tuple[str, str] = ("c
 
 def margin(metrics: dict, limits: dict) -> dict | None:
     """The binding limit of a judged row: ``{"limit": name, "ratio": value / limit}``; a ratio
-    below 1 passes, and how far below says how much room the verdict has."""
+    below 1 passes, and how far below says how much room the verdict has. A noise ratio's
+    natural value is 1 (exactly as far from the truth as the baseline), so its ratio is the
+    excess over 1 against the limit's: (value - 1) / (limit - 1), 0 at or below 1."""
     best = None
     for name, lim in limits.items():
         v = metrics.get(name)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
             continue
-        ratio = v / lim if lim else (0.0 if v == 0 else float("inf"))
+        if name == "noise_ratio" and lim > 1:
+            ratio = max(v - 1.0, 0.0) / (lim - 1.0)
+        else:
+            ratio = v / lim if lim else (0.0 if v == 0 else float("inf"))
         if best is None or ratio > best["ratio"]:
             best = {"limit": name, "ratio": ratio}
     return best
