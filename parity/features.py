@@ -537,7 +537,9 @@ def features_report(source, converted, *, policy, dtype=torch.float32, device="c
                     lora_bases[f.baseline] = _tool_lora_run(run, f, Path(tmp), root)
                 b = lora_bases[f.baseline]
             r = run(f.kwargs, f.sampling, f.before)
-            row = decide(f, r, b, report=report, truth=ref_rows, **cmp_kw)
+            # The original's float32 run is the truth of a row whose baseline is the plain run;
+            # the reference pipeline holds no LoRA, so it is no truth for a LoRA baseline.
+            row = decide(f, r, b, report=report, truth=ref_rows if f.baseline == "plain" else None, **cmp_kw)
             if f.note:
                 row["note"] = f.note
             if not r.error and r.rows and f.baseline == "plain":
