@@ -1,6 +1,6 @@
 """``fsdp-bf16-params``: the precision FSDP inference computes the DiT in.
 
-FastVideo: ``fastvideo/models/loader/component_loader.py`` (``TransformerLoader.load``) calls
+FastVideo: ``fastvideo/models/loader/component_loader.py:1137`` (``TransformerLoader.load``) calls
 ``maybe_load_fsdp_model(..., default_dtype=<dit_precision>, param_dtype=torch.bfloat16,
 reduce_dtype=torch.float32, ...)``, the dtypes written into the call (their comment: "make these
 configurable"). ``maybe_load_fsdp_model`` (models/loader/fsdp_load.py) builds its
@@ -10,7 +10,7 @@ wrapped module computes with bfloat16 copies: at ``dit_precision=fp32`` FSDP low
 precision to bfloat16. (On a GPU, the stages' CUDA autocast hides the mixed dtypes; on a CPU
 the bfloat16 parameters meet float32 input and the first DiT call fails.)
 
-Fix: for an inference load (``training_mode`` false) the policy's ``param_dtype`` is the
+Fix: for an FSDP inference load (``fsdp_inference`` true, ``training_mode`` false) the policy's ``param_dtype`` is the
 requested precision (``default_dtype``, from ``dit_precision``) and ``reduce_dtype`` the
 requested precision, never below float32 (unchanged in bfloat16, where FastVideo reduces in
 float32). Mechanism, without touching FastVideo's code: the name ``maybe_load_fsdp_model``
@@ -31,7 +31,7 @@ def _make(original):
     def maybe_load_fsdp_model(*args, **kwargs):
         import torch
         requested = kwargs.get("default_dtype")
-        if requested is not None and not kwargs.get("training_mode", True):
+        if requested is not None and kwargs.get("fsdp_inference") and not kwargs.get("training_mode", True):
             kwargs["param_dtype"] = requested
             kwargs["reduce_dtype"] = torch.promote_types(requested, torch.float32)
         return original(*args, **kwargs)

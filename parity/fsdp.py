@@ -288,6 +288,21 @@ def first_error(res: FsdpRun) -> dict | None:
             "where": f"rank {failed[0]['rank']}"}
 
 
+def findings(res: FsdpRun, dtype) -> dict:
+    """The catalogue's FSDP finding as the report key it points at
+    (``features_findings.fsdp_computes_in_bf16``): the transformer's MixedPrecisionPolicy,
+    read from a rank, computes in a lower precision than the one asked. Absent when no rank
+    got as far as FastVideo's FSDP wrapping."""
+    for r in res.ranks:
+        w = ((r.get("fsdp") or {}).get("transformer")) or {}
+        if w.get("param_dtype"):
+            asked = _dtype(dtype)
+            lowered = torch.finfo(getattr(torch, w["param_dtype"])).bits < torch.finfo(dtype).bits
+            return {"fsdp_computes_in_bf16": lowered and w["param_dtype"] == "bfloat16",
+                    "fsdp_param_dtype": w["param_dtype"], "fsdp_asked": asked}
+    return {}
+
+
 def start_method(start: str, world: int, device: str) -> str:
     if start not in START_METHODS:
         raise BadInput(f"start {start!r}: one of {', '.join(START_METHODS)}")
@@ -360,11 +375,14 @@ def _fault_of(res: FsdpRun) -> dict | None:
     timeouts = [rank for rank, e in errs if e.get("type") == "Timeout"]
     if timeouts:
         return {"kind": "timeout", "ranks": timeouts, "message": errs[0][1].get("message", "")}
-    raised = sorted((e.get("time", float("inf")), rank, e) for rank, e in errs if e.get("type") not in
-                    ("Stopped", "Exited"))
+    raised = sorted((e.get("time", float("inf")), r["rank"], r) for r in failed
+                    if (e := r["launcher_error"]).get("type") not in ("Stopped", "Exited"))
     if raised:
-        _, rank, e = raised[0]
-        return {"kind": "raised", "rank": rank, "message": f"rank {rank} raised {e.get('type')}: {e.get('message')}"}
+        _, rank, r = raised[0]
+        e, own = r["launcher_error"], r.get("error")
+        what = (f"FastVideo raised {own['type']}: {own['message']} (at {own['where']}, {own['phase']})" if own
+                else f"raised {e.get('type')}: {e.get('message')}")
+        return {"kind": "raised", "rank": rank, "message": f"rank {rank}: {what}"}
     rank, e = errs[0]
     return {"kind": "exited", "rank": rank, "message": f"rank {rank}: {e.get('message')}"}
 
@@ -459,6 +477,7 @@ def main(argv=None) -> int:
             with nat.fixes_installed(a.fixes, "cpu"):
                 res = run_fsdp(root, meta, world_size=a.world, dtype=dtype, timeout=a.timeout, start=a.start)
                 out = res.summary()
+                out["findings"] = findings(res, dtype)
                 if a.compare and res.ok:
                     from .policy import Policy
                     plain = run_single(root, meta, kwargs={}, dtype=dtype)
