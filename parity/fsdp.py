@@ -345,7 +345,7 @@ def run_fsdp(converted_root, meta, *, kwargs: dict | None = None, sampling: dict
         spec = dict(dir=str(work), payload=str(work / "payload.pt"), converted=str(Path(converted_root).resolve()),
                     dtype=str(dtype).replace("torch.", ""), device=device, fixes=fixes.active(),
                     threads={GROUP: max(1, cpu_cores() // int(world_size))}, sp_size=int(kw.get("sp_size") or 1),
-                    init={GROUP: str(work / "init-fsdp")}, work=f"{__name__}:rank_work")
+                    init={GROUP: str(work / "init-fsdp")}, work="parity.fsdp:rank_work")
         (work / "spec.json").write_text(json.dumps(spec, indent=1))
         outcomes = Launcher(work, work / "spec.json", start, timeout).run(GROUP, int(world_size))
         for o in outcomes:

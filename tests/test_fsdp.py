@@ -153,6 +153,19 @@ def test_fixed_fsdp_keeps_float32_and_every_rank_matches_one_process(root, meta,
     assert findings(res, torch.float32)["fsdp_computes_in_bf16"] is False
 
 
+def test_spawned_ranks_run_the_fsdp_work_with_the_run_fixes(root, meta, plain, no_leftovers):
+    """``start="spawn"`` (what CUDA always uses): each rank a fresh ``python -m parity.sp_worker``
+    that installs the run's fixes itself."""
+    import fixes
+    from parity.fsdp import run_fsdp
+    with fixes.installed("fsdp-bf16-params"):
+        res = run_fsdp(root, meta, world_size=2, dtype=torch.float32, timeout=300, start="spawn")
+    assert res.start == "spawn" and res.ok, res.fault
+    assert {r["fsdp"]["transformer"]["param_dtype"] for r in res.ranks} == {"float32"}
+    assert len({r["pid"] for r in res.ranks}) == 2
+    assert _judge(res.ranks[1]["rows"], plain.rows)["verdict"] in ("exact", "within_tolerance")
+
+
 # ----------------------------------------------------------------------------- faults
 
 # The faults are planted in the first FSDP-wrapped block, which the fixed run reaches (stock stops
