@@ -99,18 +99,21 @@ def fsdp_wrapping(module) -> dict | None:
     for m in wrapped:
         classes[type(m).__name__] = classes.get(type(m).__name__, 0) + 1
     out: dict = {"fsdp_modules": len(wrapped), "classes": classes}
-    for m in wrapped:
-        group = getattr(m._get_fsdp_state(), "_fsdp_param_group", None)
-        if group is None:
-            continue
-        mp, mesh = group.mp_policy, group.mesh_info.mesh
-        out.update(mesh_shape=list(mesh.shape), mesh_dim_names=list(mesh.mesh_dim_names or ()),
-                   mesh_device_type=mesh.device_type, param_dtype=_dtype(mp.param_dtype),
-                   reduce_dtype=_dtype(mp.reduce_dtype), output_dtype=_dtype(mp.output_dtype),
-                   cast_forward_inputs=bool(mp.cast_forward_inputs),
-                   reshard_after_forward=group.post_forward_mesh_info is not None,
-                   offload_policy=type(group.offload_policy).__name__)
-        break
+    try:     # torch's FSDP2 state (torch 2.14): the param group holds the policy and the mesh
+        for m in wrapped:
+            group = getattr(m._get_fsdp_state(), "_fsdp_param_group", None)
+            if group is None:
+                continue
+            mp, mesh = group.mp_policy, group.mesh_info.mesh
+            out.update(mesh_shape=list(mesh.shape), mesh_dim_names=list(mesh.mesh_dim_names or ()),
+                       mesh_device_type=mesh.device_type, param_dtype=_dtype(mp.param_dtype),
+                       reduce_dtype=_dtype(mp.reduce_dtype), output_dtype=_dtype(mp.output_dtype),
+                       cast_forward_inputs=bool(mp.cast_forward_inputs),
+                       reshard_after_forward=group.post_forward_mesh_info is not None,
+                       offload_policy=type(group.offload_policy).__name__)
+            break
+    except AttributeError as e:
+        out["policy_unreadable"] = f"this torch's FSDP state differs: {e}"
     stored: dict = {}
     local = full = 0
     for p in module.parameters():
