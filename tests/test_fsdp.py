@@ -249,3 +249,14 @@ def test_the_command_exits_1_when_a_rank_raises_and_writes_the_whole_outcome(roo
     out = json.loads(report.read_text())
     assert out["fault"]["kind"] == "raised" and out["fault"]["rank"] == 0 and len(out["ranks"]) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["fsdp.json"]
+
+
+def test_bad_settings_are_one_line_errors_before_any_rank_starts(root, meta, no_leftovers):
+    from longcat_convert.errors import BadInput
+    from parity.fsdp import run_fsdp
+    for kw, text in (({"world_size": 1}, "at least 2 processes"), ({"timeout": 0}, "positive number of seconds"),
+                     ({"start": "thread"}, "one of auto, fork, spawn")):
+        with pytest.raises(BadInput, match=text) as e:
+            run_fsdp(root, meta, **{"world_size": 2, **kw})
+        assert "\n" not in str(e.value)
+
