@@ -291,6 +291,12 @@ def first_error(res: FsdpRun) -> dict | None:
             "where": f"rank {failed[0]['rank']}"}
 
 
+def exit_code(res: FsdpRun) -> int:
+    """As for ``parity --sp``: 1 when a rank raised, timed out or died, else 0 (an interrupted run
+    never returns: KeyboardInterrupt propagates after every rank is stopped, 130)."""
+    return 1 if res.fault is not None else 0
+
+
 def findings(res: FsdpRun, dtype) -> dict:
     """The catalogue's FSDP finding as the report key it points at
     (``features_findings.fsdp_computes_in_bf16``): the transformer's MixedPrecisionPolicy,
@@ -501,7 +507,7 @@ def main(argv=None) -> int:
         tmp.rename(a.report)
     else:
         print(text)
-    if res.fault is not None:
+    if exit_code(res):
         return 1
     if any(c["verdict"] == "diverges" for c in out.get("against_plain", [])):
         return 1
