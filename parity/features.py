@@ -116,8 +116,6 @@ def split_overrides(overrides: dict) -> tuple[dict, dict]:
 
 # --------------------------------------------------------------------------- the matrix
 
-CUDA_FSDP = ("needs CUDA: FastVideo's FSDP path (models/loader/fsdp_load.py maybe_load_fsdp_model / shard_model) "
-             "builds its device mesh with init_device_mesh(\"cuda\", ...)")
 CUDA_AUTOCAST = ("needs CUDA: the LongCat stages run the model under torch.autocast(device_type=\"cuda\", ...) "
                  "(pipelines/stages/longcat_denoising.py LongCatDenoisingStage.forward, decoding.py "
                  "DecodingStage.decode), which is inactive on a CPU, so the low-precision module meets float32 inputs")
@@ -137,6 +135,7 @@ class Feature:
     cpu_needs: str | None = None     # why a failure on a CPU is not_run (the run is still tried)
     skip_on_cpu: str | None = None   # not tried on a CPU at all (why)
     note: str = ""
+    runner: str = "process"          # process | fsdp-mesh-on-cpu (one process, FSDP's mesh on the CPU) | fsdp
 
 
 def lora_files(converted: Path, source: Path) -> tuple[Path | None, Path | None]:
@@ -215,19 +214,19 @@ def delta_evidence(pipe, converted: Path, adapter: Path, strength: float) -> dic
 
 def matrix(converted: Path, source: Path, tmp: Path, *, device: str = "cpu") -> list[Feature]:
     """The features and settings the command runs (what LongCat declares and one it does not)."""
+    from .fsdp import fastvideo_defaults
     conv_lora, orig_lora = lora_files(converted, source)
     rows = [
         Feature("dit_cpu_offload", "True"),
         Feature("dit_layerwise_offload", "True"),
-        Feature("text_encoder_cpu_offload", "True", cpu_needs=CUDA_FSDP),
+        Feature("text_encoder_cpu_offload", "True", runner="fsdp-mesh-on-cpu"),
         Feature("vae_cpu_offload", "True"),
         Feature("image_encoder_cpu_offload", "True"),
         Feature("pin_cpu_memory", "True"),
-        Feature("FastVideo defaults", "all five offload flags and pin_cpu_memory on",
-                kwargs=dict(dit_cpu_offload=True, dit_layerwise_offload=True, text_encoder_cpu_offload=True,
-                            vae_cpu_offload=True, image_encoder_cpu_offload=True, pin_cpu_memory=True),
-                cpu_needs=CUDA_FSDP),
-        Feature("use_fsdp_inference", "True", cpu_needs=CUDA_FSDP),
+        Feature("FastVideo defaults", "every offload flag and pin_cpu_memory as VideoGenerator.from_pretrained "
+                "sets them", kwargs=fastvideo_defaults(converted), runner="fsdp-mesh-on-cpu"),
+        Feature("use_fsdp_inference", "True, 2 processes (hsdp_shard_dim 2)", kwargs=dict(use_fsdp_inference=True),
+                runner="fsdp"),
         Feature("enable_torch_compile", "True"),
         Feature("inference_torch_compile", "True"),
         Feature("attention_backend", "TORCH_SDPA"),
@@ -375,6 +374,11 @@ def decide(f: Feature, run: Run, base: Run, *, report: dict, truth: dict | None,
             row.update(verdict="unsupported", message=f"FastVideo refuses it: {e['type']}: {e['message']}", error=e)
         else:
             row.update(verdict="crashes", message=line, error=e)
+        if run.built:               # what FastVideo built before it failed (FSDP's wrapping, dtypes)
+            row["built"] = run.built
+        if run.built_extra:
+            row["evidence"] = run.built_extra
+            row["message"] += "; " + ", ".join(f"{k} {v}" for k, v in run.built_extra.items() if v not in ([], None))
         return row
     if base.error:
         row.update(verdict="not_run", message=f"its baseline did not run: {base.error['message']}")
@@ -536,7 +540,7 @@ def features_report(source, converted, *, policy, dtype=torch.float32, device="c
                 if f.baseline not in lora_bases:
                     lora_bases[f.baseline] = _tool_lora_run(run, f, Path(tmp), root)
                 b = lora_bases[f.baseline]
-            r = run(f.kwargs, f.sampling, f.before)
+            r = run_row(f, run, root, case.meta, okw, osp, dtype=dtype, device=device)
             # The original's float32 run is the truth of a row whose baseline is the plain run;
             # the reference pipeline holds no LoRA, so it is no truth for a LoRA baseline.
             row = decide(f, r, b, report=report, truth=ref_rows if f.baseline == "plain" else None, **cmp_kw)
@@ -555,6 +559,10 @@ def features_report(source, converted, *, policy, dtype=torch.float32, device="c
             rows.append(row)
     report["features"] = rows
     report["features_findings"] = lora_findings(rows)
+    if any(r.get("evidence", {}).get("run_time_adjustment") for r in rows):
+        report["notes"].append(f"run-time adjustment on this CPU: {nat.FSDP_MESH_ON_CPU} (rows "
+                               + ", ".join(f"{r['feature']}" for r in rows
+                                           if r.get("evidence", {}).get("run_time_adjustment")) + ")")
     report["features_wall_s"] = round(time.perf_counter() - t_all, 1)
     report["notes"].append(FEATURES_NOTE)
     R.finalize(report)
@@ -567,6 +575,27 @@ def features_report(source, converted, *, policy, dtype=torch.float32, device="c
     return report
 
 
+FSDP_WORLD = 2        # use_fsdp_inference's processes (gloo on a CPU, NCCL on GPUs)
+
+
+def run_row(f: Feature, run, root: Path, meta: dict, okw: dict, osp: dict, *, dtype, device) -> Run:
+    """One row's FastVideo run: in this process, or with FastVideo's FSDP device mesh made on the
+    CPU (the one named run-time adjustment, parity/native.py fsdp_mesh_on_cpu; nothing else
+    changes), or over FSDP_WORLD processes (parity/fsdp.py)."""
+    if f.runner == "process" or str(device).startswith("cuda") and f.runner == "fsdp-mesh-on-cpu":
+        return run(f.kwargs, f.sampling, f.before)
+    from . import fsdp
+    kwargs, sampling = {**okw, **f.kwargs}, {**osp, **f.sampling}
+    if f.runner == "fsdp-mesh-on-cpu":
+        return fsdp.run_single(root, meta, kwargs=kwargs, sampling=sampling, dtype=dtype, device=device)
+    res = fsdp.run_fsdp(root, meta, kwargs=kwargs, sampling=sampling, world_size=FSDP_WORLD, dtype=dtype,
+                        device=device)
+    r = res.as_run()
+    r.built["fsdp_run"] = {k: v for k, v in res.summary().items() if k not in ("ranks",)}
+    r.built_extra["fsdp_computes_in_bf16"] = fsdp.findings(res, dtype).get("fsdp_computes_in_bf16")
+    return r
+
+
 def lora_findings(rows: list[dict]) -> dict:
     """What the LoRA rows' evidence shows, as the booleans the known-differences catalogue's
     findings point at (``features_findings.<key>``); a key is absent when its row did not run."""
@@ -576,6 +605,8 @@ def lora_findings(rows: list[dict]) -> dict:
         if r["feature"] == "unmerge_lora_weights" and "weights_restored" in ev:
             done, total = ev["weights_restored"].split()[0].split("/")
             out["lora_unmerge_restores_nothing"] = int(total) > 0 and int(done) < int(total)
+        if r["feature"] == "use_fsdp_inference" and ev.get("fsdp_computes_in_bf16") is not None:
+            out["fsdp_computes_in_bf16"] = bool(ev["fsdp_computes_in_bf16"])
         times = [v for k, v in ev.items() if k.startswith("weights_hold_the_")]
         if r["feature"] == "set_lora_adapter" and times and times[0] is not None:
             out["lora_switch_accumulates"] = out.get("lora_switch_accumulates", False) or abs(times[0] - 1.0) > 0.01

@@ -90,7 +90,7 @@ class Catalogue:
 TOP_KEYS = {"version", "about", "known_differences", "findings"}
 ENTRY_KEYS = {"id", "title", "why", "fastvideo_code", "isolate", "fix", "match"}
 MATCH_KEYS = {"rows", "when"}
-FINDING_KEYS = {"id", "title", "why", "fastvideo_code", "fix", "report_key"}
+FINDING_KEYS = {"id", "title", "why", "fastvideo_code", "isolate", "fix", "report_key"}
 
 
 def _unknown_keys(path, where: str, obj: dict, allowed: set[str]) -> None:

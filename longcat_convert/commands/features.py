@@ -46,8 +46,11 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
     from longcat_convert import precheck
     precheck.features(source, converted, case=case_path, device_name=device, tolerances=tolerances,
                       report=report_dir, fixes_spec=fixes_spec)  # inputs first: before torch or FastVideo
+    from parity.known import Catalogue
     from parity.verdicts import load_pins
     pins = load_pins(pins_path) if pins_path is not None else None     # torch-free: still before the run
+    catalogue = Catalogue.load()                                          # its findings tag the matrix's
+
     import torch
     import fixes
     from rich.console import Console
@@ -67,7 +70,7 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
         report["fixes"] = fixes.describe(fix_names)
         report["title"] += f" with fixes: {', '.join(fix_names)}"
     from parity import known
-    known.annotate(report)              # the catalogue's findings this matrix shows (features_findings)
+    known.annotate(report, catalogue)   # the catalogue's findings this matrix shows (features_findings)
     written = render.write_reports(report, report_dir) if report_dir is not None else []
     out = Console(highlight=False, soft_wrap=True)          # results on stdout; progress on stderr
     if not quiet:
