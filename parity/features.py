@@ -43,7 +43,7 @@ from . import native as nat
 from . import report as R
 from .built import inspect
 from .judge import judge
-from .pipeline import CPU_BASE, Run, run_fastvideo
+from .pipeline import CPU_BASE, MATRIX_FRAMES, MATRIX_STEPS, Run, matrix_case, run_fastvideo
 from .policy import dtype_name
 from .verdicts import LEGEND, check_pins, headline
 
@@ -462,15 +462,6 @@ def base_label(baseline: str) -> str:
 
 
 # --------------------------------------------------------------------------- the run
-
-MATRIX_STEPS, MATRIX_FRAMES = 2, 5      # the bundled pipeline case, shortened (CI budget)
-
-
-def matrix_case(case):
-    """The tiny bundle's pipeline case with 2 steps and 5 frames (2 latent frames); CFG kept."""
-    meta = dict(case.meta, steps=MATRIX_STEPS, num_inference_steps=MATRIX_STEPS, num_frames=MATRIX_FRAMES)
-    return dataclasses.replace(case, meta=meta, golden={}, name=f"{case.name}-short")
-
 
 def features_report(source, converted, *, policy, dtype=torch.float32, device="cpu", case_path=None,
                     only: tuple[str, ...] = (), overrides: dict | None = None, progress=None,

@@ -194,7 +194,7 @@ class StepWatch:
 
 def _observed(converted, meta, *, kwargs, sampling, dtype, device, fault=None):
     """``run_fastvideo`` inside the adjustment and a StepWatch -> (Run with its pipe released, extra)."""
-    from .features import run_fastvideo
+    from .pipeline import run_fastvideo
     with nat.fsdp_mesh_on_cpu(device) as adjusted, StepWatch(fault) as watch:
         run = run_fastvideo(Path(converted), meta, kwargs=dict(kwargs or {}), sampling=dict(sampling or {}),
                             dtype=dtype, device=device, keep_pipe=True)
@@ -254,7 +254,7 @@ class FsdpRun:
     def as_run(self):
         """Rank 0 as a ``features.Run`` for the matrix (its rows; the slowest rank's wall time
         and the largest peak; the first error of any rank)."""
-        from .features import Run
+        from .pipeline import Run
         r0 = self.ranks[0] if self.ranks else {}
         run = Run(rows=dict(r0.get("rows") or {}), built=dict(r0.get("built") or {}),
                   wall_s=max((r.get("wall_s") or 0.0) for r in self.ranks) if self.ranks else 0.0,
@@ -460,7 +460,7 @@ def judge_rows(candidate: dict, baseline: dict, *, policy, dtype, device, names=
 def matrix_meta() -> dict:
     """The feature matrix's case: the tiny bundle's generated pipeline case, shortened."""
     from .cases import generated_component
-    from .features import matrix_case
+    from .pipeline import matrix_case
     return matrix_case(generated_component("pipeline", 42)).meta
 
 

@@ -32,6 +32,7 @@ not used here because its executor spawns them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import time
@@ -302,6 +303,15 @@ def _forward(run: Run, pipe, args, meta: dict, *, device, sigmas: str, sampling,
     run.rows = rows
     run.built["attention_calls"] = calls
     run.built["weights_during_step"] = weights_at
+
+
+MATRIX_STEPS, MATRIX_FRAMES = 2, 5      # the bundled pipeline case, shortened (CI budget): the feature matrix and the FSDP runner
+
+
+def matrix_case(case):
+    """The tiny bundle's pipeline case with 2 steps and 5 frames (2 latent frames); CFG kept."""
+    meta = dict(case.meta, steps=MATRIX_STEPS, num_inference_steps=MATRIX_STEPS, num_frames=MATRIX_FRAMES)
+    return dataclasses.replace(case, meta=meta, golden={}, name=f"{case.name}-short")
 
 
 def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) -> tuple[dict, list[str], str]:

@@ -89,7 +89,7 @@ def load_sides(setup: Setup, loras: tuple[tuple[str, float], ...] = (), *, nativ
         truth = refside.load_reference(opened, dtype=torch.float32, device=setup.device, attention=setup.attention)
     model = None
     if native and nat.active_overrides():       # parity --fastvideo: FastVideo's own loader builds it
-        from .features import inspect_module
+        from .built import inspect_module
         model = nat.load_native_via_fastvideo(setup.converted, dtype=setup.dtype, device=setup.device)
         nat.record_built("transformer (TransformerLoader)", inspect_module(model))
     elif native:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from parity.verdicts import VERDICTS
 from parity_support import GOLDEN, cli, needs_native
 
 BUNDLE = GOLDEN / "tiny-bundle"
@@ -213,21 +214,28 @@ def test_features_command_writes_the_matrix_into_one_report(bundle, tmp_path):
     rows = {(r["feature"], r["setting"]): r for r in report["features"]}
     assert rows[("enable_teacache", "True")]["verdict"] == "no_op"
     assert rows[("attention_backend", "NO_SUCH_BACKEND")]["verdict"] == "unsupported"
-    fsdp = rows[("use_fsdp_inference", "True")]
-    assert fsdp["verdict"] == ("not_run" if not torch.cuda.is_available() else fsdp["verdict"])
-    assert "init_device_mesh" in fsdp["message"] or torch.cuda.is_available()
+    # FSDP over 2 gloo processes: stock FastVideo keeps bfloat16 parameters where float32 was asked.
+    fsdp = rows[("use_fsdp_inference", "True, 2 processes (hsdp_shard_dim 2)")]
+    assert fsdp["verdict"] == "crashes" and "BFloat16" in fsdp["message"], fsdp
+    assert fsdp["built"]["fsdp"]["transformer"]["param_dtype"] == "bfloat16"
+    assert [r["rank"] for r in fsdp["built"]["ranks"]] == [0, 1] and all(r["peak_mib"] for r in fsdp["built"]["ranks"])
+    assert report["features_findings"]["fsdp_computes_in_bf16"] is True
+    assert "fsdp-mesh-on-cpu" in " ".join(report["notes"])
     conv = next(r for k, r in rows.items() if k[0] == "lora_path" and k[1].startswith("converted"))
     assert conv["verdict"] == "exact" and conv["baseline"].startswith("FastVideo with the LoRA merged")
     orig = next(r for k, r in rows.items() if k[0] == "lora_path" and "original-format" in k[1])
     assert orig["verdict"] == "no_op" and "original-format" in orig["message"]
     assert orig["lora_targets"]["targets_reached"] == 0 < orig["lora_targets"]["targets_present"]
     for r in report["features"]:
-        assert r["verdict"] in ("exact", "within_tolerance", "no_op", "unsupported", "crashes", "diverges",
-                                "not_run")
+        assert r["verdict"] in VERDICTS
         assert r["feature"] and r["setting"] and r["baseline"] and "message" in r
     assert report["features_baseline"]["against_reference"]["verdict"] in ("diverges", "within_tolerance", "exact")
     md = (rep / "report.md").read_text()
     assert "| enable_teacache | True | no_op |" in md
+    # The headline is the matrix, never PASSED; the legend comes first; no empty table.
+    assert md.startswith(f"## {report['title']}: {len(rows)} rows: ") and "PASSED" not in md.splitlines()[0]
+    assert "Verdicts:" in md and "- `already_default`:" in md
+    assert "| layer | result |" not in md and "| features | pass |" not in md
     assert "Features" in (rep / "report.html").read_text()
 
 
