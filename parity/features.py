@@ -41,7 +41,6 @@ from longcat_convert.errors import BadInput
 
 from . import native as nat
 from . import report as R
-from .built import inspect
 from .judge import judge
 from .pipeline import CPU_BASE, MATRIX_FRAMES, MATRIX_STEPS, Run, matrix_case, run_fastvideo
 from .policy import dtype_name
@@ -641,11 +640,9 @@ def _original_lora_message(row: dict, r: Run, f: Feature) -> str:
 
 # --------------------------------------------------------------------------- parity --fastvideo
 
-def begin_parity_overrides(specs, *, mode: str, component: str | None, sp) -> dict:
-    """``parity --fastvideo KEY=VALUE``: checked, then active for this run (always reset first,
-    so nothing carries over to the next command in the same process)."""
-    nat.set_overrides({})
-    _record_pipelines(False)
+def check_parity_overrides(specs, *, mode: str, component: str | None, sp) -> dict:
+    """``parity --fastvideo KEY=VALUE``: the FastVideoArgs / PipelineConfig fields, checked; the
+    run carries them (``Setup.fastvideo``), so nothing outlives the command."""
     overrides = parse_overrides(specs)
     if not overrides:
         return {}
@@ -658,50 +655,19 @@ def begin_parity_overrides(specs, *, mode: str, component: str | None, sp) -> di
     if mode == "blocks" and component is None:
         raise BadInput("--fastvideo with --mode blocks: blocks mode streams one block at a time outside "
                        "FastVideo's loader; use e2e, layer or sampling")
-    nat.set_overrides(kw)
-    _record_pipelines(True)
     return kw
 
 
-_pipelines: list = []
-
-
-def _record_pipelines(on: bool) -> None:
-    """While ``parity --fastvideo`` runs, ``fastvideo.pipelines.build_pipeline`` is wrapped so the
-    pipelines it returns are kept for the report (the wrapper only calls through and remembers)."""
-    import sys
-    _pipelines.clear()
-    if not on and "fastvideo.pipelines" not in sys.modules:
-        return                                   # nothing was wrapped: FastVideo need not be imported
-    nat.ensure_runtime()                         # FastVideo imported the tool's way (its banners silenced)
-    import fastvideo.pipelines as fvp
-    original = getattr(fvp.build_pipeline, "_lcc_original", fvp.build_pipeline)
-    if not on:
-        fvp.build_pipeline = original
+def record_parity_overrides(report: dict, overrides: dict, built: list[dict]) -> None:
+    """The report records the overrides and what FastVideo built with them."""
+    if not overrides:
         return
-
-    def build_pipeline(*a, **k):
-        pipe = original(*a, **k)
-        _pipelines.append(pipe)
-        return pipe
-    build_pipeline._lcc_original = original
-    fvp.build_pipeline = build_pipeline
-
-
-def end_parity_overrides(report: dict, overrides: dict) -> None:
-    """The report records the overrides and what FastVideo built with them; then they end."""
-    if overrides:
-        for pipe in _pipelines:
-            nat.record_built(f"pipeline {type(pipe).__name__} (build_pipeline)", inspect(pipe))
-        built = nat.built_objects()
-        report["fastvideo"] = {"overrides": overrides, "built": built}
-        report["environment"]["fastvideo_overrides"] = ", ".join(f"{k}={v}" for k, v in overrides.items())
-        report["notes"].append(
-            "--fastvideo " + " ".join(f"{k}={v}" for k, v in overrides.items()) + ": applied through "
-            "FastVideoArgs.from_kwargs (FastVideoArgs and PipelineConfig fields); the DiT built by FastVideo's "
-            "TransformerLoader, or the pipeline by build_pipeline: " + "; ".join(json_line(b) for b in built))
-    nat.set_overrides({})
-    _record_pipelines(False)
+    report["fastvideo"] = {"overrides": overrides, "built": built}
+    report["environment"]["fastvideo_overrides"] = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    report["notes"].append(
+        "--fastvideo " + " ".join(f"{k}={v}" for k, v in overrides.items()) + ": applied through "
+        "FastVideoArgs.from_kwargs (FastVideoArgs and PipelineConfig fields); the DiT built by FastVideo's "
+        "TransformerLoader, or the pipeline by build_pipeline: " + "; ".join(json_line(b) for b in built))
 
 
 def json_line(d: dict) -> str:

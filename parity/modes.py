@@ -225,7 +225,7 @@ def component_parity(setup: Setup, component: str, case_paths, *, seed: int = 0,
                      attention=setup.attention, source=setup.source, converted=setup.converted, component=component)
     if component == "pipeline":
         return _pipeline(setup, report, src_root, root, cases, sigmas, list(fix_names), stock_run)
-    args = nat.fastvideo_args(root, dtype=torch.float32, device=device)
+    args = nat.fastvideo_args(root, dtype=torch.float32, device=device, overrides=setup.fastvideo)
     if component == "text_encoder":
         tok, enc, (m, problems) = components.load_native_text(root, args)
         enc = enc.to(device)
@@ -261,7 +261,7 @@ def component_parity(setup: Setup, component: str, case_paths, *, seed: int = 0,
     return R.finalize(report)
 
 
-def _stock_native(root: Path, case, device, sigmas: str, report: dict) -> tuple[dict | None, float]:
+def _stock_native(root: Path, case, device, sigmas: str, report: dict, overrides: dict) -> tuple[dict | None, float]:
     """Stock FastVideo's run (no fix installed) -> (its rows, seconds), or None where
     fixes are installed outside this run's scope (it could not be stock)."""
     import time
@@ -270,7 +270,7 @@ def _stock_native(root: Path, case, device, sigmas: str, report: dict) -> tuple[
         _add_notes(report, [f"stock FastVideo not run: fixes installed outside this run ({', '.join(fixes.active())})"])
         return None, 0.0
     t0 = time.perf_counter()
-    rows, _, _ = pipeline.run_native_pipeline(root, case, device, sigmas)
+    rows, _, _ = pipeline.run_native_pipeline(root, case, device, sigmas, overrides=overrides)
     return rows, time.perf_counter() - t0
 
 
@@ -310,9 +310,10 @@ def _pipeline(setup: Setup, report: dict, src_root: Path, root: Path, cases, sig
         if case.golden:
             judge_golden(report, case, ref, pipeline.golden_rows(case), policy=setup.policy)
         with nat.fixes_installed(fix_names, device):
-            fv, notes, cls = pipeline.run_native_pipeline(root, case, device, sigmas)
+            fv, notes, cls = pipeline.run_native_pipeline(root, case, device, sigmas, overrides=setup.fastvideo,
+                                                          record=setup.record_built)
         _add_notes(report, notes)
-        stock, stock_s = (_stock_native(root, case, device, sigmas, report) if fix_names and stock_run
+        stock, stock_s = (_stock_native(root, case, device, sigmas, report, setup.fastvideo) if fix_names and stock_run
                           else (None, 0.0))
         runs = [("FastVideo stock", stock), ("FastVideo fixed", fv)] if stock is not None else [("FastVideo", fv)]
         _frames_pictures(report, case.name, ref, runs)

@@ -171,7 +171,7 @@ def fsdp_mesh_on_cpu(device="cpu"):
             m.init_device_mesh = previous
 
 
-def fastvideo_args(converted, *, dtype=None, device="cpu"):
+def fastvideo_args(converted, *, dtype=None, device="cpu", overrides: dict | None = None):
     """FastVideoArgs for CONVERTED with its LongCat pipeline config (resolved from
     model_index.json as FastVideo's registry does), every component in ``dtype`` and
     no CPU offload (offload would wrap modules with FSDP, which needs CUDA)."""
@@ -191,12 +191,12 @@ def fastvideo_args(converted, *, dtype=None, device="cpu"):
     pc.text_encoder_precisions = tuple(prec for _ in pc.text_encoder_precisions)
     args = FastVideoArgs(model_path=str(converted), pipeline_config=pc, text_encoder_cpu_offload=False,
                          dit_cpu_offload=False, vae_cpu_offload=False, image_encoder_cpu_offload=False)
-    if _overrides:          # parity --fastvideo KEY=VALUE: applied as FastVideo applies keyword arguments
+    if overrides:           # parity --fastvideo KEY=VALUE: applied as FastVideo applies keyword arguments
         # The tool's own settings first, the user's fields over them (a field given both ways
         # is the user's).
         kwargs = dict(model_path=str(converted), pipeline_config=pc, text_encoder_cpu_offload=False,
                       dit_cpu_offload=False, vae_cpu_offload=False, image_encoder_cpu_offload=False)
-        args = FastVideoArgs.from_kwargs(**{**kwargs, **_overrides})
+        args = FastVideoArgs.from_kwargs(**{**kwargs, **overrides})
     point_fastvideo_at(device)
     return args
 
@@ -391,40 +391,11 @@ def run(model, inp, dtype, device, *, kv_cache: dict | None = None, **overrides)
 # parity --fastvideo KEY=VALUE: FastVideo fields for every run of FastVideo.
 # ---------------------------------------------------------------------------
 
-_overrides: dict = {}
-_built: list[dict] = []
-
-
-def set_overrides(kwargs: dict) -> None:
-    """``parity --fastvideo``: while set, ``fastvideo_args`` builds FastVideoArgs with
-    ``FastVideoArgs.from_kwargs`` and these fields (FastVideoArgs and its PipelineConfig, as
-    FastVideo takes keyword arguments), and the DiT sides load the native model through
-    FastVideo's own ``TransformerLoader`` (``load_native_via_fastvideo``); what was built is
-    kept for the report (``built_objects``). ``{}`` clears them."""
-    global _overrides
-    _overrides = dict(kwargs)
-    if not kwargs:
-        _built.clear()
-
-
-def active_overrides() -> dict:
-    return dict(_overrides)
-
-
-def built_objects() -> list[dict]:
-    """What FastVideo built under the overrides (one entry per model)."""
-    return list(_built)
-
-
-def record_built(what: str, info: dict) -> None:
-    _built.append({"what": what, **info})
-
-
-def load_native_via_fastvideo(converted, *, dtype, device):
+def load_native_via_fastvideo(converted, *, dtype, device, overrides: dict):
     """The native DiT as FastVideo's ``TransformerLoader`` builds it from CONVERTED's transformer/
-    with the active overrides (its precision, offload, FSDP, compile, quantisation and
+    with ``overrides`` (its precision, offload, FSDP, compile, quantisation and
     attention-backend handling), instead of ``build_native_model`` + ``load_state``."""
-    args = fastvideo_args(converted, dtype=dtype, device=device)
+    args = fastvideo_args(converted, dtype=dtype, device=device, overrides=overrides)
     from fastvideo.models.loader.component_loader import TransformerLoader
     model = TransformerLoader().load(str(transformer_dir(converted)), args)
     return model.eval()

@@ -314,13 +314,18 @@ def matrix_case(case):
     return dataclasses.replace(case, meta=meta, golden={}, name=f"{case.name}-short")
 
 
-def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) -> tuple[dict, list[str], str]:
+def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str, *, overrides: dict | None = None,
+                        record: Callable | None = None) -> tuple[dict, list[str], str]:
     """``parity --component pipeline``'s native side: the pipeline runner with every stage recorded,
-    built from the tool's FastVideoArgs (``native.fastvideo_args``, float32, ``--fastvideo`` applied)."""
-    args = fastvideo_args(root, dtype=torch.float32, device=device)     # FastVideo's runtime first
+    built from the tool's FastVideoArgs (``native.fastvideo_args``, float32, ``overrides``: the
+    ``--fastvideo`` fields). ``record(what, info)`` gets what FastVideo built."""
+    args = fastvideo_args(root, dtype=torch.float32, device=device, overrides=overrides)  # FastVideo's runtime first
     run = run_fastvideo(root, case.meta, args=args, device=device, sigmas=sigmas, stages=True)
     if run.exception is not None:
         raise run.exception
+    if record is not None and overrides:
+        record(f"pipeline {run.built.get('pipeline')} (build_pipeline)", {k: v for k, v in run.built.items()
+                                                                           if k in ("pipeline", "modules", "lora")})
     notes = [f"native: {run.built.get('pipeline')} built by fastvideo.pipelines.build_pipeline from {root}; stages "
              "run: " + " -> ".join(run.stages)]
     if sigmas == "original":

@@ -25,6 +25,13 @@ class Setup:
     loras: tuple[tuple[str, float], ...] = ()   # (LoRA name = file stem in SOURCE/lora, multiplier);
                                                 # when empty, each case's own LoRAs apply
     policy: Policy = field(default_factory=Policy.load)
+    # parity --fastvideo KEY=VALUE: FastVideoArgs / PipelineConfig fields FastVideo's own loaders
+    # build the native side with (native.fastvideo_args), and what they built, for the report.
+    fastvideo: dict = field(default_factory=dict)
+    built: list = field(default_factory=list)
+
+    def record_built(self, what: str, info: dict) -> None:
+        self.built.append({"what": what, **info})
 
     @property
     def low_precision(self) -> bool:

@@ -88,10 +88,11 @@ def load_sides(setup: Setup, loras: tuple[tuple[str, float], ...] = (), *, nativ
     if setup.low_precision:
         truth = refside.load_reference(opened, dtype=torch.float32, device=setup.device, attention=setup.attention)
     model = None
-    if native and nat.active_overrides():       # parity --fastvideo: FastVideo's own loader builds it
+    if native and setup.fastvideo:              # parity --fastvideo: FastVideo's own loader builds it
         from .built import inspect_module
-        model = nat.load_native_via_fastvideo(setup.converted, dtype=setup.dtype, device=setup.device)
-        nat.record_built("transformer (TransformerLoader)", inspect_module(model))
+        model = nat.load_native_via_fastvideo(setup.converted, dtype=setup.dtype, device=setup.device,
+                                              overrides=setup.fastvideo)
+        setup.record_built("transformer (TransformerLoader)", inspect_module(model))
     elif native:
         model = nat.build_native_model(ncfg, dtype=setup.dtype, device=setup.device)
         nat.load_state(model, ShardedReader(nat.transformer_dir(setup.converted)), device=setup.device)

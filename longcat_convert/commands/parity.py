@@ -166,8 +166,8 @@ def parity_cmd(source, converted, **o):
     if fix_names and not in_pipeline:                     # installed for this command, removed after it
         from parity import native as nat
         click.get_current_context().with_resource(nat.fixes_installed(fix_names, o["device"]))
-    from parity.features import begin_parity_overrides, end_parity_overrides
-    overrides = begin_parity_overrides(o["fastvideo"], mode=mode, component=o["component"], sp=o["sp"])
+    from parity.features import check_parity_overrides, record_parity_overrides
+    setup.fastvideo = check_parity_overrides(o["fastvideo"], mode=mode, component=o["component"], sp=o["sp"])
     if o["component"] is not None:
         report = modes.component_parity(setup, o["component"], o["cases"], seed=o["seed"], sigmas=o["sigmas"],
                                         fix_names=fix_names if in_pipeline else (),
@@ -188,7 +188,7 @@ def parity_cmd(source, converted, **o):
         report = modes.blocks_parity(setup, _forward_inputs(source, o))
     else:
         report = modes.forward_parity(setup, _forward_inputs(source, o), kv_cache_frames=o["kv_cache_frames"])
-    end_parity_overrides(report, overrides)
+    record_parity_overrides(report, setup.fastvideo, setup.built)
     if fix_names:
         report["fixes"] = fixes.describe(fix_names)
         report["title"] += f" with fixes: {', '.join(fix_names)}"
