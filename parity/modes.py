@@ -381,7 +381,6 @@ def sp_parity(setup: Setup, inputs: list[Inputs], *, sp_size: int, kv_cache_fram
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="lcc-sp-") as tmp:
         for g, (loras, group) in enumerate(by_loras(setup, inputs).items()):
             sides = load_sides(setup, loras, native=False)
-            sp.check_heads(sides, sp_size)
             _add_notes(report, sides.notes)
             pairs = layer_pairs(sides.dims)
             jobs = [(inp, j) for inp in group
@@ -422,7 +421,6 @@ def sp_sampling_parity(setup: Setup, cases: list[LoopCase], *, sp_size: int, sig
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="lcc-sp-") as tmp:
         for g, (loras, group) in enumerate(by_loras(setup, cases).items()):
             sides = load_sides(setup, loras, native=False)
-            sp.check_heads(sides, sp_size)
             _add_notes(report, sides.notes)
             refs, payloads = {}, []
             for case in group:

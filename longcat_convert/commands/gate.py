@@ -7,17 +7,35 @@ import click
 
 from parity.gate import DEFAULT_GOLDEN, load_manifest, plan_steps, run_step, write_junit
 
+from .parity import QUIET_HELP
+
+GOLDEN = Path("golden")          # relative: the working folder's golden/, as the README writes it
+
 
 @click.command("gate")
-@click.option("--golden", type=click.Path(path_type=Path), default=DEFAULT_GOLDEN, show_default=True,
-              help="Golden folder with gate.json and the model folders it names.")
+@click.option("--golden", type=click.Path(path_type=Path), default=None,
+              help="Golden folder with gate.json and the model folders it names  [default: ./golden in the working "
+                   "folder].")
+@click.option("--bundled", is_flag=True,
+              help="Run the golden matrix that comes with the tool (golden/ beside the installed package) instead "
+                   "of ./golden; not with --golden.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("reports/gate"),
               show_default=True, help="Where converted models, step reports, summary.md and junit.xml go.")
 @click.option("--junit", type=click.Path(path_type=Path), default=None, help="JUnit XML path (default REPORT/junit.xml).")
 @click.option("--known", "known_file", type=click.Path(path_type=Path), default=None,
               help="Known-differences catalogue the manifest's ids refer to (default: the one shipped; docs/ci.md).")
-def gate_cmd(golden: Path, report_dir: Path, junit: Path | None, known_file: Path | None):
-    """Run the whole golden matrix: convert, verify, golden-check and parity for every case."""
+@click.option("--quiet", "-q", is_flag=True, help=QUIET_HELP + " (here: no line per step on stderr)")
+def gate_cmd(golden: Path | None, bundled: bool, report_dir: Path, junit: Path | None, known_file: Path | None,
+             quiet: bool):
+    """Run the whole golden matrix: convert, verify, golden-check and parity for every case.
+
+    GOLDEN is ./golden in the working folder unless --golden or --bundled says otherwise."""
+    from longcat_convert import precheck
+    from longcat_convert.errors import BadInput
+    if bundled and golden is not None:
+        raise BadInput("--bundled with --golden: give one (--bundled runs the matrix installed with the tool)")
+    golden = DEFAULT_GOLDEN if bundled else (golden if golden is not None else GOLDEN)
+    precheck.gate(golden, report_dir, junit, known_file)       # before any step runs
     from rich.console import Console
     from rich.table import Table
     import os
@@ -31,7 +49,8 @@ def gate_cmd(golden: Path, report_dir: Path, junit: Path | None, known_file: Pat
     ci_summary = os.environ.pop("GITHUB_STEP_SUMMARY", None)
     try:
         for s in steps:
-            console.print(f"[dim]gate:[/] {s.model}: {s.name} ...")
+            if not quiet:
+                console.print(f"[dim]gate:[/] {s.model}: {s.name} ...")
             run_step(s, root)
     finally:
         if ci_summary is not None:
