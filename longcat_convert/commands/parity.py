@@ -266,6 +266,33 @@ def _finish(report: dict, report_dir, quiet: bool, what: str, *, known_file=None
         Console(highlight=False, soft_wrap=True).print(f"{what}: {render.verdict_line(report)}")
         return code
     render.print_table(report)
+    for line in failure_summary(report):
+        Console(highlight=False, soft_wrap=True).print(line, markup=False)
     if written:
         Console(highlight=False, soft_wrap=True).print("reports: " + ", ".join(str(p) for p in written))
     return code
+
+def failure_summary(report: dict) -> list[str]:
+    """What a failed run says on the console besides the table, as report.md does: why the
+    first divergent row failed, and for a known difference its id, how to expect it in CI
+    (``--expect ID``) and the fix that closes it (``--fixes NAME``)."""
+    import re
+    if report["passed"] or report.get("timeouts"):
+        return []
+    out = []
+    first = next((r for r in report["layers"] if not r["passed"]), None)
+    if first is not None and first.get("failures"):
+        where = f" of case {first['case']}" if first.get("case") else ""
+        out.append(f"why: {first['name']}{where} fails the policy: {'; '.join(first['failures'])}")
+    failing = next((c for c in report["cases"] if not c["passed"]), {})
+    kd = next((k for k in report.get("known_differences", []) if k["id"] == failing.get("known_difference")), None)
+    if kd is not None:                      # its title, why and isolate hint: printed with the table
+        line = f"known difference {kd['id']}: to gate on it reproducing (CI), add --expect {kd['id']} (docs/ci.md)"
+        m = re.search(r"--fixes [\w,-]+", kd.get("fix") or "")
+        if m:
+            line += f"; {m.group(0)} runs FastVideo with our correction of it (docs/fixes.md)"
+        out.append(line)
+    elif report.get("unexplained"):
+        out.append("not a known difference: no entry of the catalogue matches (docs/known-differences.md); "
+                   "--expect cannot accept it")
+    return out
