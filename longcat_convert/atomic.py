@@ -67,7 +67,9 @@ def fsync_tree(root: Path) -> None:
 class AtomicFolder:
     """``with AtomicFolder(out) as tmp: ...write into tmp...`` then ``commit()``.
 
-    Leaving the block without commit() (an exception, an interrupt) removes tmp.
+    Leaving the block without commit() (an exception, an interrupt) removes tmp. An interrupt
+    (Ctrl-C, SIGTERM) that arrives once tmp has been renamed into place does not undo or
+    misreport a complete output: the block ends normally (the command exits 0).
     """
 
     def __init__(self, output: Path, *, force: bool = False, fsync: bool = True):
@@ -76,6 +78,12 @@ class AtomicFolder:
         self.fsync = fsync
         self.tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
         self.committed = False
+        self.committing = False
+
+    @property
+    def complete(self) -> bool:
+        """OUTPUT is in place: committed, or interrupted after tmp's rename."""
+        return self.committed or (self.committing and not self.tmp.exists() and self.output.is_dir())
 
     def __enter__(self) -> Path:
         self.output.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +108,7 @@ class AtomicFolder:
                 pass  # alive, someone else's
 
     def commit(self) -> None:
+        self.committing = True
         if self.fsync:
             fsync_tree(self.tmp)
         old = None
@@ -114,6 +123,11 @@ class AtomicFolder:
             shutil.rmtree(old, ignore_errors=True)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if isinstance(exc, KeyboardInterrupt) and self.complete:
+            self.committed = True
+            for old in self.output.parent.glob(f".{self.output.name}.replaced-{os.getpid()}"):
+                shutil.rmtree(old, ignore_errors=True)
+            return True                          # the output is whole: the interrupt came too late to stop it
         if not self.committed:
             shutil.rmtree(self.tmp, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, BadInput):

@@ -203,12 +203,15 @@ def convert(source: str, output: str | Path, opts: Options | None = None,
             "components": comp_record,
         }
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        atomic.commit()
-    return {"ok": True, "command": "convert", "source": src.describe(), "output": str(out),
-            "tensors": len(tensors), "shards": len(shards), "bytes": sum(t.nbytes for t in tensors),
-            "loras": [lp.out_relpath for lp in lora_plans], "components": {k: v["mode"] for k, v in comp_record.items()},
-            "workload": opts.workload, "pipeline": pipeline,
-            "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings, "notes": notes}
+        summary = {"ok": True, "command": "convert", "source": src.describe(), "output": str(out),
+                   "tensors": len(tensors), "shards": len(shards), "bytes": sum(t.nbytes for t in tensors),
+                   "loras": [lp.out_relpath for lp in lora_plans],
+                   "components": {k: v["mode"] for k, v in comp_record.items()},
+                   "workload": opts.workload, "pipeline": pipeline,
+                   "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings, "notes": notes}
+        atomic.commit()                # after this, an interrupt leaves a complete output (exit 0)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
 
 
 def load_record(output: Path) -> dict | None:

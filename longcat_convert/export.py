@@ -104,8 +104,10 @@ def export(native: str, output: str | Path, opts: Options | None = None,
             "components": comp_record,
         }
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        atomic.commit()
-    return {"ok": True, "command": "export", "source": nat.describe(), "output": str(out),
-            "tensors": len(tensors), "shards": len(shards), "bytes": sum(t.nbytes for t in tensors),
-            "components": {k: v["mode"] for k, v in comp_record.items()},
-            "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings, "notes": notes}
+        summary = {"ok": True, "command": "export", "source": nat.describe(), "output": str(out),
+                   "tensors": len(tensors), "shards": len(shards), "bytes": sum(t.nbytes for t in tensors),
+                   "components": {k: v["mode"] for k, v in comp_record.items()},
+                   "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings, "notes": notes}
+        atomic.commit()                # after this, an interrupt leaves a complete output (exit 0)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
