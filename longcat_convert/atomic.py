@@ -24,17 +24,17 @@ def check_output(output: Path, sources: list[Path], force: bool) -> Path:
     for src in sources:
         s = src.resolve()
         if _inside(out, s) or _inside(s, out):
-            raise BadInput(f"{output}: OUTPUT must lie outside the source folder {src} (and not contain it)")
+            raise BadInput(f"OUTPUT {output}: must lie outside the source folder {src} (and not contain it)")
     if out.exists() or out.is_symlink():
         if not force:
-            raise BadInput(f"{output}: already exists; choose another OUTPUT or pass --force to replace it")
+            raise BadInput(f"OUTPUT {output}: already exists; choose another OUTPUT or pass --force to replace it")
         if not out.is_dir():
-            raise BadInput(f"{output}: exists and is not a folder; remove it yourself")
+            raise BadInput(f"OUTPUT {output}: exists and is not a folder; remove it yourself")
     base = existing_ancestor(out.parent)
     if not base.is_dir():
-        raise BadInput(f"{output}: {base} is not a folder")
+        raise BadInput(f"OUTPUT {output}: {base} is not a folder")
     if not os.access(base, os.W_OK):
-        raise BadInput(f"{output}: folder {base} is not writable")
+        raise BadInput(f"OUTPUT {output}: folder {base} is not writable")
     return out
 
 

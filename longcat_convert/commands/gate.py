@@ -7,7 +7,6 @@ import click
 
 from parity.gate import DEFAULT_GOLDEN, load_manifest, plan_steps, run_step, write_junit
 
-from .parity import QUIET_HELP
 
 GOLDEN = Path("golden")          # relative: the working folder's golden/, as the README writes it
 
@@ -24,7 +23,8 @@ GOLDEN = Path("golden")          # relative: the working folder's golden/, as th
 @click.option("--junit", type=click.Path(path_type=Path), default=None, help="JUnit XML path (default REPORT/junit.xml).")
 @click.option("--known", "known_file", type=click.Path(path_type=Path), default=None,
               help="Known-differences catalogue the manifest's ids refer to (default: the one shipped; docs/ci.md).")
-@click.option("--quiet", "-q", is_flag=True, help=QUIET_HELP + " (here: no line per step on stderr)")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress line per step on stderr; the table of steps and the verdict line still print.")
 def gate_cmd(golden: Path | None, bundled: bool, report_dir: Path, junit: Path | None, known_file: Path | None,
              quiet: bool):
     """Run the whole golden matrix: convert, verify, golden-check and parity for every case.
