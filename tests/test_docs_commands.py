@@ -179,3 +179,18 @@ def test_convert_takes_every_spelling_and_records_one(tmp_path):
         n = int.from_bytes(first[:8], "little")
         meta = json.loads(first[8:8 + n])
         assert any(v.get("dtype") == code for k, v in meta.items() if k != "__metadata__")
+
+
+def test_one_dtype_spelling_table_in_the_packages():
+    """No module but longcat_convert/dtypes.py maps dtype spellings (fp32 -> float32 and the
+    like): the other places call it."""
+    pat = re.compile(r"""["'](?:fp32|bf16|fp16|float32|bfloat16|float16)["']\s*:\s*(?:["'](?:fp32|bf16|fp16|float32|"""
+                     r"""bfloat16|float16|F32|BF16|F16)["']|torch\.)""")
+    found = []
+    for pkg in ("longcat_convert", "parity", "reference", "fixes"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            if f == ROOT / "longcat_convert" / "dtypes.py":
+                continue
+            found += [f"{f.relative_to(ROOT)}:{i}" for i, line in enumerate(f.read_text().splitlines(), 1)
+                      if pat.search(line)]
+    assert found == [], found
