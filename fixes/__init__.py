@@ -25,6 +25,7 @@ from . import dit_dtype, kv_cache_flag, lora_cpu_copy, schedule
 from . import bsa
 from . import text_padding, varlen_text
 from . import sp_shard
+from . import fsdp_precision
 
 # name -> module with ``install() -> restore``, in the order they are installed.
 FIXES = {
@@ -39,6 +40,7 @@ FIXES = {
     "varlen-text": varlen_text.FIX,
     "text-embeds-padding": text_padding.FIX,
     "sp-whole-sequence": sp_shard.FIX,
+    "fsdp-bf16-params": fsdp_precision.FIX,
 }
 
 

@@ -29,13 +29,8 @@ original pipeline, reference/, on SOURCE), beside the baseline's own.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import os
-import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,15 +41,11 @@ from longcat_convert.errors import BadInput
 
 from . import native as nat
 from . import report as R
+from .built import inspect
 from .judge import judge
-
-VERDICTS = ("exact", "within_tolerance", "no_op", "unsupported", "crashes", "diverges", "not_run")
-
-# The tool's CPU configuration (parity/native.py fastvideo_args): FastVideo's offload
-# defaults are all on; on a CPU some of them need CUDA (rows below say which).
-CPU_BASE = dict(dit_cpu_offload=False, text_encoder_cpu_offload=False, vae_cpu_offload=False,
-                image_encoder_cpu_offload=False, dit_layerwise_offload=False, pin_cpu_memory=False)
-
+from .pipeline import CPU_BASE, Run, run_fastvideo
+from .policy import dtype_name
+from .verdicts import LEGEND, check_pins, headline
 
 # --------------------------------------------------------------------------- KEY=VALUE
 
@@ -64,318 +55,8 @@ from .overrides import field_owner, parse_overrides, parse_value, split_override
 
 # --------------------------------------------------------------------------- one FastVideo run
 
-@dataclass
-class Run:
-    rows: dict = field(default_factory=dict)
-    built: dict = field(default_factory=dict)
-    wall_s: float = 0.0
-    peak_mib: float | None = None
-    error: dict | None = None        # {"phase", "type", "message", "where"}
-    warnings: list[str] = field(default_factory=list)
-    pipe: object = None
-    built_extra: dict = field(default_factory=dict)     # evidence a ``before`` step adds
-
-
-class PeakRSS:
-    """Peak resident memory above the start, sampled every 2 ms from /proc/self/statm."""
-
-    def __init__(self):
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.start = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-
-    def _rss(self) -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * self.page
-        except OSError:
-            return 0
-
-    def _loop(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._rss())
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, self._rss())
-
-    @property
-    def mib(self) -> float:
-        return round((self.peak - self.start) / 2 ** 20, 1)
-
-
-def where(exc: BaseException) -> str:
-    """file:line function of the innermost frame in fastvideo (else the innermost)."""
-    tb = traceback.extract_tb(exc.__traceback__)
-    fv = [f for f in tb if "fastvideo" in f.filename] or tb
-    if not fv:
-        return "?"
-    f = fv[-1]
-    fn = f.filename.split("site-packages/")[-1]
-    return f"{fn}:{f.lineno} {f.name}"
-
-
-def _error(phase: str, e: BaseException) -> dict:
-    msg = " ".join(str(e).split())
-    return {"phase": phase, "type": type(e).__name__, "message": msg[:400], "where": where(e)}
-
-
-def build_args(converted: Path, kwargs: dict, *, dtype, device):
-    """FastVideoArgs as FastVideo's ``VideoGenerator`` builds them (``FastVideoArgs.from_kwargs``),
-    from the tool's CPU base (every precision ``dtype``, offloads off) updated by ``kwargs``."""
-    nat.fastvideo_args(converted, dtype=dtype, device=device)    # FastVideo's runtime, the device adjustment
-    from fastvideo.fastvideo_args import FastVideoArgs
-    from longcat_convert.dtypes import short
-    prec = short(dtype)
-    base = dict(model_path=str(converted), dit_precision=prec, vae_precision=prec, text_encoder_precisions=(prec,),
-                **CPU_BASE)
-    base.update(kwargs)
-    return FastVideoArgs.from_kwargs(**base)
-
-
-class _LogTap:
-    """FastVideo's warnings during a run (logger ``fastvideo``), for the row's message."""
-
-    def __init__(self):
-        import logging
-        self.lines: list[str] = []
-        tap = self
-
-        class H(logging.Handler):
-            def emit(self, record):
-                if record.levelno >= logging.WARNING:
-                    tap.lines.append(" ".join(record.getMessage().split())[:300])
-        self.h = H()
-
-    def __enter__(self):
-        import logging
-        logging.getLogger("fastvideo").addHandler(self.h)
-        return self
-
-    def __exit__(self, *exc):
-        import logging
-        logging.getLogger("fastvideo").removeHandler(self.h)
-
-
-def run_fastvideo(converted: Path, meta: dict, *, kwargs: dict | None = None, sampling: dict | None = None,
-                  dtype=torch.float32, device="cpu", sigmas: str = "original",
-                  before: Callable | None = None, keep_pipe: bool = False) -> Run:
-    """One FastVideo run: FastVideoArgs.from_kwargs(...) -> build_pipeline -> (``before(pipe)``)
-    -> pipeline.forward on the case's SamplingParam. Exceptions become ``Run.error``
-    (phase ``args``, ``build``, ``before`` or ``forward``)."""
-    from .capture import LoopObserver
-    from .pipeline import forward_batch, sampling_param
-    import gc
-    gc.collect()                       # what earlier runs left is not counted in this one's peak
-    run = Run()
-    phase = "args"
-    t0 = time.perf_counter()
-    with PeakRSS() as mem, _LogTap() as tap:
-        try:
-            args = build_args(converted, dict(kwargs or {}), dtype=dtype, device=device)
-            phase = "build"
-            from fastvideo.pipelines import build_pipeline
-            with contextlib.redirect_stderr(io.StringIO()):
-                pipe = build_pipeline(args)
-                pipe.post_init()
-            run.pipe = pipe
-            if before is not None:
-                phase = "before"
-                before(pipe, run)
-            phase = "forward"
-            transformer, scheduler = pipe.modules["transformer"], pipe.modules["scheduler"]
-            # No recording hooks inside regions FastVideo compiles (Dynamo would trace them).
-            compiling = any(k.endswith("torch_compile") and v for k, v in (kwargs or {}).items())
-            calls, handles = ({}, []) if compiling else _count_attention(transformer)
-            placement = {}
-
-            def first_call(_m, _a, _kw):
-                if not placement:
-                    placement.update(_placement(pipe))
-            h = transformer.register_forward_pre_hook(first_call, with_kwargs=True)
-            obs = LoopObserver(transformer, scheduler, device)
-            sp = sampling_param(meta, sigmas)
-            for k, v in (sampling or {}).items():
-                setattr(sp, k, v)
-            try:
-                with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-                    out = pipe.forward(forward_batch(sp, args), args)
-            finally:
-                obs.close()
-                h.remove()
-                for hh in handles:
-                    hh.remove()
-            run.rows = dict(obs.rows)
-            run.rows["output.frames"] = out.output.detach().float().cpu().clone()
-            run.built = inspect(pipe)
-            run.built["attention_calls"] = calls
-            run.built["weights_during_step"] = placement
-        except Exception as e:        # noqa: BLE001 -- every failure is a verdict
-            run.error = _error(phase, e)
-            if run.pipe is not None and not run.built:
-                with contextlib.suppress(Exception):
-                    run.built = inspect(run.pipe)
-    run.wall_s = round(time.perf_counter() - t0, 2)
-    run.peak_mib = mem.mib
-    run.warnings = list(dict.fromkeys(tap.lines))
-    if not keep_pipe:
-        run.pipe = None
-    return run
-
-
-def _count_attention(model) -> tuple[dict, list]:
-    """Calls per attention backend class, counted by forward hooks on FastVideo's attention layers."""
-    calls: dict = {}
-    handles: list = []
-    for _name, m in model.named_modules():
-        impl = getattr(m, "attn_impl", None)
-        if impl is None:
-            continue
-        key = type(impl).__name__
-
-        def hook(_m, _a, _o, key=key):
-            calls[key] = calls.get(key, 0) + 1
-        handles.append(m.register_forward_hook(hook))
-    return calls, handles
-
-
-def _placement(pipe) -> dict:
-    out = {}
-    for name in ("transformer", "text_encoder", "vae"):
-        m = pipe.modules.get(name)
-        if isinstance(m, torch.nn.Module):
-            out[name] = sorted({str(p.device) for p in m.parameters()})
-    return out
-
-
-def inspect(pipe) -> dict:
-    """What FastVideo built, read from the objects: per module parameter dtypes and
-    devices, attention backends, installed wrappers."""
-    built: dict = {"pipeline": type(pipe).__name__, "modules": {}}
-    for name in ("transformer", "text_encoder", "vae"):
-        m = pipe.modules.get(name)
-        if not isinstance(m, torch.nn.Module):
-            continue
-        info: dict = {"class": type(m).__name__}
-        dts: dict = {}
-        for p in m.parameters():
-            d = str(p.dtype).replace("torch.", "")
-            dts[d] = dts.get(d, 0) + p.numel()
-        info["param_dtypes"] = dts
-        info["param_devices"] = sorted({str(p.device) for p in m.parameters()})
-        info["pinned"] = any(p.device.type == "cpu" and p.is_pinned() for p in m.parameters()) \
-            if torch.cuda.is_available() else False
-        info["wrappers"] = _wrappers(m)
-        if name == "vae":
-            info["use_tiling"] = bool(getattr(m, "use_tiling", False))
-            info["use_feature_cache"] = bool(getattr(m, "use_feature_cache", False))
-            info["tile_sample_min_hw"] = [getattr(m, "tile_sample_min_height", None),
-                                          getattr(m, "tile_sample_min_width", None)]
-        if name == "transformer":
-            backends = {}
-            for mn, sub in m.named_modules():
-                impl = getattr(sub, "attn_impl", None)
-                if impl is not None:
-                    kind = f"{type(sub).__name__}:{type(impl).__name__}"
-                    backends[kind] = backends.get(kind, 0) + 1
-            info["attention_layers"] = backends
-            # The request FastVideo's loader recorded for this component (attention/selector.py
-            # record_resolved_attention_backend): None means automatic selection.
-            req = getattr(getattr(m, "config", None), "_resolved_attention_backend", None)
-            info["attention_request"] = getattr(req, "name", req)
-        built["modules"][name] = info
-    lora = _lora_state(pipe)
-    if lora:
-        built["lora"] = lora
-    return built
-
-
-def inspect_module(m: torch.nn.Module) -> dict:
-    """One built module: class, parameter dtypes and devices, attention layers, wrappers."""
-    dts: dict = {}
-    for p in m.parameters():
-        d = str(p.dtype).replace("torch.", "")
-        dts[d] = dts.get(d, 0) + p.numel()
-    backends: dict = {}
-    for _mn, sub in m.named_modules():
-        impl = getattr(sub, "attn_impl", None)
-        if impl is not None:
-            kind = f"{type(sub).__name__}:{type(impl).__name__}"
-            backends[kind] = backends.get(kind, 0) + 1
-    return {"class": type(m).__name__, "param_dtypes": dts, "param_devices": sorted({str(p.device) for p in
-                                                                                     m.parameters()}),
-            "attention_layers": backends, "wrappers": _wrappers(m)}
-
-
-def _wrappers(m: torch.nn.Module) -> dict:
-    w: dict = {}
-    if type(m).__name__ == "OptimizedModule" or hasattr(m, "_orig_mod"):
-        w["torch.compile"] = "OptimizedModule"
-    compiled = sum(1 for s in m.modules() if getattr(s, "_compiled_call_impl", None) is not None
-                   or hasattr(s.__dict__.get("forward"), "_torchdynamo_orig_callable")
-                   or type(s.__dict__.get("forward")).__name__ in ("OptimizedModule", "_TorchDynamoContext"))
-    if compiled:
-        w["compiled_submodules"] = compiled
-    with contextlib.suppress(Exception):
-        from torch.distributed.fsdp import FSDPModule
-        n = sum(1 for s in m.modules() if isinstance(s, FSDPModule))
-        if n:
-            w["fsdp_modules"] = n
-    with contextlib.suppress(Exception):
-        from fastvideo.hooks.hooks import ModuleHookManager
-        names: dict = {}
-        for s in m.modules():
-            mgr = getattr(s, ModuleHookManager.module_hook_attribute, None)
-            if mgr is not None:
-                for hn in list(getattr(mgr, "forward_hooks", {}) or {}):
-                    names[hn] = names.get(hn, 0) + 1
-        if names:
-            w["fastvideo_hooks"] = names
-    with contextlib.suppress(Exception):
-        from fastvideo.layers.lora.linear import BaseLayerWithLoRA
-        n = sum(1 for s in m.modules() if isinstance(s, BaseLayerWithLoRA))
-        if n:
-            w["lora_layers"] = n
-    quant = {}
-    for s in m.modules():
-        qm = getattr(s, "quant_method", None)
-        if qm is not None and type(qm).__name__ != "UnquantizedLinearMethod":
-            quant[type(qm).__name__] = quant.get(type(qm).__name__, 0) + 1
-    if quant:
-        w["quant_methods"] = quant
-    return w
-
-
-def _lora_state(pipe) -> dict:
-    layers = getattr(pipe, "lora_layers", None) or {}
-    if not layers and not getattr(pipe, "lora_adapters", None):
-        return {}
-    names = []
-    for _t, ll in layers.items():
-        names += [n for n, _ in ll.all_lora_layers()]
-    out = {"lora_layers": len(names)}
-    cur = getattr(pipe, "cur_adapter_name", "")
-    adapter = (getattr(pipe, "lora_adapters", {}) or {}).get(cur, {})
-    if adapter:
-        targets = sorted({k.rsplit(".", 1)[0] for k in adapter if k.endswith((".lora_A", ".lora_B"))})
-        reached = [t for t in targets if t in names]
-        out.update(adapter=cur, targets_present=len(targets), targets_reached=len(reached),
-                   targets_skipped=sorted(set(targets) - set(reached))[:8],
-                   n_skipped=len(set(targets) - set(reached)),
-                   layers_without_adapter=len(set(names) - set(targets)))
-    return out
-
-
 # --------------------------------------------------------------------------- the matrix
 
-CUDA_FSDP = ("needs CUDA: FastVideo's FSDP path (models/loader/fsdp_load.py maybe_load_fsdp_model / shard_model) "
-             "builds its device mesh with init_device_mesh(\"cuda\", ...)")
 CUDA_AUTOCAST = ("needs CUDA: the LongCat stages run the model under torch.autocast(device_type=\"cuda\", ...) "
                  "(pipelines/stages/longcat_denoising.py LongCatDenoisingStage.forward, decoding.py "
                  "DecodingStage.decode), which is inactive on a CPU, so the low-precision module meets float32 inputs")
@@ -395,6 +76,7 @@ class Feature:
     cpu_needs: str | None = None     # why a failure on a CPU is not_run (the run is still tried)
     skip_on_cpu: str | None = None   # not tried on a CPU at all (why)
     note: str = ""
+    runner: str = "process"          # process | fsdp-mesh-on-cpu (one process, FSDP's mesh on the CPU) | fsdp
 
 
 def lora_files(converted: Path, source: Path) -> tuple[Path | None, Path | None]:
@@ -473,19 +155,19 @@ def delta_evidence(pipe, converted: Path, adapter: Path, strength: float) -> dic
 
 def matrix(converted: Path, source: Path, tmp: Path, *, device: str = "cpu") -> list[Feature]:
     """The features and settings the command runs (what LongCat declares and one it does not)."""
+    from .fsdp import fastvideo_defaults
     conv_lora, orig_lora = lora_files(converted, source)
     rows = [
         Feature("dit_cpu_offload", "True"),
         Feature("dit_layerwise_offload", "True"),
-        Feature("text_encoder_cpu_offload", "True", cpu_needs=CUDA_FSDP),
+        Feature("text_encoder_cpu_offload", "True", runner="fsdp-mesh-on-cpu"),
         Feature("vae_cpu_offload", "True"),
         Feature("image_encoder_cpu_offload", "True"),
         Feature("pin_cpu_memory", "True"),
-        Feature("FastVideo defaults", "all five offload flags and pin_cpu_memory on",
-                kwargs=dict(dit_cpu_offload=True, dit_layerwise_offload=True, text_encoder_cpu_offload=True,
-                            vae_cpu_offload=True, image_encoder_cpu_offload=True, pin_cpu_memory=True),
-                cpu_needs=CUDA_FSDP),
-        Feature("use_fsdp_inference", "True", cpu_needs=CUDA_FSDP),
+        Feature("FastVideo defaults", "every offload flag and pin_cpu_memory as VideoGenerator.from_pretrained "
+                "sets them", kwargs=fastvideo_defaults(converted), runner="fsdp-mesh-on-cpu"),
+        Feature("use_fsdp_inference", "True, 2 processes (hsdp_shard_dim 2)", kwargs=dict(use_fsdp_inference=True),
+                runner="fsdp"),
         Feature("enable_torch_compile", "True"),
         Feature("inference_torch_compile", "True"),
         Feature("attention_backend", "TORCH_SDPA"),
@@ -554,22 +236,33 @@ def _bit_equal(a: dict, b: dict) -> bool:
     return set(a) == set(b) and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
-def compare(candidate: dict, reference: dict, *, policy, dtype, device, names) -> dict:
-    """The one judge on two row sets (their common rows) -> a summary: verdict among exact /
-    within_tolerance / diverges, the first divergent row and its size, the frames' rel L2."""
+def compare(report: dict, label: str, candidate: dict, reference: dict, *, truth: dict | None, policy, dtype,
+            device, names) -> dict:
+    """Their common rows judged by the one judge into ``report`` (case ``label``), then summed up:
+    a verdict among exact / within_tolerance / diverges, the first divergent row and its size,
+    the frames' rel L2, and the smallest margin. ``truth``: the original's float32 rows, which
+    judge the rows both runs computed in a lower precision (parity/precision.py)."""
     common = [k for k in candidate if k in reference]
-    scratch = R.start("features", "scratch", mode=None, policy=policy, dtype=dtype, device=device)
-    judge(scratch, None, {k: candidate[k] for k in common}, {k: reference[k] for k in common}, policy=policy,
-          dtype=dtype, device=device, names=names, rows=common)
-    first = next((r for r in scratch["layers"] if not r["passed"]), None)
-    frames = next((r for r in scratch["layers"] if r["name"] == "output.frames"), {})
+    before = len(report["layers"])
+    judge(report, label, {k: candidate[k] for k in common}, {k: reference[k] for k in common}, policy=policy,
+          dtype=dtype, device=device, names=names, rows=common, truth=truth)
+    rows = report["layers"][before:]
+    first = next((r for r in rows if not r["passed"]), None)
+    frames = next((r for r in rows if r["name"] == "output.frames"), {})
     exact = bool(common) and all(torch.equal(candidate[k], reference[k]) for k in common
                                  if candidate[k].shape == reference[k].shape)
     out = {"verdict": "exact" if exact and first is None else ("within_tolerance" if first is None else "diverges"),
            "rows": len(common), "frames_rel_l2": frames.get("rel_l2"), "frames_max_abs": frames.get("max_abs")}
     if first is not None:
         out.update(first_divergent=first["name"], rel_l2=first.get("rel_l2"), max_abs=first.get("max_abs"),
-                   failures=first["failures"][:2])
+                   failures=first["failures"][:2], precision=first.get("precision"), margin=first.get("margin"))
+    elif not exact:
+        worst = max((r for r in rows if r.get("margin")), key=lambda r: r["margin"]["ratio"], default=None)
+        if worst is not None:
+            out.update(margin=dict(worst["margin"], row=worst["name"]), precision=worst.get("precision"))
+    lowered = sorted({r["precision"]["why"] for r in rows if r.get("precision", {}).get("dtype") != dtype_name(dtype)})
+    if lowered:
+        out["judged_below_asked"] = lowered[0].split(" (")[0] + " and later rows" if len(lowered) > 1 else lowered[0]
     return out
 
 
@@ -608,7 +301,7 @@ def is_refusal(err: dict) -> bool:
     return err["phase"] == "args" or err["type"] == "NotImplementedError"
 
 
-def decide(f: Feature, run: Run, base: Run, *, policy, dtype, device) -> dict:
+def decide(f: Feature, run: Run, base: Run, *, report: dict, truth: dict | None, policy, dtype, device) -> dict:
     """A row's verdict against its baseline run, with the evidence."""
     row = {"feature": f.feature, "setting": f.setting, "baseline": base_label(f.baseline),
            "wall_s": run.wall_s, "peak_mib": run.peak_mib, "baseline_wall_s": base.wall_s,
@@ -622,20 +315,27 @@ def decide(f: Feature, run: Run, base: Run, *, policy, dtype, device) -> dict:
             row.update(verdict="unsupported", message=f"FastVideo refuses it: {e['type']}: {e['message']}", error=e)
         else:
             row.update(verdict="crashes", message=line, error=e)
+        if run.built:               # what FastVideo built before it failed (FSDP's wrapping, dtypes)
+            row["built"] = run.built
+        if run.built_extra:
+            row["evidence"] = run.built_extra
+            row["message"] += "; " + ", ".join(f"{k} {v}" for k, v in run.built_extra.items() if v not in ([], None))
         return row
     if base.error:
         row.update(verdict="not_run", message=f"its baseline did not run: {base.error['message']}")
         return row
-    cmp = compare(run.rows, base.rows, policy=policy, dtype=dtype, device=device,
-                  names=(f"{f.feature}={f.setting}", row["baseline"]))
+    cmp = compare(report, f"{f.feature}={f.setting}", run.rows, base.rows, truth=truth, policy=policy, dtype=dtype,
+                  device=device, names=(f"{f.feature}={f.setting}", row["baseline"]))
     changed = _diff(_built_view(run, base), _built_view(base, run))
     verdict = cmp["verdict"]
     lora = run.built.get("lora") or {}
     inert_lora = bool(lora) and lora.get("targets_reached") == 0     # wrappers installed, none applies
     inert_tiling = bool(changed) and _only_unread_tiling(changed, run)
     if verdict == "exact" and f.baseline == "plain" and (not changed or inert_lora or inert_tiling):
-        verdict = "no_op"
+        verdict = "already_default" if not changed and already_in_use(f, base) else "no_op"
     row.update(verdict=verdict, against_baseline=cmp, built=run.built, built_changes=changed[:12])
+    if cmp.get("margin"):
+        row["margin"] = cmp["margin"]
     if run.built_extra:
         row["evidence"] = run.built_extra
     if lora:
@@ -649,6 +349,9 @@ def decide(f: Feature, run: Run, base: Run, *, policy, dtype, device) -> dict:
                           "none applies an adapter")
     elif verdict == "no_op":
         row["message"] = "accepted; the built objects and every row are the same as without it"
+    elif verdict == "already_default":
+        row["message"] = ("the setting already in use: the baseline's attention layers run "
+                          + ", ".join(sorted(_attention_impls(base))) + "; every row bit for bit")
     elif verdict == "exact":
         row["message"] = "every row bit for bit; built objects differ in " + ", ".join(keys[:4])
     elif verdict == "diverges":
@@ -669,6 +372,21 @@ def decide(f: Feature, run: Run, base: Run, *, policy, dtype, device) -> dict:
         more = f" (+{len(run.warnings) - 1} more)" if len(run.warnings) > 1 else ""
         row["message"] += f"; FastVideo logged: \"{run.warnings[0][:160]}\"{more}"
     return row
+
+
+def _attention_impls(run: Run) -> set[str]:
+    layers = run.built.get("modules", {}).get("transformer", {}).get("attention_layers", {})
+    return {k.split(":")[-1] for k in layers}
+
+
+def already_in_use(f: Feature, base: Run) -> bool:
+    """The row asks for what the baseline already runs with (an attention backend whose
+    implementation every attention layer of the baseline already has)."""
+    if f.feature != "attention_backend":
+        return False
+    want = f.setting.upper().replace("TORCH_", "").replace("_", "")
+    impls = _attention_impls(base)
+    return bool(impls) and all(want in i.upper().replace("_", "") for i in impls)
 
 
 def _g(v) -> str:
@@ -696,9 +414,11 @@ def matrix_case(case):
 
 
 def features_report(source, converted, *, policy, dtype=torch.float32, device="cpu", case_path=None,
-                    only: tuple[str, ...] = (), overrides: dict | None = None, progress=None) -> dict:
+                    only: tuple[str, ...] = (), overrides: dict | None = None, progress=None,
+                    pins: dict | None = None) -> dict:
     """Run the matrix; one report with its ``features`` rows. ``only``: feature names to run.
-    ``overrides``: --fastvideo KEY=VALUE applied to every run, baselines included."""
+    ``overrides``: --fastvideo KEY=VALUE applied to every run, baselines included. ``pins``
+    (``load_pins``): the verdicts the matrix must reproduce; the report says what changed."""
     import tempfile
     from .cases import generated_component, load_component
     from .components import pipeline_root
@@ -739,7 +459,8 @@ def features_report(source, converted, *, policy, dtype=torch.float32, device="c
     ref_rows = run_reference_pipeline(src_root, case, torch.device(device))
     ref_rows = {k: v for k, v in ref_rows.items() if k.startswith(("step.", "output.frames"))}
     cmp_kw = dict(policy=policy, dtype=dtype, device=device)
-    base_vs_ref = compare(base.rows, ref_rows, names=("FastVideo baseline", "reference"), **cmp_kw)
+    base_vs_ref = compare(report, "baseline vs reference", base.rows, ref_rows, truth=None,
+                          names=("FastVideo baseline", "reference"), **cmp_kw)
     report["features_baseline"] = {"wall_s": base.wall_s, "peak_mib": base.peak_mib, "built": base.built,
                                    "against_reference": base_vs_ref,
                                    "fastvideo_args": {**{k: v for k, v in CPU_BASE.items()}, **okw}}
@@ -760,14 +481,17 @@ def features_report(source, converted, *, policy, dtype=torch.float32, device="c
                 if f.baseline not in lora_bases:
                     lora_bases[f.baseline] = _tool_lora_run(run, f, Path(tmp), root)
                 b = lora_bases[f.baseline]
-            r = run(f.kwargs, f.sampling, f.before)
-            row = decide(f, r, b, **cmp_kw)
+            r = run_row(f, run, root, case.meta, okw, osp, dtype=dtype, device=device)
+            # The original's float32 run is the truth of a row whose baseline is the plain run;
+            # the reference pipeline holds no LoRA, so it is no truth for a LoRA baseline.
+            row = decide(f, r, b, report=report, truth=ref_rows if f.baseline == "plain" else None, **cmp_kw)
             if f.note:
                 row["note"] = f.note
             if not r.error and r.rows and f.baseline == "plain":
                 # The reference pipeline runs without LoRA: rows whose baseline holds one are checked
                 # against their FastVideo baseline only (the LoRA itself: parity --lora, e2e).
-                vs = compare(r.rows, ref_rows, names=(f"{f.feature}={f.setting}", "reference"), **cmp_kw)
+                vs = compare(report, f"{f.feature}={f.setting} vs reference", r.rows, ref_rows, truth=None,
+                             names=(f"{f.feature}={f.setting}", "reference"), **cmp_kw)
                 vs["same_as_baseline"] = all(vs.get(k) == base_vs_ref.get(k) for k in
                                              ("verdict", "first_divergent", "rel_l2", "frames_rel_l2"))
                 row["against_reference"] = vs
@@ -776,12 +500,41 @@ def features_report(source, converted, *, policy, dtype=torch.float32, device="c
             rows.append(row)
     report["features"] = rows
     report["features_findings"] = lora_findings(rows)
+    if any(r.get("evidence", {}).get("run_time_adjustment") for r in rows):
+        report["notes"].append(f"run-time adjustment on this CPU: {nat.FSDP_MESH_ON_CPU} (rows "
+                               + ", ".join(f"{r['feature']}" for r in rows
+                                           if r.get("evidence", {}).get("run_time_adjustment")) + ")")
     report["features_wall_s"] = round(time.perf_counter() - t_all, 1)
     report["notes"].append(FEATURES_NOTE)
     R.finalize(report)
-    report["passed"] = True           # the matrix ran; verdicts are findings, not failures
-    report["cases"] = [{"case": "features", "passed": True, "first_divergent": None}]
+    # The matrix's verdicts are findings, not failures: the report passes when the matrix ran and,
+    # with pins, every verdict is the pinned one. Its headline is the matrix, never PASSED.
+    report["legend"] = dict(LEGEND)
+    report["pins"] = check_pins(rows, base_vs_ref, pins) if pins is not None else None
+    report["passed"] = not (report["pins"] or {}).get("changed")
+    report["headline"] = headline(rows, report["pins"])
     return report
+
+
+FSDP_WORLD = 2        # use_fsdp_inference's processes (gloo on a CPU, NCCL on GPUs)
+
+
+def run_row(f: Feature, run, root: Path, meta: dict, okw: dict, osp: dict, *, dtype, device) -> Run:
+    """One row's FastVideo run: in this process, or with FastVideo's FSDP device mesh made on the
+    CPU (the one named run-time adjustment, parity/native.py fsdp_mesh_on_cpu; nothing else
+    changes), or over FSDP_WORLD processes (parity/fsdp.py)."""
+    if f.runner == "process" or str(device).startswith("cuda") and f.runner == "fsdp-mesh-on-cpu":
+        return run(f.kwargs, f.sampling, f.before)
+    from . import fsdp
+    kwargs, sampling = {**okw, **f.kwargs}, {**osp, **f.sampling}
+    if f.runner == "fsdp-mesh-on-cpu":
+        return fsdp.run_single(root, meta, kwargs=kwargs, sampling=sampling, dtype=dtype, device=device)
+    res = fsdp.run_fsdp(root, meta, kwargs=kwargs, sampling=sampling, world_size=FSDP_WORLD, dtype=dtype,
+                        device=device)
+    r = res.as_run()
+    r.built["fsdp_run"] = {k: v for k, v in res.summary().items() if k not in ("ranks",)}
+    r.built_extra["fsdp_computes_in_bf16"] = fsdp.findings(res, dtype).get("fsdp_computes_in_bf16")
+    return r
 
 
 def lora_findings(rows: list[dict]) -> dict:
@@ -793,6 +546,8 @@ def lora_findings(rows: list[dict]) -> dict:
         if r["feature"] == "unmerge_lora_weights" and "weights_restored" in ev:
             done, total = ev["weights_restored"].split()[0].split("/")
             out["lora_unmerge_restores_nothing"] = int(total) > 0 and int(done) < int(total)
+        if r["feature"] == "use_fsdp_inference" and ev.get("fsdp_computes_in_bf16") is not None:
+            out["fsdp_computes_in_bf16"] = bool(ev["fsdp_computes_in_bf16"])
         times = [v for k, v in ev.items() if k.startswith("weights_hold_the_")]
         if r["feature"] == "set_lora_adapter" and times and times[0] is not None:
             out["lora_switch_accumulates"] = out.get("lora_switch_accumulates", False) or abs(times[0] - 1.0) > 0.01

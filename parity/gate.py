@@ -18,10 +18,17 @@ from pathlib import Path
 
 from longcat_convert.errors import BadInput, invoke
 
+from .verdicts import VERDICTS
+
 DEFAULT_GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 # A known difference that states its size (relative L2 at the first divergent row)
 # must reproduce it to within this relative tolerance.
 SIZE_RTOL = 0.02
+
+
+# A pin within this factor of its boundary is fragile: another machine's summation order could
+# flip it. The gate fails on one unless the manifest's ``holds`` says why it holds.
+FRAGILE = 3.0
 
 
 @dataclass
@@ -30,14 +37,18 @@ class Step:
     name: str
     argv: list[str]
     report: Path | None = None
-    expect: dict | None = None        # known difference: {"passed": false, "first_divergent": ..., "why": ...}
+    expect: dict | None = None        # known difference: {"id", "first_divergent", "rel_l2" | "unsized", "why"}
     expect_sp: dict | None = None     # --sp steps: the report's sp section must hold these (numbers within SIZE_RTOL)
     expect_features: dict | None = None   # features step: the manifest's entry (verdicts: "<feature>=<setting>" -> verdict)
+    holds: dict = field(default_factory=dict)   # row (fnmatch) or pin -> why its small margin holds
+    floats: bool = False              # compares floats: run at every thread count of the gate
     rc: int | None = None
     seconds: float = 0.0
     ok: bool = False
     message: str = ""
     details: dict = field(default_factory=dict)
+    runs: list[dict] = field(default_factory=list)      # one per thread count: threads, rc, seconds, outcome
+    margins: list[dict] = field(default_factory=list)   # every pinned row and size with its room (FRAGILE)
 
 
 def load_manifest(golden: Path) -> dict:
@@ -46,50 +57,122 @@ def load_manifest(golden: Path) -> dict:
     return load_object(p, "a gate manifest object", missing=f"{p}: no gate manifest in the golden folder")
 
 
-def _check_manifest(golden: Path, manifest: dict, catalogue=None) -> None:
-    """Every model and case a relative path inside the golden folder, every entry of the
-    shape plan_steps reads, every known difference's id in the catalogue: one line naming
-    what is wrong, before anything runs."""
+# Every key a manifest may hold, per level: anything else is a typo that would silently drop
+# steps ("parrity") or expectations ("known_diference"), so it is refused before any step runs.
+TOP_KEYS = {"about", "models", "features"}
+MODEL_KEYS = {"model", "cases"}
+CASE_KEYS = {"case", "parity", "known_difference", "holds"}
+RUN_KEYS = {"mode", "args", "tag", "known_difference", "expect_sp", "holds"}
+KNOWN_KEYS = {"id", "first_divergent", "rel_l2", "unsized", "why"}
+FEATURE_KEYS = {"model", "verdicts", "tag", "args", "baseline_against_reference", "holds"}
+MODES = ("e2e", "layer", "blocks", "sampling")
+# Why a known difference cannot pin a size: its first divergent row has no rel L2.
+UNSIZED = {"crash": "the run stops before the row is compared",
+           "shape mismatch": "the two sides' rows differ in shape",
+           "one side only": "the row is recorded on one side only"}
+
+
+def _where(golden: Path) -> Path:
+    return golden / "gate.json"
+
+
+def _keys(golden: Path, what: str, obj: dict, allowed: set[str]) -> None:
+    import difflib
+    for key in obj:
+        if key not in allowed:
+            near = difflib.get_close_matches(key, sorted(allowed), n=1)
+            raise BadInput(f"{_where(golden)}: {what}: unknown key {key!r}"
+                           + (f" (did you mean {near[0]!r}?)" if near else "") + f"; allowed: {', '.join(sorted(allowed))}")
+
+
+def _holds(golden: Path, what: str, v) -> None:
+    if v is not None and not (isinstance(v, dict) and all(isinstance(k, str) and isinstance(w, str) and w.strip()
+                                                          for k, w in v.items())):
+        raise BadInput(f"{_where(golden)}: {what}: 'holds' must map a row (or pin) to why its small margin holds, "
+                       "e.g. {\"t_embedder\": \"bit for bit by construction\"}")
+
+
+def check_manifest(golden: Path, manifest: dict, catalogue=None) -> None:
+    """The whole manifest, before any step runs: every key known at its level, every mode
+    known, every model folder and case file present (a case named without ``.safetensors``),
+    every known difference's id in the catalogue and its size pinned or said why not, every
+    features entry naming a model of the manifest. One line naming the file, the entry and
+    the key, exit 2."""
     from .known import Catalogue
     catalogue = catalogue or Catalogue.load()
-    where = golden / "gate.json"
+    where = _where(golden)
     shape = "needs models: [{model, cases: [{case, parity: [mode | {mode, args, tag, known_difference}]}]}]"
 
     def path_ok(v) -> bool:
         return isinstance(v, str) and v and "\0" not in v and not Path(v).is_absolute() and ".." not in Path(v).parts
 
+    if not isinstance(manifest, dict):
+        raise BadInput(f"{where}: {shape}")
+    _keys(golden, "the manifest", manifest, TOP_KEYS)
     models = manifest.get("models")
-    if not isinstance(models, list):
+    if not isinstance(models, list) or not models:
         raise BadInput(f"{where}: {shape}")
     for m in models:
         if not isinstance(m, dict) or not path_ok(m.get("model")) or not isinstance(m.get("cases"), list):
             raise BadInput(f"{where}: model entry {json.dumps(m)[:80]}: {shape} (paths relative to the golden folder)")
+        _keys(golden, f"model {m['model']!r}", m, MODEL_KEYS)
+        if not (golden / m["model"]).is_dir():
+            raise BadInput(f"{where}: model {m['model']!r}: no such folder {golden / m['model']}")
         for c in m["cases"]:
             if not isinstance(c, dict) or not path_ok(c.get("case")) or not isinstance(c.get("parity", []), list):
                 raise BadInput(f"{where}: case entry {json.dumps(c)[:80]}: {shape} (paths relative to the golden "
                                "folder)")
+            what = f"case {c['case']!r}"
+            _keys(golden, what, c, CASE_KEYS)
+            _holds(golden, what, c.get("holds"))
+            if c["case"].endswith(".safetensors"):
+                raise BadInput(f"{where}: {what}: name the case without '.safetensors' (the gate adds it)")
+            if not (golden / f"{c['case']}.safetensors").is_file():
+                raise BadInput(f"{where}: {what}: no such case file {golden / (c['case'] + '.safetensors')}")
             for run in c.get("parity", []):
                 _parity_run(run, c, golden)
             for known in [c.get("known_difference")] + [r.get("known_difference") for r in c.get("parity", [])
                                                         if isinstance(r, dict)]:
-                if known is not None and not (isinstance(known, dict) and _number_or_none(known.get("rel_l2"))
-                                              and isinstance(known.get("first_divergent", ""), str)
-                                              and isinstance(known.get("id", ""), str)):
-                    raise BadInput(f"{where}: case {c['case']!r}: known_difference {json.dumps(known)[:80]} must be "
-                                   "{id: catalogue id, first_divergent: layer, rel_l2: number, why: text}")
-                if known is not None and known.get("id") is not None and known["id"] not in catalogue.ids:
-                    raise BadInput(f"{where}: case {c['case']!r}: known difference {known['id']!r} is not in the "
-                                   f"catalogue {catalogue.path}; add it there (docs/ci.md)")
+                if known is not None:
+                    _check_known(golden, what, known, catalogue)
+    for e in manifest.get("features", []) if isinstance(manifest.get("features", []), list) else [None]:
+        if isinstance(e, dict):
+            _keys(golden, f"features entry {e.get('tag') or e.get('model')!r}", e, FEATURE_KEYS)
+            _holds(golden, f"features entry {e.get('tag') or e.get('model')!r}", e.get("holds"))
+            if e.get("model") not in {m["model"] for m in models}:
+                raise BadInput(f"{where}: features entry {e.get('tag') or e.get('model')!r}: model {e.get('model')!r} "
+                               "is not among the manifest's models, so it would run no step")
+    _features_for(manifest, None, golden)
 
 
-def _number_or_none(v) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == v)
+def _check_known(golden: Path, what: str, known, catalogue) -> None:
+    where = _where(golden)
+    form = "{id: catalogue id, first_divergent: row, rel_l2: number (or unsized: reason), why: text}"
+    if not isinstance(known, dict):
+        raise BadInput(f"{where}: {what}: known_difference must be {form}")
+    _keys(golden, f"{what}: known_difference", known, KNOWN_KEYS)
+    if not (isinstance(known.get("first_divergent"), str) and known["first_divergent"]):
+        raise BadInput(f"{where}: {what}: known_difference needs first_divergent (the row it must fail at)")
+    if not isinstance(known.get("id", ""), str):
+        raise BadInput(f"{where}: {what}: known_difference id must be a catalogue id (a string)")
+    if known.get("id") is not None and known["id"] not in catalogue.ids:
+        raise BadInput(f"{where}: {what}: known difference {known['id']!r} is not in the "
+                       f"catalogue {catalogue.path}; add it there (docs/ci.md)")
+    size = known.get("rel_l2")
+    if size is not None and not (isinstance(size, (int, float)) and not isinstance(size, bool) and size == size
+                                 and size > 0):
+        raise BadInput(f"{where}: {what}: known_difference rel_l2 must be a positive number")
+    if (size is None) == (known.get("unsized") is None):
+        raise BadInput(f"{where}: {what}: a known difference pins its size (rel_l2) or says why it cannot "
+                       f"(unsized: one of {', '.join(repr(k) for k in UNSIZED)}), not {'both' if size else 'neither'}")
+    if known.get("unsized") is not None and known["unsized"] not in UNSIZED:
+        raise BadInput(f"{where}: {what}: unsized must be one of {', '.join(repr(k) for k in UNSIZED)}")
 
 
 def plan_steps(golden: Path, work: Path, manifest: dict, known_file: Path | None = None) -> list[Step]:
     from .known import Catalogue
     steps: list[Step] = []
-    _check_manifest(golden, manifest, Catalogue.load(known_file))
+    check_manifest(golden, manifest, Catalogue.load(known_file))
     known_args = ["--known", str(known_file)] if known_file else []
     models = [(m["model"], m["cases"]) for m in manifest["models"]]
     for model, cases in models:
@@ -103,22 +186,36 @@ def plan_steps(golden: Path, work: Path, manifest: dict, known_file: Path | None
         for fe in _features_for(manifest, model, golden):
             tag = fe.get("tag") or "features"
             r = rep / tag
-            steps.append(Step(label, tag, ["features", str(src), str(out), *fe.get("args", []), "--report", str(r),
-                                           "--quiet"], report=r, expect_features=fe))
+            pins = rep / f"{tag}.pins.json"
+            pins.write_text(json.dumps({"verdicts": fe["verdicts"],
+                                        "baseline_against_reference": fe.get("baseline_against_reference")},
+                                       indent=1) + "\n")
+            steps.append(Step(label, tag, ["features", str(src), str(out), *fe.get("args", []), "--pins", str(pins),
+                                           "--report", str(r), "--quiet"], report=r, expect_features=fe,
+                              holds=dict(fe.get("holds") or {}), floats=True))
         for entry in cases:
             cfile = golden / f"{entry['case']}.safetensors"
             name = Path(entry["case"]).name
             r = rep / f"golden-check-{name}"
             steps.append(Step(label, f"golden-check {name}",
-                              ["golden-check", str(src), str(cfile), "--report", str(r), "--quiet"], report=r))
+                              ["golden-check", str(src), str(cfile), "--report", str(r), "--quiet"], report=r,
+                              holds=dict(entry.get("holds") or {}), floats=True))
             for run in entry.get("parity", []):
                 mode, args, tag, expect = _parity_run(run, entry, golden)
                 r = rep / f"parity-{tag}-{name}"
+                holds = {**(entry.get("holds") or {}), **((run.get("holds") if isinstance(run, dict) else None) or {})}
                 steps.append(Step(label, f"parity {tag} {name}",
                                   ["parity", str(src), str(out), "--case", str(cfile), "--mode", mode, *args,
                                    *known_args, "--report", str(r), "--quiet"], report=r, expect=expect,
-                                  expect_sp=_expect_sp(run, entry, golden)))
+                                  expect_sp=_expect_sp(run, entry, golden), holds=holds, floats=True))
     return steps
+
+
+def steps_per_model(steps: list[Step]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in steps:
+        out[s.model] = out.get(s.model, 0) + 1
+    return out
 
 
 def _features_for(manifest: dict, model: str, golden: Path) -> list[dict]:
@@ -128,36 +225,14 @@ def _features_for(manifest: dict, model: str, golden: Path) -> list[dict]:
     entries = manifest.get("features", [])
     if not isinstance(entries, list) or not all(
             isinstance(e, dict) and isinstance(e.get("model"), str) and isinstance(e.get("verdicts"), dict)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in e["verdicts"].items())
+            and all(isinstance(k, str) and v in VERDICTS for k, v in e["verdicts"].items())
             and isinstance(e.get("args", []), list) and all(isinstance(a, str) for a in e.get("args", []))
             and isinstance(e.get("tag", ""), str) and isinstance(e.get("baseline_against_reference", ""), str)
             for e in entries):
         raise BadInput(f"{golden / 'gate.json'}: features must be a list of objects: model, verdicts "
-                       "(\"<feature>=<setting>\" -> verdict), and optionally tag, args (strings) and "
+                       f"(\"<feature>=<setting>\" -> one of {', '.join(VERDICTS)}), and optionally tag, args (strings) and "
                        "baseline_against_reference")
     return [e for e in entries if e["model"] == model]
-
-
-def feature_key(row: dict) -> str:
-    return f"{row['feature']}={row['setting']}"
-
-
-def _check_features(step: Step, rep: dict | None) -> None:
-    """A features step: every row of the matrix must have the verdict the manifest pins (a
-    change in what FastVideo does with a feature, or a row appearing or going, fails the gate)."""
-    if step.expect_features is None:
-        return
-    got = {feature_key(r): r["verdict"] for r in (rep or {}).get("features", [])}
-    want = step.expect_features["verdicts"]
-    bad = [f"{k}: {got.get(k, 'missing')} (expected {v})" for k, v in want.items() if got.get(k) != v]
-    bad += [f"{k}: {v} (not in the manifest)" for k, v in got.items() if k not in want]
-    base = step.expect_features.get("baseline_against_reference")
-    have = (((rep or {}).get("features_baseline") or {}).get("against_reference") or {}).get("verdict")
-    if base is not None and have != base:
-        bad.insert(0, f"the baseline against the reference: {have} (expected {base})")
-    step.ok = step.ok and not bad
-    step.message = (f"{len(got)} feature verdicts as pinned" if not bad else
-                    "feature verdicts differ: " + "; ".join(bad[:6]) + (" ..." if len(bad) > 6 else ""))
 
 
 def _parity_run(run, entry: dict, golden: Path) -> tuple[str, list[str], str, dict | None]:
@@ -167,13 +242,23 @@ def _parity_run(run, entry: dict, golden: Path) -> tuple[str, list[str], str, di
     ``{"mode": "sampling", "args": ["--sigmas", "original"], "tag": "sampling-original",
     "known_difference": {...}}`` (its own expectation)."""
     if isinstance(run, str):
+        if run not in MODES:
+            raise BadInput(f"{_where(golden)}: case {entry.get('case')!r}: unknown mode {run!r}; one of "
+                           f"{', '.join(MODES)}")
         return run, [], run, entry.get("known_difference")
     if not isinstance(run, dict) or not isinstance(run.get("mode"), str) or not isinstance(
             run.get("args", []), list) or not all(isinstance(a, str) for a in run.get("args", [])) \
             or not isinstance(run.get("tag", ""), (str, type(None))):
         raise BadInput(f"{golden / 'gate.json'}: case {entry.get('case')!r}: a parity entry is a mode or "
                        f"{{mode, args: [str], tag, known_difference}}, not {run!r}")
+    what = f"case {entry.get('case')!r}: parity entry {run.get('tag') or run['mode']!r}"
+    _keys(golden, what, run, RUN_KEYS)
+    _holds(golden, what, run.get("holds"))
     args = list(run.get("args", []))
+    if "--mode" in args or "--case" in args or "--report" in args:
+        raise BadInput(f"{_where(golden)}: {what}: args may not set --mode, --case or --report (the gate does)")
+    if run["mode"] not in MODES:
+        raise BadInput(f"{_where(golden)}: {what}: unknown mode {run['mode']!r}; one of {', '.join(MODES)}")
     return run["mode"], args, run.get("tag") or "-".join([run["mode"], *[a.lstrip("-") for a in args]]), \
         run.get("known_difference")
 
@@ -196,56 +281,205 @@ def _same(want, have) -> bool:
     return have == want
 
 
-def _check_sp(step: Step, rep: dict | None) -> None:
+def _check_sp(ok: bool, msg: str, step: Step, rep: dict | None) -> tuple[bool, str]:
     """An --sp step: what the report's ``sp`` section recorded must hold (a change in
     FastVideo's sequence parallelism -- sharding the sequence, say -- fails the gate)."""
     if step.expect_sp is None:
-        return
+        return ok, msg
     got = (rep or {}).get("sp") or {}
     bad = [f"{k} {got.get(k)!r} (expected {v!r})" for k, v in step.expect_sp.items() if not _same(v, got.get(k))]
-    step.ok = step.ok and not bad
-    step.message += "; SP expectations " + ("hold" if not bad else "differ: " + ", ".join(bad))
+    return ok and not bad, msg + "; SP expectations " + ("hold" if not bad else "differ: " + ", ".join(bad))
 
 
-def run_step(step: Step, root) -> None:
-    """Run one step as the real command of ``root`` (the CLI group the gate was
-    invoked from), in this process."""
-    t0 = time.perf_counter()
-    step.rc = invoke(root, step.argv)
-    step.seconds = time.perf_counter() - t0
-    rep = None
-    if step.report and (step.report / "report.json").is_file():
-        rep = json.loads((step.report / "report.json").read_text())
-        step.details = {"passed": rep.get("passed"), "first_divergent": rep.get("first_divergent")}
+def _clear(path: Path | None) -> None:
+    """A report folder an earlier run left is removed: a step's detail comes from this run."""
+    import shutil
+    if path is not None and path.exists():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _judge_run(step: Step, rc: int, rep: dict | None) -> tuple[bool, str, tuple]:
+    """One run of a step -> (ok, message, outcome). The outcome is what must not depend on the
+    machine: exit code, verdict, first divergent row, the tag, whether sizes and pins held."""
+    details = {"passed": rep.get("passed"), "first_divergent": rep.get("first_divergent")} if rep else {}
+    step.details = details
+    if step.expect_features is not None:
+        pins = (rep or {}).get("pins") or {}
+        ok = rc == 0 and rep is not None and not pins.get("changed")
+        msg = ((rep or {}).get("headline") or f"exit {rc}") if ok else \
+            ("feature verdicts differ: " + "; ".join(pins.get("changed", [])[:6]) if pins.get("changed")
+             else f"exit {rc}")
+        verdicts = tuple(sorted((f"{r['feature']}={r['setting']}", r["verdict"]) for r in (rep or {}).get("features", [])))
+        return ok, msg, (rc, verdicts, tuple(pins.get("changed", [])))
     if step.expect is None:
-        step.ok = step.rc == 0
-        step.message = "ok" if step.ok else f"exit {step.rc}" + (
-            f", first divergent {rep['first_divergent']}" if rep and rep.get("first_divergent") else "")
-        _check_sp(step, rep)
-        _check_features(step, rep)
-        return
+        ok = rc == 0
+        msg = "ok" if ok else f"exit {rc}" + (f", first divergent {rep['first_divergent']}"
+                                             if rep and rep.get("first_divergent") else "")
+        ok, msg = _check_sp(ok, msg, step, rep)
+        return ok, msg, (rc, details.get("passed"), details.get("first_divergent"), ok)
     want = step.expect
     got_first = rep.get("first_divergent") if rep else None
-    step.ok = (step.rc == 1 and rep is not None and rep.get("passed") is False
-               and got_first == want.get("first_divergent"))
-    step.message = (f"known difference reproduced: first divergent {got_first}"
-                    if step.ok else f"expected a failure at {want.get('first_divergent')}, got exit {step.rc}, "
-                    f"first divergent {got_first}")
-    if step.ok and want.get("id"):
+    ok = rc == 1 and rep is not None and rep.get("passed") is False and got_first == want.get("first_divergent")
+    msg = (f"known difference reproduced: first divergent {got_first}" if ok else
+           f"expected a failure at {want.get('first_divergent')}, got exit {rc}, first divergent {got_first}")
+    tagged = None
+    if ok and want.get("id"):
         # The step's own report must name the same known difference (parity/known.py).
         case = next((c for c in rep.get("cases", []) if not c.get("passed", True)), {})
         tagged = case.get("known_difference")
-        step.ok = tagged == want["id"]
-        step.message += f", tagged {tagged or 'as no known difference'}" + ("" if step.ok else
-                                                                              f" (expected {want['id']})")
-    if step.ok and "rel_l2" in want:
+        ok = tagged == want["id"]
+        msg += f", tagged {tagged or 'as no known difference'}" + ("" if ok else f" (expected {want['id']})")
+    row = next((r for r in (rep or {}).get("layers", []) if r["name"] == got_first and not r["passed"]), {})
+    if ok and want.get("rel_l2") is not None:
         # Its size must reproduce too (a change in FastVideo that moves it fails the gate).
-        row = next((r for r in rep["layers"] if r["name"] == got_first and not r["passed"]), {})
         got = row.get("rel_l2")
-        step.ok = isinstance(got, (int, float)) and abs(got - want["rel_l2"]) <= SIZE_RTOL * abs(want["rel_l2"])
-        step.message += (f", rel L2 {got:.4g} (expected {want['rel_l2']:.4g})" if isinstance(got, (int, float))
-                         else f", rel L2 not measured (expected {want['rel_l2']:.4g})")
-    _check_sp(step, rep)
+        ok = isinstance(got, (int, float)) and abs(got - want["rel_l2"]) <= SIZE_RTOL * abs(want["rel_l2"])
+        msg += (f", rel L2 {got:.4g} (expected {want['rel_l2']:.4g})" if isinstance(got, (int, float))
+                else f", rel L2 not measured (expected {want['rel_l2']:.4g})")
+    elif ok and want.get("unsized"):
+        # No size to pin: the failure must be of the kind the manifest says.
+        kind = _failure_kind(row)
+        ok = kind == want["unsized"]
+        msg += f", unsized: {kind}" + ("" if ok else f" (the manifest says {want['unsized']})")
+    ok, msg = _check_sp(ok, msg, step, rep)
+    return ok, msg, (rc, got_first, tagged, ok)
+
+
+def _failure_kind(row: dict) -> str:
+    fails = " ".join(row.get("failures", []))
+    if "only" in fails and "ran in the" in fails:
+        return "one side only"
+    if fails.startswith("shape"):
+        return "shape mismatch"
+    if not row or not isinstance(row.get("rel_l2"), (int, float)):
+        return "crash"
+    return "sized"
+
+
+def margins(step: Step, rep: dict | None) -> list[dict]:
+    """Every pinned row and size of one run with its room: the factor it could move by before its
+    verdict flips (a passing row: limit / value; the failing row a known difference pins: value /
+    limit; a pinned size: the 2% band / its distance from the pin). Room below FRAGILE is fragile
+    unless ``holds`` names the row (or pin) with why it holds."""
+    from fnmatch import fnmatchcase
+    if rep is None:
+        return []
+    out: list[dict] = []
+
+    def add(what: str, row: str, room: float, detail: str) -> None:
+        held = next((why for pat, why in step.holds.items() if fnmatchcase(row, pat) or pat == what), None)
+        out.append({"step": step.name, "model": step.model, "pin": what, "row": row, "room": room, "detail": detail,
+                    "fragile": room < FRAGILE, "held": held})
+
+    pinned_cases = None
+    if step.expect_features is not None:
+        pinned_cases = set(step.expect_features["verdicts"])
+        if step.expect_features.get("baseline_against_reference"):
+            pinned_cases.add("baseline vs reference")
+    by_case: dict = {}
+    for r in rep.get("layers", []):
+        by_case.setdefault(r.get("case"), []).append(r)
+    for case, rows in by_case.items():
+        if pinned_cases is not None and case not in pinned_cases:
+            continue
+        first_fail = next((k for k, r in enumerate(rows) if not r["passed"]), None)
+        for k, r in enumerate(rows if first_fail is None else rows[:first_fail + 1]):
+            m = r.get("margin")
+            if not m:
+                continue
+            ratio = float(m["ratio"]) if not isinstance(m["ratio"], str) else float("inf")
+            if r["passed"]:
+                room = float("inf") if ratio == 0 else 1.0 / ratio
+                add(f"{case} passes", r["name"], room, f"{m['limit']} at {ratio:.3g} of its limit")
+            else:
+                add(f"{case} fails at {r['name']}", r["name"], ratio, f"{m['limit']} at {ratio:.3g}x its limit")
+    want = (step.expect or {}).get("rel_l2")
+    if want:
+        row = next((r for r in rep.get("layers", []) if r["name"] == rep.get("first_divergent") and not r["passed"]), {})
+        got = row.get("rel_l2")
+        if isinstance(got, (int, float)):
+            dist = abs(got - want) / (SIZE_RTOL * abs(want))
+            add("rel_l2 pinned", row["name"], float("inf") if dist == 0 else 1.0 / dist,
+                f"rel L2 {got:.5g} against the pin {want:.5g} (2% band)")
+    for key, want_v in (step.expect_sp or {}).items():
+        have = ((rep.get("sp") or {}).get(key))
+        for sub, w, h in (_numbers(key, want_v, have)):
+            dist = abs(h - w) / (SIZE_RTOL * abs(w)) if w else 0.0
+            add(f"sp {sub} pinned", sub, float("inf") if dist == 0 else 1.0 / dist, f"{h:.5g} against the pin {w:.5g}")
+    return out
+
+
+def _numbers(key: str, want, have):
+    if isinstance(want, dict) and isinstance(have, dict):
+        for k, v in want.items():
+            yield from _numbers(f"{key}.{k}", v, have.get(k))
+    elif isinstance(want, (int, float)) and not isinstance(want, bool) and isinstance(have, (int, float)):
+        yield key, float(want), float(have)
+
+
+def run_step(step: Step, root, threads: tuple[int, ...] = ()) -> None:
+    """Run one step as the real command of ``root`` (the CLI group the gate was invoked from),
+    in this process; a float-comparing step once per thread count in ``threads`` (torch's
+    intra-op threads, and OMP_NUM_THREADS for the processes it starts), each run's report in
+    its own folder. The step passes when every run passes, their outcomes are the same and no
+    pinned margin is fragile without a reason in the manifest."""
+    import os
+    import torch
+    counts = tuple(threads) if step.floats and threads else (None,)
+    before_threads, before_env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    results = []
+    try:
+        for n, t in enumerate(counts):
+            report = step.report if n == 0 or step.report is None else step.report.with_name(
+                f"{step.report.name}.threads-{t}")
+            argv = list(step.argv)
+            if n and step.report is not None:
+                argv[argv.index(str(step.report))] = str(report)
+            if t is not None:
+                torch.set_num_threads(t)
+                os.environ["OMP_NUM_THREADS"] = str(t)
+            _clear(report)
+            t0 = time.perf_counter()
+            rc = invoke(root, argv)
+            seconds = time.perf_counter() - t0
+            rep = json.loads((report / "report.json").read_text()) if report and (report / "report.json").is_file() \
+                else None
+            ok, msg, outcome = _judge_run(step, rc, rep)
+            results.append({"threads": t, "rc": rc, "seconds": round(seconds, 2), "ok": ok, "message": msg,
+                            "outcome": outcome, "margins": margins(step, rep)})
+    finally:
+        torch.set_num_threads(before_threads)
+        if before_env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before_env
+    first = results[0]
+    step.rc, step.seconds = first["rc"], sum(r["seconds"] for r in results)
+    step.runs = [{k: v for k, v in r.items() if k not in ("outcome", "margins")} for r in results]
+    step.ok, step.message = all(r["ok"] for r in results), first["message"]
+    bad = next((r for r in results if not r["ok"]), None)
+    if bad is not None and bad is not first:
+        step.message = f"at {bad['threads']} threads: {bad['message']}"
+    if len({repr(r["outcome"]) for r in results}) > 1:
+        step.ok = False
+        step.message += "; the outcome depends on the thread count: " + "; ".join(
+            f"{r['threads']} threads: {r['message']}" for r in results)
+    # Each pin's smallest room over the runs.
+    worst: dict = {}
+    for r in results:
+        for m in r["margins"]:
+            key = (m["pin"], m["row"])
+            if key not in worst or m["room"] < worst[key]["room"]:
+                worst[key] = dict(m, threads=r["threads"])
+    step.margins = sorted(worst.values(), key=lambda m: m["room"])
+    fragile = [m for m in step.margins if m["fragile"] and not m["held"]]
+    if fragile and step.ok:
+        step.ok = False
+        step.message += "; fragile: " + "; ".join(f"{m['pin']} ({m['row']}: room {m['room']:.2g}, {m['detail']})"
+                                                  for m in fragile[:3]) + \
+            " (say in gate.json 'holds' why it holds, or fix the cause)"
+    if len(counts) > 1 and step.ok:
+        step.message += f" (same at {', '.join(str(c) for c in counts)} threads)"
 
 
 def write_junit(steps: list[Step], path: Path) -> None:

@@ -17,6 +17,8 @@ import torch
 
 from . import report as R
 from .metrics import layer_metrics, noise_ratio, rel_l2
+from .policy import dtype_name
+from .precision import Precision, derive, margin
 from .rows import ordered
 
 
@@ -43,12 +45,16 @@ def judge(report: dict, case: str | None, candidate: dict, reference: dict, *, p
     bringing one row of both sides to one form (applied to the truth too).
     ``skip_limits``: policy limits that do not apply to this comparison."""
     native_names = native_names or {}
+    # The precision each row is judged at: the one asked, or a lower one both sides computed it
+    # in (parity/precision.py); a row judged below the precision asked needs the float32 truth.
+    precisions = derive(candidate, reference, dtype, names)
     for row in ordered(rows if rows is not None else set(candidate) | set(reference)):
         native = native_names.get(row)
+        prec = precisions.get(row) or Precision(dtype_name(dtype), "the precision asked")
         if row not in candidate or row not in reference:
             side = names[1] if row in reference else names[0]
             R.add_layer(report, name=row, native_name=native, case=case, metrics={}, passed=False,
-                        failures=[f"ran in the {side} only"])
+                        failures=[f"ran in the {side} only"], precision=prec.as_dict())
             continue
         c, r = same_form(row, candidate[row], reference[row])
         t = truth.get(row) if truth is not None else None
@@ -61,13 +67,21 @@ def judge(report: dict, case: str | None, candidate: dict, reference: dict, *, p
             t = same_form(row, t, r)[0]
         if tuple(c.shape) != tuple(r.shape):
             R.add_layer(report, name=row, native_name=native, case=case, metrics={}, passed=False,
-                        failures=[f"shape {list(c.shape)} != {names[1]} {list(r.shape)}"])
+                        failures=[f"shape {list(c.shape)} != {names[1]} {list(r.shape)}"], precision=prec.as_dict())
             continue
-        if t is not None:
+        low = lowp_dtype if lowp_dtype is not None else (getattr(torch, prec.dtype) if prec.lowered else None)
+        if t is not None and (lowp_dtype is not None or prec.lowered) and t.shape == c.shape:
             m = layer_metrics(c, t)
             m["ref_rel_l2"] = rel_l2(r, t)
-            m["noise_ratio"], m["noise_floor"] = noise_ratio(c, r, t, lowp_dtype)
+            m["noise_ratio"], m["noise_floor"] = noise_ratio(c, r, t, low)
         else:
             m = layer_metrics(c, r)
-        fails = [f for f in policy.failures(m, dtype, device, row) if f.split("=")[0] not in skip_limits]
-        R.add_layer(report, name=row, native_name=native, case=case, metrics=m, passed=not fails, failures=fails)
+        limits = {k: v for k, v in policy.limits(prec.dtype, device, row).items() if k not in skip_limits}
+        fails = [f for f in policy.failures(m, prec.dtype, device, row) if f.split("=")[0] not in skip_limits]
+        if prec.lowered and "noise_ratio" not in m and not torch.equal(c, r):
+            fails.append(f"no float32 truth for this row: judged at {prec.dtype} (both sides lowered it), "
+                         "the noise ratio needs one")
+        elif prec.lowered and "noise_ratio" not in m:
+            fails = []          # bit for bit: passes under any precision's rule
+        R.add_layer(report, name=row, native_name=native, case=case, metrics=m, passed=not fails, failures=fails,
+                    precision=prec.as_dict(), margin=margin(m, limits))

@@ -53,6 +53,15 @@ class Catalogue:
         entries, findings = data.get("known_differences", []), data.get("findings", [])
         if not isinstance(entries, list) or not isinstance(findings, list):
             raise bad("'known_differences' and 'findings' must be lists")
+        _unknown_keys(p, "the catalogue", data, TOP_KEYS)
+        for e in entries:
+            if isinstance(e, dict):
+                _unknown_keys(p, f"known difference {e.get('id')!r}", e, ENTRY_KEYS)
+                if isinstance(e.get("match"), dict):
+                    _unknown_keys(p, f"known difference {e.get('id')!r}: match", e["match"], MATCH_KEYS)
+        for f in findings:
+            if isinstance(f, dict):
+                _unknown_keys(p, f"finding {f.get('id')!r}", f, FINDING_KEYS)
         seen = set()
         for i, e in enumerate(entries + findings):
             if not isinstance(e, dict):
@@ -75,6 +84,22 @@ class Catalogue:
             if not isinstance(f.get("report_key"), str):
                 raise bad(f"{f['id']}: a finding needs 'report_key' (a dotted key of the report that holds)")
         return cls(tuple(entries), tuple(findings), str(p))
+
+
+# Every key the catalogue may hold: a mistyped one is refused, never silently ignored.
+TOP_KEYS = {"version", "about", "known_differences", "findings"}
+ENTRY_KEYS = {"id", "title", "why", "fastvideo_code", "isolate", "fix", "match"}
+MATCH_KEYS = {"rows", "when"}
+FINDING_KEYS = {"id", "title", "why", "fastvideo_code", "isolate", "fix", "report_key"}
+
+
+def _unknown_keys(path, where: str, obj: dict, allowed: set[str]) -> None:
+    import difflib
+    for key in obj:
+        if key not in allowed:
+            near = difflib.get_close_matches(key, sorted(allowed), n=1)
+            raise BadInput(f"{path}: {where}: unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                           + f"; allowed: {', '.join(sorted(allowed))}")
 
 
 def _matches(entry: dict, row: str, settings: dict) -> bool:

@@ -133,6 +133,44 @@ def point_fastvideo_at(device, *, only: tuple[str, ...] | None = None) -> None:
             mod.get_local_torch_device = cpu
 
 
+# The one run-time adjustment that lets FastVideo's FSDP code run on a CPU (issue 22): the name a
+# report's notes cite.
+FSDP_MESH_ON_CPU = ("fsdp-mesh-on-cpu: on a CPU run, FastVideo's FSDP device meshes are made with device type "
+                    "\"cpu\" (gloo) instead of the \"cuda\" that models/loader/fsdp_load.py maybe_load_fsdp_model "
+                    "and component_loader.py TextEncoderLoader.load_model hard-code; init_device_mesh is rebound in "
+                    "those two modules for the run and restored after it; nothing else changes")
+_MESH_USERS = ("fastvideo.models.loader.fsdp_load", "fastvideo.models.loader.component_loader")
+
+
+@contextlib.contextmanager
+def fsdp_mesh_on_cpu(device="cpu"):
+    """For the scope: FastVideo's FSDP device meshes on a CPU run are made with device type
+    ``"cpu"`` (``FSDP_MESH_ON_CPU``). Yields whether the adjustment is active (never on CUDA,
+    where FastVideo's own mesh is right). Every other argument reaches torch's
+    ``init_device_mesh`` unchanged; the names are restored on the way out."""
+    import importlib
+    import torch
+    if torch.device(device).type == "cuda":
+        yield False
+        return
+    ensure_runtime(device)
+    mods = [importlib.import_module(n) for n in _MESH_USERS]
+    saved = [(m, m.init_device_mesh) for m in mods]
+
+    def on_cpu(previous):
+        def init_device_mesh(device_type, *a, **k):
+            return previous("cpu" if device_type == "cuda" else device_type, *a, **k)
+        init_device_mesh.lcc_adjustment = FSDP_MESH_ON_CPU
+        return init_device_mesh
+    for m, previous in saved:
+        m.init_device_mesh = on_cpu(previous)
+    try:
+        yield True
+    finally:
+        for m, previous in saved:
+            m.init_device_mesh = previous
+
+
 def fastvideo_args(converted, *, dtype=None, device="cpu"):
     """FastVideoArgs for CONVERTED with its LongCat pipeline config (resolved from
     model_index.json as FastVideo's registry does), every component in ``dtype`` and

@@ -34,7 +34,10 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -134,21 +137,44 @@ def forward_batch(sp, args):
     return ForwardBatch(**shallow_asdict(sp), eta=0.0, n_tokens=n_tokens, VSA_sparsity=args.VSA_sparsity)
 
 
-def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) -> tuple[dict, list[str], str]:
-    args = fastvideo_args(root, dtype=torch.float32, device=device)     # FastVideo's runtime first
-    from fastvideo.pipelines import build_pipeline
-    pipe = build_pipeline(args)
-    pipe.post_init()                    # creates the stages (forward would, on its first call)
-    transformer, scheduler, vae = pipe.modules["transformer"], pipe.modules["scheduler"], pipe.modules["vae"]
-    text_encoder = pipe.modules["text_encoder"]
-    rows: dict[str, torch.Tensor] = {}
+# The tool's CPU configuration of FastVideoArgs (parity/native.py fastvideo_args): FastVideo's
+# offload defaults are all on; on a CPU some of them need CUDA (docs/features.md says which).
+CPU_BASE = dict(dit_cpu_offload=False, text_encoder_cpu_offload=False, vae_cpu_offload=False,
+                image_encoder_cpu_offload=False, dit_layerwise_offload=False, pin_cpu_memory=False)
 
+
+@dataclass
+class Run:
+    """One run of FastVideo's pipeline: its rows, what it built, its cost, or how it failed."""
+    rows: dict = field(default_factory=dict)
+    built: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+    peak_mib: float | None = None
+    error: dict | None = None        # {"phase", "type", "message", "where"}
+    warnings: list[str] = field(default_factory=list)
+    pipe: object = None
+    built_extra: dict = field(default_factory=dict)     # evidence a ``before`` step adds
+    stages: list[str] = field(default_factory=list)     # the stages that ran, in order
+    exception: BaseException | None = None
+
+
+def build_args(converted: Path, kwargs: dict, *, dtype, device):
+    """FastVideoArgs as FastVideo's ``VideoGenerator`` builds them (``FastVideoArgs.from_kwargs``),
+    from the tool's CPU base (every precision ``dtype``, offloads off) updated by ``kwargs``."""
+    fastvideo_args(converted, dtype=dtype, device=device)    # FastVideo's runtime, the device adjustment
+    from fastvideo.fastvideo_args import FastVideoArgs
+    from longcat_convert.dtypes import short
+    prec = short(dtype)
+    base = dict(model_path=str(converted), dit_precision=prec, vae_precision=prec, text_encoder_precisions=(prec,),
+                **CPU_BASE)
+    base.update(kwargs)
+    return FastVideoArgs.from_kwargs(**base)
+
+
+def _stage_recorder(rows: dict, seen: list, scheduler):
+    """Each stage's result as rows (text embeddings, the schedule, the initial and final latents)."""
     def put(name, t):
         rows[name] = t.detach().float().cpu().clone() if t.is_floating_point() else t.detach().cpu().clone()
-    ids = []
-    pre = text_encoder.register_forward_pre_hook(
-        lambda _m, a, kw: ids.append((kw["input_ids"].clone(), kw["attention_mask"].clone())), with_kwargs=True)
-    seen_stages = []
 
     def observed(stage):
         forward = stage.forward
@@ -156,7 +182,7 @@ def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) ->
 
         def run(batch, fv_args):
             out = forward(batch, fv_args)
-            seen_stages.append(name)
+            seen.append(name)
             if name == "TextEncodingStage":
                 put("text.prompt_embeds", out.prompt_embeds[0])
                 put("text.attention_mask", out.prompt_attention_mask[0])
@@ -172,39 +198,125 @@ def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) ->
                 put("output.latents", out.latents)
             return out
         return run
-    for stage in pipe.stages:
-        stage.forward = observed(stage)            # instance attributes: record only
-    original_decode = vae.decode
+    return put, observed
 
-    def decode(z, *a, **kw):
-        put("decode.latents", z)
-        out = original_decode(z, *a, **kw)
-        put("output.video", out)
-        return out
-    vae.decode = decode
+
+def run_fastvideo(converted: Path, meta: dict, *, kwargs: dict | None = None, sampling: dict | None = None,
+                  dtype=torch.float32, device="cpu", sigmas: str = "original", before: Callable | None = None,
+                  keep_pipe: bool = False, args=None, stages: bool = False) -> Run:
+    """The engine's pipeline runner, one FastVideo run: ``FastVideoArgs.from_kwargs(...)`` (or
+    ``args``) -> ``build_pipeline`` -> (``before(pipe, run)``) -> ``pipeline.forward`` on the
+    case's SamplingParam, as FastVideo's ``VideoGenerator`` runs it. Hooks only record: every DiT
+    call and scheduler step (capture.LoopObserver), the frames, and with ``stages`` each stage's
+    result, the text encoder's input ids and the VAE's decode. Exceptions become ``Run.error``
+    (phase ``args``, ``build``, ``before`` or ``forward``) and ``Run.exception``."""
+    import gc
+    from .built import LogTap, PeakRSS, error_info, inspect
+    gc.collect()                       # what earlier runs left is not counted in this one's peak
+    run = Run()
+    phase = "args"
+    t0 = time.perf_counter()
+    with PeakRSS() as mem, LogTap() as tap:
+        try:
+            if args is None:
+                args = build_args(converted, dict(kwargs or {}), dtype=dtype, device=device)
+            phase = "build"
+            from fastvideo.pipelines import build_pipeline
+            with contextlib.redirect_stderr(io.StringIO()):
+                pipe = build_pipeline(args)
+                pipe.post_init()        # creates the stages (forward would, on its first call)
+            run.pipe = pipe
+            if before is not None:
+                phase = "before"
+                before(pipe, run)
+            phase = "forward"
+            _forward(run, pipe, args, meta, device=device, sigmas=sigmas, sampling=sampling, stages=stages,
+                     compiling=bool(getattr(args, "enable_torch_compile", False)
+                                    or any(k.endswith("torch_compile") and v for k, v in (kwargs or {}).items())))
+            run.built.update(inspect(pipe))
+        except Exception as e:        # noqa: BLE001 -- every failure is a verdict
+            run.error, run.exception = error_info(phase, e), e
+            if run.pipe is not None and "modules" not in run.built:
+                with contextlib.suppress(Exception):
+                    run.built.update(inspect(run.pipe))
+    run.wall_s = round(time.perf_counter() - t0, 2)
+    run.peak_mib = mem.mib
+    run.warnings = list(dict.fromkeys(tap.lines))
+    if not keep_pipe:
+        run.pipe = None
+    return run
+
+
+def _forward(run: Run, pipe, args, meta: dict, *, device, sigmas: str, sampling, stages: bool,
+             compiling: bool) -> None:
+    from .built import count_attention, placement
+    transformer, scheduler = pipe.modules["transformer"], pipe.modules["scheduler"]
+    # No recording hooks inside regions FastVideo compiles (Dynamo would trace them).
+    calls, handles = ({}, []) if compiling else count_attention(transformer)
+    weights_at: dict = {}
+
+    def first_call(_m, _a, _kw):
+        if not weights_at:
+            weights_at.update(placement(pipe))
+    handles.append(transformer.register_forward_pre_hook(first_call, with_kwargs=True))
+    rows: dict = {}
+    undo = []
+    ids: list = []
+    if stages:
+        put, observed = _stage_recorder(rows, run.stages, scheduler)
+        handles.append(pipe.modules["text_encoder"].register_forward_pre_hook(
+            lambda _m, a, kw: ids.append((kw["input_ids"].clone(), kw["attention_mask"].clone())), with_kwargs=True))
+        for stage in pipe.stages:
+            stage.forward = observed(stage)            # instance attributes: record only
+            undo.append(stage)
+        vae = pipe.modules["vae"]
+        original_decode = vae.decode
+
+        def decode(z, *a, **kw):
+            put("decode.latents", z)
+            out = original_decode(z, *a, **kw)
+            put("output.video", out)
+            return out
+        vae.decode = decode
     obs = LoopObserver(transformer, scheduler, device)
+    sp = sampling_param(meta, sigmas)
+    for k, v in (sampling or {}).items():
+        setattr(sp, k, v)
     try:
-        batch = forward_batch(sampling_param(case.meta, sigmas), args)
         with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            out = pipe.forward(batch, args)
+            out = pipe.forward(forward_batch(sp, args), args)
     finally:
         obs.close()
-        pre.remove()
-        del vae.decode
-        for stage in pipe.stages:
+        for h in handles:
+            h.remove()
+        for stage in undo:
             del stage.forward
+        if stages:
+            del pipe.modules["vae"].decode
     rows.update(obs.rows)
-    put("output.frames", out.output)
+    rows["output.frames"] = out.output.detach().float().cpu().clone()
     if ids:
-        put("text.input_ids", ids[0][0])
+        rows["text.input_ids"] = ids[0][0].detach().cpu().clone()
     if len(ids) > 1:
-        put("text.negative_input_ids", ids[1][0])
-    notes = [f"native: {type(pipe).__name__} built by fastvideo.pipelines.build_pipeline from {root}; stages run: "
-             + " -> ".join(seen_stages)]
+        rows["text.negative_input_ids"] = ids[1][0].detach().cpu().clone()
+    run.rows = rows
+    run.built["attention_calls"] = calls
+    run.built["weights_during_step"] = weights_at
+
+
+def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) -> tuple[dict, list[str], str]:
+    """``parity --component pipeline``'s native side: the pipeline runner with every stage recorded,
+    built from the tool's FastVideoArgs (``native.fastvideo_args``, float32, ``--fastvideo`` applied)."""
+    args = fastvideo_args(root, dtype=torch.float32, device=device)     # FastVideo's runtime first
+    run = run_fastvideo(root, case.meta, args=args, device=device, sigmas=sigmas, stages=True)
+    if run.exception is not None:
+        raise run.exception
+    notes = [f"native: {run.built.get('pipeline')} built by fastvideo.pipelines.build_pipeline from {root}; stages "
+             "run: " + " -> ".join(run.stages)]
     if sigmas == "original":
         notes.append("--sigmas original: the original's sigmas (before the shift) handed to FastVideo through "
                      "SamplingParam.sigmas")
-    return rows, notes, type(pipe).__name__
+    return run.rows, notes, run.built.get("pipeline")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:

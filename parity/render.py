@@ -95,11 +95,27 @@ def _known_markdown(report: dict) -> list[str]:
     return out
 
 
+def status_word(report: dict) -> str:
+    """PASSED / FAILED, or a report's own headline (the feature matrix: its verdict counts)."""
+    return report.get("headline") or ("PASSED" if report["passed"] else "FAILED")
+
+
+def legend_lines(report: dict) -> list[str]:
+    return [f"- `{v}`: {what}" for v, what in (report.get("legend") or {}).items()]
+
+
+def lowered_rows(report: dict) -> list[dict]:
+    """Rows judged at another precision than the one asked (parity/precision.py), for the tables."""
+    asked = report["environment"].get("dtype")
+    return [r for r in report["layers"] if r.get("precision", {}).get("dtype") not in (None, asked)]
+
+
 def to_markdown(report: dict, *, with_pictures: bool = True) -> str:
     """The report for PR comments; ``with_pictures``: link the pictures (files of the
     report folder; left out of ``$GITHUB_STEP_SUMMARY``, where they would not resolve)."""
-    status = "PASSED" if report["passed"] else "FAILED"
-    lines = [f"## {report['title']}: {status}", ""]
+    lines = [f"## {report['title']}: {status_word(report)}", ""]
+    if report.get("legend"):
+        lines += ["Verdicts:", *legend_lines(report), ""]
     if report["first_divergent"]:
         lines.append(f"First divergent row: `{report['first_divergent']}`")
         lines.append("")
@@ -118,7 +134,8 @@ def to_markdown(report: dict, *, with_pictures: bool = True) -> str:
                  f"v{report['policy']['version']}: "
                  + ", ".join(f"{k} <= {v:g}" for k, v in report["policy"]["limits"].items()))
     lines.append("")
-    if len(report["cases"]) > 1 or (report["cases"] and report["cases"][0]["case"]):
+    matrix = report.get("kind") == "features"     # its rows are in report.json / .html; its table below
+    if not matrix and (len(report["cases"]) > 1 or (report["cases"] and report["cases"][0]["case"])):
         lines += ["| case | result | first divergent | known difference |", "|---|---|---|---|"]
         for c in report["cases"]:
             lines.append(f"| {c['case']} | {'pass' if c['passed'] else '**FAIL**'} | {c['first_divergent'] or ''} | "
@@ -127,12 +144,17 @@ def to_markdown(report: dict, *, with_pictures: bool = True) -> str:
     cols = _columns(report)
     has_case = any(r.get("case") for r in report["layers"])
     has_native = any(r.get("native_name") for r in report["layers"])
-    head = (["case"] if has_case else []) + ["layer"] + (["native"] if has_native else []) + cols + ["result"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in report["layers"]:
+    has_prec = bool(lowered_rows(report))
+    head = (["case"] if has_case else []) + ["layer"] + (["native"] if has_native else []) + cols + \
+        (["judged at"] if has_prec else []) + ["margin", "result"]
+    if report["layers"] and not matrix:
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["layers"] if not matrix else []:
         cells = ([r.get("case") or ""] if has_case else []) + [f"`{r['name']}`"]
         cells += [f"`{r.get('native_name') or ''}`"] if has_native else []
         cells += [_fmt(r.get(c), c) for c in cols]
+        cells += [r.get("precision", {}).get("why", "")] if has_prec else []
+        cells.append(margin_text(r.get("margin")))
         cells.append("pass" if r["passed"] else "**FAIL** " + "; ".join(r.get("failures", [])))
         lines.append("| " + " | ".join(cells) + " |")
     lines += _timing_markdown(report)
@@ -181,6 +203,11 @@ def _pictures_html(report: dict) -> str:
             body = f'<img src="{src}" alt="{html.escape(entry["kind"])}" style="max-width:100%">'
         out.append(f"<figure>{body}<figcaption>{html.escape(_caption(entry))}</figcaption></figure>")
     return ("<h2>Pictures</h2>" + "".join(out)) if out else ""
+
+
+def margin_text(m: dict | None) -> str:
+    """A row's margin: its binding limit and value / limit (below 1 passes)."""
+    return "" if not m else f"{m['limit']} {_fmt(m['ratio'])}"
 
 
 FEATURES_HEAD = ["feature", "setting", "verdict", "against", "evidence", "wall s (baseline)",
@@ -448,21 +475,25 @@ def _known_html(report: dict) -> str:
 
 
 def to_html(report: dict) -> str:
-    status = "PASSED" if report["passed"] else "FAILED"
+    status = status_word(report)
     color = "#2ca02c" if report["passed"] else "#d62728"
     plots = "".join(f"<div class='plot'>{_svg_plot(report, m)}</div>" for m in _columns(report))
     md_table = to_markdown(report)
     cols = _columns(report)
-    head = "".join(f"<th>{c}</th>" for c in ["case", "layer", "native"] + cols + ["result"])
+    head = "".join(f"<th>{c}</th>" for c in ["case", "layer", "native"] + cols + ["judged at", "margin", "result"])
     body = []
     for r in report["layers"]:
         cls = "" if r["passed"] else ' class="fail"'
         cells = [r.get("case") or "", r["name"], r.get("native_name") or ""] + [_fmt(r.get(c), c) for c in cols]
+        cells += [r.get("precision", {}).get("why", ""), margin_text(r.get("margin"))]
         cells.append("pass" if r["passed"] else "FAIL " + "; ".join(r.get("failures", [])))
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     env = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                   for k, v in report["environment"].items())
     notes = _known_html(report)
+    if report.get("legend"):
+        notes += "<h2>Verdicts</h2><ul>" + "".join(f"<li><b>{html.escape(v)}</b>: {html.escape(w)}</li>"
+                                                    for v, w in report["legend"].items()) + "</ul>"
     notes += "".join(f"<p class='note'>{html.escape(n)}</p>" for n in report.get("notes", []))
     f_head, f_body = features_table(report)
     if f_body:

@@ -107,11 +107,18 @@ def new_report(kind: str, title: str, *, mode: str | None, policy, dtype, device
 
 
 def add_layer(report: dict, *, name: str, metrics: dict, passed: bool, failures=(),
-              native_name: str | None = None, case: str | None = None) -> dict:
+              native_name: str | None = None, case: str | None = None, precision: dict | None = None,
+              margin: dict | None = None) -> dict:
+    """One judged row. ``precision``: the dtype whose policy judged it and why
+    (parity/precision.py); ``margin``: its binding limit and value / limit."""
     row = {"name": name, "native_name": native_name, "case": case}
     row.update({k: _clean(v) for k, v in metrics.items()})
     row["passed"] = bool(passed)
     row["failures"] = list(failures)
+    if precision is not None:
+        row["precision"] = precision
+    if margin is not None:
+        row["margin"] = {"limit": margin["limit"], "ratio": _clean(float(margin["ratio"]))}
     report["layers"].append(row)
     return row
 

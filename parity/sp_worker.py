@@ -311,6 +311,10 @@ def _work(spec: dict, group: str, rank: int, world: int, forked: bool, state: di
         _forget_inherited_runtime()
         import torch._inductor.config as ind
         ind.compile_threads = 1            # no compile pool shared with the launcher's
+    if spec.get("work"):                   # another runner's rank (parity/fsdp.py): "module:function"
+        import importlib
+        mod, _, fn = spec["work"].partition(":")
+        return getattr(importlib.import_module(mod), fn)(spec, group, rank, world, state)
     from . import native as nat
     device = spec["device"]
     if device.startswith("cuda"):

@@ -37,7 +37,9 @@ def _decide(run, base=None, **feature):
     from parity.policy import Policy
     base = base or Run(rows=_rows(), built={"modules": {"transformer": {"wrappers": {}}}}, wall_s=1.0, peak_mib=2.0)
     f = Feature(feature.pop("feature", "some_field"), feature.pop("setting", "True"), **feature)
-    return decide(f, run, base, policy=Policy.load(None), dtype=torch.float32, device="cpu")
+    from parity import report as R
+    rep = R.start("features", "test", mode="features", policy=Policy.load(None), dtype=torch.float32, device="cpu")
+    return decide(f, run, base, report=rep, truth=None, policy=Policy.load(None), dtype=torch.float32, device="cpu")
 
 
 def test_a_planted_no_op_is_no_op_and_a_change_in_the_built_objects_alone_is_exact():
@@ -125,7 +127,9 @@ def test_real_runs_planted_no_op_and_planted_weight_change(bundle, short_case):
         w = pipe.modules["transformer"].blocks[0].ffn.w2.weight
         with torch.no_grad():
             w.mul_(1.05)
-    kw = dict(policy=Policy.load(None), dtype=torch.float32, device="cpu")
+    from parity import report as R
+    rep = R.start("features", "test", mode="features", policy=Policy.load(None), dtype=torch.float32, device="cpu")
+    kw = dict(report=rep, truth=None, policy=Policy.load(None), dtype=torch.float32, device="cpu")
     no_op = decide(Feature("planted", "nothing"), run_fastvideo(bundle, short_case.meta, before=nothing), base, **kw)
     assert no_op["verdict"] == "no_op", no_op
     changed = decide(Feature("planted", "w2 x1.05"), run_fastvideo(bundle, short_case.meta, before=plant), base, **kw)

@@ -27,8 +27,8 @@ def _junit(path):
 def test_gate_passes_when_the_known_difference_reproduces(tmp_path, monkeypatch):
     ci_summary = tmp_path / "step-summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(ci_summary))
-    g = _golden_with(tmp_path, {"first_divergent": "blocks.0.cross_attn", "why": "varlen"})
-    assert cli("gate", "--golden", g, "--report", tmp_path / "r") == 0
+    g = _golden_with(tmp_path, {"first_divergent": "blocks.0.cross_attn", "rel_l2": 0.5654, "why": "varlen"})
+    assert cli("gate", "--golden", g, "--report", tmp_path / "r", "--threads", "1") == 0
     cases = _junit(tmp_path / "r" / "junit.xml")
     assert cases == {"convert": True, "verify": True, "golden-check varlen": True, "parity e2e varlen": True}
     assert "known difference reproduced" in (tmp_path / "r" / "summary.md").read_text()
@@ -41,11 +41,11 @@ def test_gate_passes_when_the_known_difference_reproduces(tmp_path, monkeypatch)
 
 
 def test_gate_fails_when_the_difference_moves_or_is_not_declared(tmp_path):
-    g = _golden_with(tmp_path, {"first_divergent": "blocks.1.cross_attn"})
-    assert cli("gate", "--golden", g, "--report", tmp_path / "moved") == 1
+    g = _golden_with(tmp_path, {"first_divergent": "blocks.1.cross_attn", "rel_l2": 0.5654})
+    assert cli("gate", "--golden", g, "--report", tmp_path / "moved", "--threads", "1") == 1
     assert _junit(tmp_path / "moved" / "junit.xml")["parity e2e varlen"] is False
     g2 = _golden_with(tmp_path / "undeclared", None)
-    assert cli("gate", "--golden", g2, "--report", tmp_path / "undeclared" / "r") == 1
+    assert cli("gate", "--golden", g2, "--report", tmp_path / "undeclared" / "r", "--threads", "1") == 1
 
 
 def test_gate_without_manifest_is_bad_input(tmp_path):
@@ -53,26 +53,26 @@ def test_gate_without_manifest_is_bad_input(tmp_path):
 
 
 def test_a_features_step_holds_every_pinned_verdict():
-    """The gate's features step: a verdict that changes, a row that goes or one that appears fails it."""
-    from parity.gate import Step, _check_features
+    """The pins of a features run: a verdict that changes, a row that goes or one that appears is a change."""
+    from parity.verdicts import check_pins, headline
     rows = [{"feature": "enable_teacache", "setting": "True", "verdict": "no_op"},
             {"feature": "unmerge_lora_weights", "setting": "after lora_path", "verdict": "diverges"}]
     pinned = {"enable_teacache=True": "no_op", "unmerge_lora_weights=after lora_path": "diverges"}
 
     def check(report_rows, want, baseline=None, have="diverges"):
-        entry = {"verdicts": want, **({"baseline_against_reference": baseline} if baseline else {})}
-        s = Step("m", "features", [], expect_features=entry, ok=True)
-        _check_features(s, {"features": report_rows, "features_baseline": {"against_reference": {"verdict": have}}})
-        return s
-    assert check(rows, pinned).ok and "2 feature verdicts as pinned" in check(rows, pinned).message
+        pins = {"file": "pins.json", "verdicts": want, "baseline_against_reference": baseline}
+        return check_pins(report_rows, {"verdict": have}, pins)
+    assert check(rows, pinned)["changed"] == []
+    assert headline(rows, check(rows, pinned)) == "2 rows: 1 no_op, 1 diverges; every verdict as pinned (pins.json)"
     fixed = [dict(rows[0]), dict(rows[1], verdict="exact")]             # FastVideo fixed unmerge
-    assert not check(fixed, pinned).ok and "unmerge_lora_weights" in check(fixed, pinned).message
-    assert not check(rows[:1], pinned).ok                                # a row went
-    assert not check(rows + [{"feature": "x", "setting": "1", "verdict": "no_op"}], pinned).ok
+    assert "unmerge_lora_weights" in check(fixed, pinned)["changed"][0]
+    assert "1 changed against the pins" in headline(fixed, check(fixed, pinned))
+    assert check(rows[:1], pinned)["changed"]                            # a row went
+    assert check(rows + [{"feature": "x", "setting": "1", "verdict": "no_op"}], pinned)["changed"]
     # With fixes, the baseline's own verdict against the reference is pinned too.
-    assert check(rows, pinned, baseline="within_tolerance", have="within_tolerance").ok
-    bad = check(rows, pinned, baseline="within_tolerance", have="diverges")
-    assert not bad.ok and "baseline against the reference: diverges" in bad.message
+    assert check(rows, pinned, baseline="within_tolerance", have="within_tolerance")["changed"] == []
+    bad = check(rows, pinned, baseline="within_tolerance", have="diverges")["changed"]
+    assert "baseline against the reference: diverges" in bad[0]
 
 
 def test_the_bundled_manifest_pins_the_feature_matrix():

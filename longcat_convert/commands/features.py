@@ -8,7 +8,7 @@ import click
 
 from longcat_convert import dtypes
 
-from .parity import DEVICE_OPTION, quiet_option
+from .parity import DEVICE_OPTION
 
 
 @click.command("features")
@@ -32,18 +32,27 @@ from .parity import DEVICE_OPTION, quiet_option
 @click.option("--fixes", "fixes_spec", default=None, metavar="all|NAME,...",
               help="Every run (baselines included) with our corrections of FastVideo's LongCat port installed "
                    "(docs/fixes.md): all, or names.")
-@quiet_option
+@click.option("--pins", "pins_path", type=click.Path(path_type=Path), default=None,
+              help="A JSON file of the verdicts this matrix must reproduce ({\"verdicts\": {\"FEATURE=SETTING\": "
+                   "verdict}}): the headline says what changed, and any change exits 1.")
+@click.option("-q", "--quiet", is_flag=True, help="Print the headline and the report paths only.")
 def features_cmd(source, converted, case_path, only, overrides, dtype, device, tolerances, report_dir, fixes_spec,
-                 quiet):
+                 pins_path, quiet):
     """The FastVideo feature matrix: every offload flag, FSDP, both compile paths, attention
     backends, transformer_quant, enable_teacache, VAE tiling, the precision fields and LoRA
     through FastVideo's own loading, each run through build_pipeline on CONVERTED (a whole
     model folder) and judged against the same run without it and against the reference
     (SOURCE). Results on stdout, progress on stderr. Exit 0 when the matrix ran (verdicts are
-    findings, docs/features.md), 2 on bad input or when the baseline run itself fails."""
+    findings, docs/features.md), 1 when a verdict differs from --pins, 2 on bad input or when the
+    baseline run itself fails."""
     from longcat_convert import precheck
     precheck.features(source, converted, case=case_path, device_name=device, tolerances=tolerances,
-                      report=report_dir, fixes_spec=fixes_spec, dtype=dtype, overrides=overrides)  # inputs first: before torch or FastVideo
+                      report=report_dir, fixes_spec=fixes_spec, dtype=dtype, overrides=overrides)  # inputs first
+    from parity.known import Catalogue
+    from parity.verdicts import load_pins
+    pins = load_pins(pins_path) if pins_path is not None else None     # torch-free: still before the run
+    catalogue = Catalogue.load()                                          # its findings tag the matrix's
+
     import fixes
     from rich.console import Console
     from parity import features, render
@@ -58,22 +67,19 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
         report = features.features_report(
             source, converted, policy=Policy.load(tolerances), dtype=dtypes.torch_dtype(dtype), device=device,
             case_path=case_path, only=tuple(only), overrides=parse_overrides(overrides),
-            progress=None if quiet else (lambda s: err.print(f"[dim]features: {s}[/dim]")))
+            progress=None if quiet else (lambda s: err.print(f"[dim]features: {s}[/dim]")), pins=pins)
     if fix_names:
         report["fixes"] = fixes.describe(fix_names)
         report["title"] += f" with fixes: {', '.join(fix_names)}"
     from parity import known
-    known.annotate(report)              # the catalogue's findings this matrix shows (features_findings)
+    known.annotate(report, catalogue)   # the catalogue's findings this matrix shows (features_findings)
     written = render.write_reports(report, report_dir) if report_dir is not None else []
     out = Console(highlight=False, soft_wrap=True)          # results on stdout; progress on stderr
-    counts: dict = {}
-    for r in report["features"]:
-        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
     if not quiet:
+        out.print("verdicts: " + "; ".join(f"{v}: {w}" for v, w in report["legend"].items()), markup=False)
         for line in render.features_lines(report):
             out.print(line, markup=False)
-    out.print(f"features: {len(report['features'])} row(s) in {report['features_wall_s']} s: "
-              + ", ".join(f"{n} {v}" for v, n in sorted(counts.items())), markup=False)
+    out.print(f"features: {report['headline']} in {report['features_wall_s']} s", markup=False)
     if written:
         out.print("reports: " + ", ".join(str(p) for p in written), markup=False)
-    return 0
+    return 0 if report["passed"] else 1
