@@ -188,7 +188,7 @@ def gate(golden, report, junit, known_file=None) -> None:
         raise BadInput(f"--golden {golden}: {what}{here(g)} without gate.json; pass --golden DIR (the golden "
                        "folder with gate.json), run from the project folder (which holds golden/), or use "
                        "--bundled for the matrix installed with the package")
-    output_folder(report, "--report", files=("summary.md", "junit.xml"), what="the gate summary")
+    output_folder(report, "--report", files=("summary.md", "junit.xml", "margins.json"), what="the gate summary")
     if junit is not None:
         output_file(junit, "--junit")
     if known_file is not None:
