@@ -24,17 +24,17 @@ def check_output(output: Path, sources: list[Path], force: bool) -> Path:
     for src in sources:
         s = src.resolve()
         if _inside(out, s) or _inside(s, out):
-            raise BadInput(f"{output}: OUTPUT must lie outside the source folder {src} (and not contain it)")
+            raise BadInput(f"OUTPUT {output}: must lie outside the source folder {src} (and not contain it)")
     if out.exists() or out.is_symlink():
         if not force:
-            raise BadInput(f"{output}: already exists; choose another OUTPUT or pass --force to replace it")
+            raise BadInput(f"OUTPUT {output}: already exists; choose another OUTPUT or pass --force to replace it")
         if not out.is_dir():
-            raise BadInput(f"{output}: exists and is not a folder; remove it yourself")
+            raise BadInput(f"OUTPUT {output}: exists and is not a folder; remove it yourself")
     base = existing_ancestor(out.parent)
     if not base.is_dir():
-        raise BadInput(f"{output}: {base} is not a folder")
+        raise BadInput(f"OUTPUT {output}: {base} is not a folder")
     if not os.access(base, os.W_OK):
-        raise BadInput(f"{output}: folder {base} is not writable")
+        raise BadInput(f"OUTPUT {output}: folder {base} is not writable")
     return out
 
 
@@ -67,7 +67,9 @@ def fsync_tree(root: Path) -> None:
 class AtomicFolder:
     """``with AtomicFolder(out) as tmp: ...write into tmp...`` then ``commit()``.
 
-    Leaving the block without commit() (an exception, an interrupt) removes tmp.
+    Leaving the block without commit() (an exception, an interrupt) removes tmp. An interrupt
+    (Ctrl-C, SIGTERM) that arrives once tmp has been renamed into place does not undo or
+    misreport a complete output: the block ends normally (the command exits 0).
     """
 
     def __init__(self, output: Path, *, force: bool = False, fsync: bool = True):
@@ -76,6 +78,12 @@ class AtomicFolder:
         self.fsync = fsync
         self.tmp = output.parent / f".{output.name}.partial-{os.getpid()}"
         self.committed = False
+        self.committing = False
+
+    @property
+    def complete(self) -> bool:
+        """OUTPUT is in place: committed, or interrupted after tmp's rename."""
+        return self.committed or (self.committing and not self.tmp.exists() and self.output.is_dir())
 
     def __enter__(self) -> Path:
         self.output.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +108,7 @@ class AtomicFolder:
                 pass  # alive, someone else's
 
     def commit(self) -> None:
+        self.committing = True
         if self.fsync:
             fsync_tree(self.tmp)
         old = None
@@ -114,6 +123,11 @@ class AtomicFolder:
             shutil.rmtree(old, ignore_errors=True)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if isinstance(exc, KeyboardInterrupt) and self.complete:
+            self.committed = True
+            for old in self.output.parent.glob(f".{self.output.name}.replaced-{os.getpid()}"):
+                shutil.rmtree(old, ignore_errors=True)
+            return True                          # the output is whole: the interrupt came too late to stop it
         if not self.committed:
             shutil.rmtree(self.tmp, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, BadInput):

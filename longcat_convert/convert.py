@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, components as comp, config_map, plan as planmod, sources
+from . import __version__, components as comp, config_map, dtypes, plan as planmod, sources
 from .atomic import AtomicFolder, check_output, existing_ancestor
 from .errors import BadInput, sigterm_as_interrupt
 from .lora import LoraPlan, plan_lora, write_lora
@@ -49,8 +49,8 @@ class Options:
         """Validate the choices (one-line BadInput) and return the shard size in bytes."""
         if self.components not in comp.MODES:
             raise BadInput(f"--components: {self.components!r} is not one of {', '.join(comp.MODES)}")
-        if self.dtype is not None and self.dtype not in planmod.DTYPE_CHOICES:
-            raise BadInput(f"--dtype: {self.dtype!r} is not one of {', '.join(planmod.DTYPE_CHOICES)}")
+        if self.dtype is not None:
+            dtypes.canonical(self.dtype)
         comp.pipeline_class(self.workload)
         return parse_size(self.max_shard_size)
 
@@ -142,7 +142,7 @@ def convert(source: str, output: str | Path, opts: Options | None = None,
     dims = Dims.from_original_config(orig_cfg, str(src.config_path))
     native_cfg, warnings, notes = config_map.to_native(orig_cfg, str(src.config_path))
     reader = ShardedReader(src.dit)
-    target_dtype = planmod.DTYPE_CHOICES[opts.dtype] if opts.dtype else None
+    target_dtype = dtypes.safetensors(opts.dtype) if opts.dtype else None
     tensors = planmod.build(reader, expand(dims), dtype=target_dtype)
     lora_plans: list[LoraPlan] = [plan_lora(p, dims) for p in src.loras] if opts.loras else []
     components = src.components if opts.components != "skip" else {}
@@ -188,7 +188,7 @@ def convert(source: str, output: str | Path, opts: Options | None = None,
             "direction": "original->native",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source": src.describe(),
-            "options": {"dtype": opts.dtype, "max_shard_size": max_shard, "components": opts.components,
+            "options": {"dtype": dtypes.short(opts.dtype) if opts.dtype else None, "max_shard_size": max_shard, "components": opts.components,
                         "loras": opts.loras, "strict": opts.strict, "source_sha256": opts.source_sha256,
                         "hash_tensors": opts.hash_tensors, "fsync": opts.fsync, "workload": opts.workload},
             "config": {"original": orig_cfg, "native": native_cfg},
@@ -203,12 +203,15 @@ def convert(source: str, output: str | Path, opts: Options | None = None,
             "components": comp_record,
         }
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        atomic.commit()
-    return {"ok": True, "command": "convert", "source": src.describe(), "output": str(out),
-            "tensors": len(tensors), "shards": len(shards), "bytes": sum(t.nbytes for t in tensors),
-            "loras": [lp.out_relpath for lp in lora_plans], "components": {k: v["mode"] for k, v in comp_record.items()},
-            "workload": opts.workload, "pipeline": pipeline,
-            "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings, "notes": notes}
+        summary = {"ok": True, "command": "convert", "source": src.describe(), "output": str(out),
+                   "tensors": len(tensors), "shards": len(shards), "bytes": sum(t.nbytes for t in tensors),
+                   "loras": [lp.out_relpath for lp in lora_plans],
+                   "components": {k: v["mode"] for k, v in comp_record.items()},
+                   "workload": opts.workload, "pipeline": pipeline,
+                   "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings, "notes": notes}
+        atomic.commit()                # after this, an interrupt leaves a complete output (exit 0)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
 
 
 def load_record(output: Path) -> dict | None:

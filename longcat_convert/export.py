@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, components as comp, config_map, plan as planmod, precheck
+from . import __version__, components as comp, config_map, dtypes, plan as planmod, precheck
 from .atomic import AtomicFolder, check_output
 from .convert import (RECORD, TOOL, Options, check_space, source_records, tensor_records, warn_nonfinite,
                       write_weights)
@@ -72,7 +72,7 @@ def export(native: str, output: str | Path, opts: Options | None = None,
     warnings: list[str] = []
     notes += nat.notes
     reader = ShardedReader(nat.transformer)
-    target_dtype = planmod.DTYPE_CHOICES[opts.dtype] if opts.dtype else None
+    target_dtype = dtypes.safetensors(opts.dtype) if opts.dtype else None
     tensors = planmod.build(reader, reverse_ops(dims), what="native", dtype=target_dtype)
     components = nat.components if opts.components != "skip" else {}
     need = sum(t.nbytes for t in tensors) + (comp.total_bytes(components) if opts.components == "copy" else 0)
@@ -92,7 +92,7 @@ def export(native: str, output: str | Path, opts: Options | None = None,
             "direction": "native->original",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "source": nat.describe(),
-            "options": {"dtype": opts.dtype, "max_shard_size": max_shard, "components": opts.components,
+            "options": {"dtype": dtypes.short(opts.dtype) if opts.dtype else None, "max_shard_size": max_shard, "components": opts.components,
                         "strict": opts.strict, "hash_tensors": opts.hash_tensors, "fsync": opts.fsync},
             "config": {"native": native_cfg, "original": orig_cfg},
             "warnings": warnings, "notes": notes,
@@ -104,8 +104,10 @@ def export(native: str, output: str | Path, opts: Options | None = None,
             "components": comp_record,
         }
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-        atomic.commit()
-    return {"ok": True, "command": "export", "source": nat.describe(), "output": str(out),
-            "tensors": len(tensors), "shards": len(shards), "bytes": sum(t.nbytes for t in tensors),
-            "components": {k: v["mode"] for k, v in comp_record.items()},
-            "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings, "notes": notes}
+        summary = {"ok": True, "command": "export", "source": nat.describe(), "output": str(out),
+                   "tensors": len(tensors), "shards": len(shards), "bytes": sum(t.nbytes for t in tensors),
+                   "components": {k: v["mode"] for k, v in comp_record.items()},
+                   "seconds": round(time.perf_counter() - t0, 3), "warnings": warnings, "notes": notes}
+        atomic.commit()                # after this, an interrupt leaves a complete output (exit 0)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary

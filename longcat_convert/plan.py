@@ -14,8 +14,6 @@ from .stream import FLOAT_DTYPES
 from .table import Op, check_coverage
 from .writer import OutTensor, Piece
 
-# --dtype choices -> safetensors names
-DTYPE_CHOICES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}
 
 
 def build(reader: ShardedReader, ops: list[Op], *, what: str = "source",

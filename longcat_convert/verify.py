@@ -154,6 +154,8 @@ def verify(source: str, output: str | Path, *, revision: str | None = None,
     out = Path(output)
     if not out.is_dir():
         raise BadInput(f"{output}: no such output folder{sources.local_note(out)}")
+    if out.name == "transformer" and precheck.layout(out) == "converted" and precheck.layout(out.parent) == "converted":
+        out = out.parent              # CONVERTED/transformer, as parity takes it: the conversion is its folder
     record = load_record(out)
     if record is None:
         direction = "original->native" if (out / "transformer").is_dir() else "native->original"

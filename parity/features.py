@@ -48,67 +48,8 @@ from .verdicts import LEGEND, check_pins, headline
 
 # --------------------------------------------------------------------------- KEY=VALUE
 
-def parse_value(text: str):
-    """``true``/``false``/``none``/ints/floats/JSON lists, else the string."""
-    import json
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    if text.strip()[:1] in "[{":
-        try:
-            return json.loads(text)
-        except ValueError:
-            pass
-    return text
-
-
-def field_owner(key: str) -> str:
-    """Which of FastVideo's dataclasses declares ``key``: 'args' (FastVideoArgs),
-    'pipeline' (its PipelineConfig, applied by FastVideoArgs.from_kwargs) or
-    'sampling' (SamplingParam); BadInput when none does (FastVideo would drop it silently)."""
-    nat.ensure_runtime()
-    from fastvideo.api.sampling_param import SamplingParam
-    from fastvideo.configs.pipelines.base import PipelineConfig
-    from fastvideo.fastvideo_args import FastVideoArgs
-    for owner, cls in (("args", FastVideoArgs), ("pipeline", PipelineConfig), ("sampling", SamplingParam)):
-        if key in {f.name for f in dataclasses.fields(cls)}:
-            return owner
-    sub, _, attr = key.partition(".")
-    if sub in ("vae_config", "dit_config") and attr:
-        # PipelineConfig.update_config_from_dict applies "<sub-config>.<field>" keys (configs/utils.py)
-        pc = PipelineConfig()
-        if hasattr(getattr(pc, sub), attr):
-            return "pipeline"
-    raise BadInput(f"--fastvideo {key}=...: not a field of FastVideoArgs, its PipelineConfig or SamplingParam "
-                   "(FastVideoArgs.from_kwargs would drop it without a word)")
-
-
-def parse_overrides(specs) -> dict:
-    """``KEY=VALUE`` strings -> {key: value}, every key checked against FastVideo's fields."""
-    out = {}
-    for spec in specs or ():
-        key, eq, val = spec.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise BadInput(f"--fastvideo {spec!r}: expected KEY=VALUE")
-        field_owner(key)
-        out[key] = parse_value(val)
-    return out
-
-
-def split_overrides(overrides: dict) -> tuple[dict, dict]:
-    """(FastVideoArgs.from_kwargs keywords, SamplingParam fields)."""
-    kw, sp = {}, {}
-    for k, v in overrides.items():
-        (sp if field_owner(k) == "sampling" else kw)[k] = v
-    return kw, sp
+# --fastvideo KEY=VALUE, typed by FastVideo's own fields (read from its source, before torch): parity/overrides.py
+from .overrides import field_owner, parse_overrides, parse_value, split_overrides  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------- one FastVideo run

@@ -477,7 +477,8 @@ def main(argv=None) -> int:
     p.add_argument("--compare", action="store_true", help="also run one process without FSDP and judge")
     p.add_argument("--report", default=None, help="write the outcome (JSON) here")
     a = p.parse_args(argv)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    from longcat_convert.dtypes import torch_dtype
+    dtype = torch_dtype(a.dtype)
     try:
         with sigterm_as_interrupt():
             from .components import pipeline_root

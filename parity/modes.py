@@ -34,6 +34,23 @@ SAMPLING_NOTE = ("sampling rows: timesteps/sigmas as the loop starts, then per s
                  "warm-up is shown apart), with the spread (min-max), CFG batch included")
 
 
+COMPARES = {
+    "e2e": ("e2e compares each model run end to end on the same inputs: every row is a module's output with each "
+            "side on its own activations, so a difference carries on into the rows after it"),
+    "layer": ("layer compares each native module on the reference's input to that module (fed, not carried): "
+              "every row is that module alone, so a row's difference starts in that module"),
+    "blocks": ("blocks compares one block of each model at a time (real-size checkpoints), each side on its own "
+               "activations, as e2e does"),
+}
+
+
+def _compares(report: dict, mode: str) -> None:
+    """What the rows of an e2e / layer / blocks report compare: first among its notes."""
+    if mode in COMPARES:
+        report["compares"] = COMPARES[mode]
+        report["notes"].insert(0, COMPARES[mode])
+
+
 def _add_notes(report: dict, notes) -> None:
     report["notes"] += [n for n in notes if n not in report["notes"]]
 
@@ -67,6 +84,7 @@ def forward_parity(setup: Setup, inputs: list[Inputs], *, kv_cache_frames: int =
         raise BadInput(f"--mode {setup.mode}: forward_parity handles e2e and layer")
     report = R.start("parity", _title(setup, "parity"), mode=setup.mode, policy=setup.policy, dtype=setup.dtype,
                      device=setup.device, attention=setup.attention)
+    _compares(report, setup.mode)
     for loras, group in by_loras(setup, inputs).items():
         sides = load_sides(setup, loras)
         _add_notes(report, sides.notes)
@@ -83,6 +101,7 @@ def blocks_parity(setup: Setup, inputs: list[Inputs]) -> dict:
     sides = load_block_sides(setup)
     report = R.start("parity", _title(setup, "parity"), mode="blocks", policy=setup.policy, dtype=setup.dtype,
                      device=setup.device, attention=setup.attention)
+    _compares(report, "blocks")
     _add_notes(report, sides.notes)
     pairs = layer_pairs(sides.dims)
     for inp in inputs:
@@ -377,12 +396,12 @@ def sp_parity(setup: Setup, inputs: list[Inputs], *, sp_size: int, kv_cache_fram
     processes (cases ``<case>:1proc``, ``<case>:rank<r>``), plus the ``sp`` section."""
     start = sp.check(setup, sp_size, start, timeout)
     report = _sp_report(setup, "parity", sp_size)
+    _compares(report, setup.mode)
     cores, threads = sp.prepare(setup, sp_size, start, report)
     runs: dict[str, list[dict]] = {}          # run label -> per-group worker results (or errors)
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="lcc-sp-") as tmp:
         for g, (loras, group) in enumerate(by_loras(setup, inputs).items()):
             sides = load_sides(setup, loras, native=False)
-            sp.check_heads(sides, sp_size)
             _add_notes(report, sides.notes)
             pairs = layer_pairs(sides.dims)
             jobs = [(inp, j) for inp in group
@@ -423,7 +442,6 @@ def sp_sampling_parity(setup: Setup, cases: list[LoopCase], *, sp_size: int, sig
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="lcc-sp-") as tmp:
         for g, (loras, group) in enumerate(by_loras(setup, cases).items()):
             sides = load_sides(setup, loras, native=False)
-            sp.check_heads(sides, sp_size)
             _add_notes(report, sides.notes)
             refs, payloads = {}, []
             for case in group:

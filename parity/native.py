@@ -179,8 +179,8 @@ def fastvideo_args(converted, *, dtype=None, device="cpu", overrides: dict | Non
     ensure_runtime(device)
     from fastvideo.fastvideo_args import FastVideoArgs
     from fastvideo.registry import get_pipeline_config_cls_from_name
-    from .policy import dtype_name
-    prec = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype_name(dtype or torch.float32)]
+    from longcat_convert.dtypes import short
+    prec = short(dtype or torch.float32)
     try:
         cfg_cls = get_pipeline_config_cls_from_name(str(converted))
     except Exception as e:

@@ -164,8 +164,8 @@ def build_args(converted: Path, kwargs: dict, *, dtype, device):
     from the tool's CPU base (every precision ``dtype``, offloads off) updated by ``kwargs``."""
     fastvideo_args(converted, dtype=dtype, device=device)    # FastVideo's runtime, the device adjustment
     from fastvideo.fastvideo_args import FastVideoArgs
-    from .policy import dtype_name
-    prec = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype_name(dtype)]
+    from longcat_convert.dtypes import short
+    prec = short(dtype)
     base = dict(model_path=str(converted), dit_precision=prec, vae_precision=prec, text_encoder_precisions=(prec,),
                 **CPU_BASE)
     base.update(kwargs)

@@ -7,17 +7,10 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from longcat_convert.dtypes import name as dtype_name      # the one dtype vocabulary
 from longcat_convert.errors import BadInput
 
 DEFAULT_PATH = Path(__file__).with_name("tolerances.json")
-_DTYPE_NAMES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16",
-                "f16": "float16", "half": "float16", "fp64": "float64", "double": "float64"}
-
-
-def dtype_name(dtype) -> str:
-    """'bf16' / torch.bfloat16 / 'torch.bfloat16' -> 'bfloat16'."""
-    s = str(dtype).replace("torch.", "")
-    return _DTYPE_NAMES.get(s, s)
 
 
 @dataclass(frozen=True)

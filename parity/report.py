@@ -9,6 +9,7 @@ A report is a plain dict:
      "environment": {...}, "cases": [{"case", "passed", "first_divergent", "settings"}],
      "layers": [{"name", "native_name", "case", <metrics>, "passed", "failures"}],  # run order (parity/rows.py)
      "notes": [str],
+     "compares": str,                      # e2e / layer / blocks: what the rows compare (also the first note)
      "timing": [{"case", "dit_calls", "reference_ms_per_dit_call", "native_ms_per_dit_call",
                  "reference_ms_spread", "native_ms_spread", "first_call_ms",
                  "loop_dit_s",                   # each side's DiT calls in the loop, summed (first call included)

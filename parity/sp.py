@@ -42,22 +42,14 @@ BSA_SP_NOTE = ("BSA under SP: FastVideo's LongCatSelfAttention hands flash_attn_
 
 
 def check(setup: Setup, sp: int, start: str, timeout: float) -> str:
-    """The SP settings, checked -> the start method to use."""
-    if setup.mode not in ("e2e", "layer", "sampling"):
-        raise BadInput(f"--sp runs with --mode e2e, layer or sampling, not {setup.mode}")
-    if sp < 2:
-        raise BadInput(f"--sp {sp}: the number of sequence-parallel ranks, at least 2")
-    if not timeout > 0:
-        raise BadInput(f"--sp-timeout {timeout}: must be a positive number of seconds")
-    if start not in START_METHODS:
-        raise BadInput(f"--sp-start {start!r}: one of {', '.join(START_METHODS)}")
+    """The SP settings the input checks cannot see (the GPUs this machine has) -> the start
+    method to use. The flags themselves (mode, ranks, timeout, start method, the heads
+    against the ranks) are checked once, before torch, by longcat_convert/checks/."""
     if setup.device.startswith("cuda"):
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n < sp:
             raise BadInput(f"--sp {sp} --device {setup.device}: NCCL needs {sp} GPUs, one per rank; "
                            f"this machine has {n}")
-        if start == "fork":
-            raise BadInput("--sp-start fork: a CUDA context does not survive fork(); use spawn on CUDA")
         return "spawn"
     if start == "auto":
         # Fork only where each rank runs one thread: GNU OpenMP runs parallel regions
@@ -65,13 +57,6 @@ def check(setup: Setup, sp: int, start: str, timeout: float) -> str:
         # 2048 tokens, with 2 threads; the same at 1 thread).
         return "fork" if hasattr(os, "fork") and cpu_cores() // sp <= 1 else "spawn"
     return start
-
-
-def check_heads(sides: Sides, sp: int) -> None:
-    heads = sides.dims.heads
-    if heads % sp:
-        raise BadInput(f"--sp {sp}: FastVideo's DistributedAttention divides the {heads} attention "
-                       f"heads among the ranks; {heads} is not divisible by {sp}")
 
 
 def prepare(setup: Setup, sp: int, start: str, report: dict) -> tuple[int, dict]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from longcat_convert.errors import BadInput
+from longcat_convert.dtypes import torch_dtype
 from longcat_convert.shards import ShardedReader
 from longcat_convert.table import check_coverage, original_shapes
 
@@ -25,16 +26,9 @@ from .block import ReferenceBlock
 from .config import ReferenceConfig
 from .model import ReferenceDiT
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-
-
 def parse_dtype(dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise BadInput(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
-    return DTYPES[dtype]
+    """Any spelling of the one dtype vocabulary (longcat_convert/dtypes.py), or a torch dtype."""
+    return torch_dtype(dtype)
 
 
 def parse_device(device) -> torch.device:

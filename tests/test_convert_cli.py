@@ -176,3 +176,49 @@ def test_missing_parent_folders_are_created(tmp_path):
     assert rc == 0, err
     rc, _, err = run("convert", tmp_path / "nothing", tmp_path / "c/d/out", "--quiet")
     assert rc == 2 and not (tmp_path / "c").exists()   # nothing created for a failed run
+
+
+@pytest.mark.parametrize("when", ["after the rename", "while the summary prints"])
+def test_an_interrupt_after_convert_finished_leaves_a_complete_output_and_exit_0(tmp_path, monkeypatch, when):
+    """Ctrl-C (or SIGTERM) arriving once OUTPUT is in place: exit 0, not 130, and the output
+    is the whole conversion (verify passes); before the rename it is still 130 and nothing."""
+    from longcat_convert import atomic
+    from longcat_convert.commands import convert as convert_cmd
+    if when == "after the rename":
+        real = atomic.AtomicFolder.commit
+
+        def commit_then_interrupt(self):
+            real(self)
+            raise KeyboardInterrupt()
+        monkeypatch.setattr(atomic.AtomicFolder, "commit", commit_then_interrupt)
+    else:
+        def emit_interrupted(*a, **k):
+            raise KeyboardInterrupt()
+        monkeypatch.setattr(convert_cmd, "emit", emit_interrupted)
+    out = tmp_path / "out"
+    rc, _, err = run("convert", TINY_A, out, "--no-fsync")
+    assert rc == 0 and "interrupted" not in err, err
+    monkeypatch.undo()
+    assert run("verify", TINY_A, out, "--quiet")[0] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_an_interrupt_before_the_rename_is_still_130_and_leaves_nothing(tmp_path, monkeypatch):
+    from longcat_convert import atomic
+
+    def interrupted(self):
+        raise KeyboardInterrupt()
+    monkeypatch.setattr(atomic.AtomicFolder, "commit", interrupted)
+    rc, _, err = run("convert", TINY_A, tmp_path / "out", "--no-fsync")
+    assert rc == 130 and "interrupted" in err and list(tmp_path.iterdir()) == []
+
+
+def test_verify_takes_converted_transformer_as_parity_does(converted):
+    """`verify SOURCE CONVERTED/transformer` checks the conversion CONVERTED is (as parity
+    takes CONVERTED/transformer)."""
+    rc, _, err = run("verify", TINY_A, converted / "transformer", "--quiet")
+    assert rc == 0, err
+    rc, out, _ = run("verify", TINY_A, converted / "transformer", "--json")
+    import json as _json
+    assert rc == 0 and _json.loads(out)["loras"] == _json.loads(run("verify", TINY_A, converted,
+                                                                    "--json")[1])["loras"]

@@ -105,3 +105,92 @@ def test_every_command_of_the_page_runs_as_written(page, scratch):
         if rc != want:
             failures.append(f"{page.name}: `{cmd}` exited {rc}, expected {want}")
     assert failures == []
+
+
+# ----------------------------------------------------------------------------- one vocabulary
+
+def _synopsis() -> dict[str, str]:
+    """README's synopsis block: command name -> its lines joined."""
+    text = (ROOT / "README.md").read_text()
+    block = next(b for b in re.findall(r"```text\n(.*?)```", text, re.S) if "longcat-convert plan SOURCE" in b)
+    out: dict[str, str] = {}
+    name = None
+    for line in block.splitlines():
+        m = re.match(r"^longcat-convert (\S+)", line)
+        if m:
+            name = m.group(1)
+        if name:
+            out[name] = out.get(name, "") + " " + line.split("#")[0]
+    return out
+
+
+def _commands_by_name():
+    from longcat_convert.cli import _register_all, cli as group
+    _register_all()
+    return {n: group.get_command(None, n) for n in group.list_commands(None)}
+
+
+def test_the_readme_synopsis_is_the_commands_own_options():
+    """Every command is in README's synopsis with every option it has (and no other), each
+    choice list written as the command's own choices."""
+    import click
+    syn = _synopsis()
+    cmds = _commands_by_name()
+    assert set(syn) == set(cmds), (set(syn) ^ set(cmds))
+    for name, cmd in cmds.items():
+        written = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*|-[a-z])\b", syn[name]))
+        own = {o for p in cmd.params if isinstance(p, click.Option) for o in p.opts + p.secondary_opts}
+        assert written == own, (name, "README lacks", sorted(own - written), "README adds", sorted(written - own))
+        for p in cmd.params:
+            if isinstance(p, click.Option) and isinstance(p.type, click.Choice):
+                m = re.search(re.escape(p.opts[0]) + r" ([\w.|:-]+\|[\w.|:-]+)", syn[name])
+                if m:
+                    assert m.group(1).split("|") == list(p.type.choices), (name, p.opts[0], m.group(1))
+
+
+def test_every_command_speaks_the_same_words():
+    """The same dtype spellings on every command with --dtype, -q/--quiet with help on every
+    command, --device worded the same wherever it is."""
+    import click
+    from longcat_convert import dtypes
+    devices, quiet = set(), set()
+    for name, cmd in _commands_by_name().items():
+        opts = {p.name: p for p in cmd.params if isinstance(p, click.Option)}
+        q = next((p for p in opts.values() if "--quiet" in p.opts), None)
+        assert q is not None and "-q" in q.opts and q.help, name
+        quiet.add(name)
+        if "dtype" in opts:
+            assert list(opts["dtype"].type.choices) == list(dtypes.CHOICES), name
+        if "device" in opts:
+            devices.add(opts["device"].help)
+    assert len(devices) == 1 and "cpu, cuda or cuda:N" in next(iter(devices)), devices
+    assert len(quiet) == 8
+
+
+def test_convert_takes_every_spelling_and_records_one(tmp_path):
+    import json
+    for spelling, code in (("bfloat16", "BF16"), ("bf16", "BF16"), ("float16", "F16")):
+        out = tmp_path / spelling
+        assert cli("convert", ROOT / "golden" / "tiny-a", out, "--dtype", spelling, "--quiet", "--no-fsync") == 0
+        rec = json.loads((out / "conversion.json").read_text())
+        assert rec["options"]["dtype"] == {"BF16": "bf16", "F16": "fp16"}[code]
+        header = (out / "transformer").glob("*.safetensors")
+        first = next(iter(header)).read_bytes()
+        n = int.from_bytes(first[:8], "little")
+        meta = json.loads(first[8:8 + n])
+        assert any(v.get("dtype") == code for k, v in meta.items() if k != "__metadata__")
+
+
+def test_one_dtype_spelling_table_in_the_packages():
+    """No module but longcat_convert/dtypes.py maps dtype spellings (fp32 -> float32 and the
+    like): the other places call it."""
+    pat = re.compile(r"""["'](?:fp32|bf16|fp16|float32|bfloat16|float16)["']\s*:\s*(?:["'](?:fp32|bf16|fp16|float32|"""
+                     r"""bfloat16|float16|F32|BF16|F16)["']|torch\.)""")
+    found = []
+    for pkg in ("longcat_convert", "parity", "reference", "fixes"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            if f == ROOT / "longcat_convert" / "dtypes.py":
+                continue
+            found += [f"{f.relative_to(ROOT)}:{i}" for i, line in enumerate(f.read_text().splitlines(), 1)
+                      if pat.search(line)]
+    assert found == [], found

@@ -79,7 +79,9 @@ def parity_options(scratch: Path, *, include=None, exclude=()) -> dict[str, list
     opts.update(CHOICES)
     opts.update({k: [str(p) for p in v] for k, v in _paths(scratch).items()})
     opts.update({f: [None] for f in FLAGS})
-    opts["--fastvideo"] = ["", "=", "x", "a=b", "dit_cpu_offload=true", "dit_cpu_offload=maybe", "=1", "k=" + "v" * 300]
+    opts["--fastvideo"] = ["", "=", "x", "a=b", "dit_cpu_offload=true", "dit_cpu_offload=maybe", "=1", "k=" + "v" * 300,
+                           "num_gpus=two", "num_gpus=1", "dit_precision=fp64", "dit_precision=fp32",
+                           "attention_backend=banana", "flow_shift=nan", "vae_tiling=1", "enable_teacache=true"]
     opts["--known"] = [str(scratch / "nope.json"), str(scratch / "a-file"), str(F.ROOT / "parity/known_differences.json")]
     if include is not None:
         opts = {k: v for k, v in opts.items() if k in include}

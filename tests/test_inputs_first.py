@@ -84,6 +84,37 @@ def _refusals(converted: dict, bundle: Path, tmp: Path):
         ("features-swapped", ["features", bundle, BUNDLE], ["look swapped", f"features {BUNDLE} {bundle}"]),
         ("golden-check-converted", ["golden-check", a, CASES / "t2v.safetensors"], ["CHECKPOINT", "converted"]),
         ("missing-case", ["parity", TINY_A, a, "--case", tmp / "nope.safetensors"], ["--case", "nope.safetensors"]),
+        # --fastvideo KEY=VALUE typed by FastVideo's own field (read from its source, not imported)
+        ("fastvideo-bool", ["parity", TINY_A, a, "--fastvideo", "dit_cpu_offload=maybe"],
+         ["--fastvideo dit_cpu_offload=maybe", "FastVideoArgs.dit_cpu_offload", "'maybe'", "accepted: true or false"]),
+        ("fastvideo-int", ["parity", TINY_A, a, "--fastvideo", "num_gpus=two"],
+         ["--fastvideo num_gpus=two", "FastVideoArgs.num_gpus", "accepted: an integer"]),
+        ("fastvideo-precision", ["parity", TINY_A, a, "--fastvideo", "dit_precision=fp64"],
+         ["--fastvideo dit_precision=fp64", "PipelineConfig.dit_precision", "one of fp32, fp16, bf16"]),
+        ("fastvideo-enum", ["parity", TINY_A, a, "--fastvideo", "attention_backend=FAST"],
+         ["attention_backend=FAST", "TORCH_SDPA"]),
+        ("fastvideo-sampling-in-parity", ["parity", TINY_A, a, "--fastvideo", "enable_teacache=true"],
+         ["enable_teacache", "SamplingParam", "features --fastvideo"]),
+        ("fastvideo-blocks", ["parity", TINY_A, a, "--mode", "blocks", "--fastvideo", "vae_tiling=true"],
+         ["--fastvideo with --mode blocks"]),
+        ("features-fastvideo", ["features", BUNDLE, bundle, "--fastvideo", "vae_tiling=yes"],
+         ["--fastvideo vae_tiling=yes", "PipelineConfig.vae_tiling", "true or false"]),
+        ("features-fastvideo-unknown", ["features", BUNDLE, bundle, "--fastvideo", "no_such=1"],
+         ["--fastvideo no_such", "not a field"]),
+        # every output path, before any work, naming its flag
+        ("parity-report-proc", ["parity", TINY_A, a, "--report", "/proc/lcc-report"], ["--report /proc/lcc-report"]),
+        ("golden-check-report-proc", ["golden-check", TINY_A, CASES / "t2v.safetensors", "--report",
+                                      "/proc/lcc-report"], ["--report /proc/lcc-report"]),
+        ("features-report-proc", ["features", BUNDLE, bundle, "--report", "/proc/lcc-report"],
+         ["--report /proc/lcc-report"]),
+        ("gate-report-proc", ["gate", "--golden", GOLDEN, "--report", "/proc/lcc-gate"], ["--report /proc/lcc-gate"]),
+        ("gate-junit-folder", ["gate", "--golden", GOLDEN, "--report", tmp / "gate", "--junit", tmp],
+         ["--junit", "a folder"]),
+        ("gate-junit-proc", ["gate", "--golden", GOLDEN, "--report", tmp / "gate", "--junit", "/proc/x/j.xml"],
+         ["--junit /proc/x/j.xml"]),
+        ("gate-no-manifest", ["gate", "--golden", tmp, "--report", tmp / "gate"], ["--golden", "gate.json"]),
+        ("convert-output-proc", ["convert", TINY_A, "/proc/lcc-out"], ["OUTPUT /proc/lcc-out"]),
+        ("export-output-proc", ["export", a, "/proc/lcc-out"], ["OUTPUT /proc/lcc-out"]),
     ]
 
 
@@ -215,7 +246,7 @@ def test_nothing_the_gate_runs_is_refused(tmp_path):
         elif argv[0] == "features":
             precheck.features(params["source"], params["converted"], case=params["case_path"],
                               device_name=params["device"], tolerances=params["tolerances"],
-                              report=params["report_dir"])
+                              report=params["report_dir"], dtype=params["dtype"], overrides=params["overrides"])
         else:
             precheck.golden_check(params["checkpoint"], params["cases"], report=params["report_dir"],
                                   dtype=params["dtype"], device_name=params["device"], reference=params["reference"],
@@ -244,3 +275,38 @@ def test_case_kind_and_model_come_from_headers_only(tmp_path, monkeypatch):
     meta = json.loads((BUNDLE / "cases" / "vae.json").read_text())
     assert precheck.read_case(BUNDLE / "cases" / "vae.safetensors").component == meta["component"]
     assert precheck.read_case(CASES / "traj_t2v_cfg.safetensors").kind == "trajectory"
+
+
+def test_gate_runs_the_working_folders_golden_or_says_what_to_pass(tmp_path):
+    """`gate` from a folder without golden/ refuses at once (no bundled matrix run by
+    surprise), naming --golden, --bundled and the project; --bundled reaches the matrix
+    installed with the tool (here refused a moment later on its --report, so it resolved)."""
+    rc, out, err = in_subprocess("gate", cwd=tmp_path)
+    line = one_line(err)
+    assert rc == 2 and "--golden golden" in line and "gate.json" in line and "--bundled" in line, line
+    assert "heavy: []" in out and not (tmp_path / "reports").exists()
+    rc, out, err = in_subprocess("gate", "--bundled", "--report", "/proc/lcc-gate", cwd=tmp_path)
+    assert rc == 2 and "--report /proc/lcc-gate" in one_line(err) and "heavy: []" in out
+    rc, _, err = in_subprocess("gate", "--bundled", "--golden", ROOT / "golden", cwd=tmp_path)
+    assert rc == 2 and "--bundled with --golden" in one_line(err)
+    from longcat_convert.cli import _register_all, cli as group
+    _register_all()
+    help_text = " ".join(group.get_command(None, "gate").get_help(
+        group.get_command(None, "gate").make_context("gate", ["--bundled"], resilient_parsing=True)).split())
+    assert "./golden in the working folder" in help_text and "--bundled" in help_text
+    assert str(ROOT) not in help_text                 # no install path printed as the default
+
+
+def test_an_output_path_is_probed_for_real_not_by_permission_bits(tmp_path):
+    """A folder os.access calls writable but where nothing can be made (/proc) is refused by
+    the probe; the probe leaves nothing behind in a folder that is writable."""
+    from longcat_convert.checks.paths import output_file, output_folder
+    from longcat_convert.errors import BadInput
+    with pytest.raises(BadInput, match=r"^--report /proc/x: cannot make it"):
+        output_folder("/proc/x")
+    with pytest.raises(BadInput, match=r"^--junit /proc/j.xml: cannot write it"):
+        output_file("/proc/j.xml", "--junit")
+    output_folder(tmp_path / "a" / "b")
+    output_folder(tmp_path)
+    output_file(tmp_path / "j.xml", "--junit")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

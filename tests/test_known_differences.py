@@ -32,10 +32,15 @@ def test_a_known_difference_is_named_in_every_rendering(converted, tmp_path, cap
     row = next(r for r in rep["layers"] if r["name"] == "timesteps")
     assert row["known_difference"] == "schedule-reshift"
     md = (tmp_path / "report.md").read_text()
-    assert "Known difference `schedule-reshift`" in md and "to isolate it: --sigmas original" in md
+    assert "Known difference `schedule-reshift`" in md and "to isolate it: `parity SOURCE CONVERTED --case CASE --mode sampling --sigmas original` fails as " \
+        "bf16-dit-input" in md
     assert "schedule-reshift" in (tmp_path / "report.html").read_text()
     out = capsys.readouterr().out                        # results on stdout
     assert "known difference schedule-reshift" in out and "to isolate it" in out
+    # The console's failure summary says what report.md says: why, --expect ID, --fixes NAME.
+    assert "why: timesteps of case traj_t2v_cfg fails the policy: rel_l2=0.0558" in out, out
+    assert "add --expect schedule-reshift" in out and "--fixes schedule-reshift runs FastVideo" in out
+    assert "fixes schedule-reshift" in md
 
 
 @needs_native

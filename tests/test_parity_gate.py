@@ -80,3 +80,15 @@ def test_the_bundled_manifest_pins_the_feature_matrix():
     pinned = next(e["verdicts"] for e in manifest["features"] if e["model"] == "tiny-bundle")
     assert pinned["enable_teacache=True"] == "no_op" and pinned["unmerge_lora_weights=after lora_path"] == "diverges"
     assert len(pinned) >= 25
+
+
+def test_gate_quiet_and_the_working_folders_golden(tmp_path, monkeypatch, capsys):
+    """`gate` from a folder with golden/ runs it (the README's default); -q drops the progress
+    line per step on stderr, the table and verdict stay on stdout."""
+    g = _golden_with(tmp_path, {"first_divergent": "blocks.0.cross_attn", "rel_l2": 0.5654, "why": "varlen"})
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli("gate", "-q", "--report", tmp_path / "r") == 0
+    out, err = capsys.readouterr()
+    assert "gate: 4 passed, 0 failed" in out and "gate:" not in err
+    assert (tmp_path / "r" / "junit.xml").is_file() and g.name == "golden"

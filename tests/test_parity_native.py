@@ -142,3 +142,18 @@ def test_a_return_kv_case_compares_the_returned_caches(converted, tmp_path):
     assert rc == 0
     assert names[3:6] == ["blocks.0.attn", "blocks.0.attn.kv_cache.k", "blocks.0.attn.kv_cache.v"]
     assert sum("kv_cache" in n for n in names) == 6
+
+
+@needs_native
+def test_e2e_and_layer_reports_say_what_they_compare(converted, tmp_path):
+    """The two reports are told apart by what their rows compare: in report.json, report.md
+    and on the console."""
+    import json as _json
+    said = {}
+    for mode in ("e2e", "layer"):
+        assert cli("parity", TINY_A, converted["tiny-a"], "--mode", mode, "--report", tmp_path / mode, "--quiet") == 0
+        rep = _json.loads((tmp_path / mode / "report.json").read_text())
+        said[mode] = rep["compares"]
+        assert rep["notes"][0] == rep["compares"] and rep["compares"] in (tmp_path / mode / "report.md").read_text()
+    assert said["e2e"].startswith("e2e compares") and "own activations" in said["e2e"]
+    assert said["layer"].startswith("layer compares") and "reference's input" in said["layer"]

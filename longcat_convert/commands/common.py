@@ -6,7 +6,7 @@ import json
 import click
 
 from ..components import MODES
-from ..plan import DTYPE_CHOICES
+from ..dtypes import CHOICES as DTYPE_CHOICES, HELP as DTYPE_HELP
 from ..writer import DEFAULT_MAX_SHARD
 
 
@@ -14,8 +14,8 @@ def write_options(f):
     """--dtype, --max-shard-size, --components, --force, --strict, --no-fsync, --source-sha256,
     --no-hash, --quiet, --json."""
     opts = [
-        click.option("--dtype", type=click.Choice(sorted(DTYPE_CHOICES)), default=None,
-                     help="Cast floating-point tensors (default: keep each tensor's dtype)."),
+        click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default=None,
+                     help=f"Cast floating-point tensors to {DTYPE_HELP} (default: keep each tensor's dtype)."),
         click.option("--max-shard-size", default=DEFAULT_MAX_SHARD, show_default=True,
                      help="Largest output shard, e.g. 5GB, 500MB, 2GiB."),
         click.option("--components", type=click.Choice(MODES), default="copy", show_default=True,

@@ -32,6 +32,9 @@ def command(source, output, dtype, max_shard_size, components, force, strict, fs
                    force=force, strict=strict, fsync=fsync, revision=revision, source_sha256=source_sha256,
                    hash_tensors=not no_hash, workload=workload)
     summary = convert(source, output, opts, Reporter(quiet=quiet or as_json))
-    emit(summary, as_json, f"converted {summary['tensors']} tensors ({summary['bytes'] / 1e9:.2f} GB) "
-                           f"into {summary['output']} in {summary['seconds']:.1f}s")
+    try:                                # OUTPUT is complete: a Ctrl-C now only cuts the summary short
+        emit(summary, as_json, f"converted {summary['tensors']} tensors ({summary['bytes'] / 1e9:.2f} GB) "
+                               f"into {summary['output']} in {summary['seconds']:.1f}s")
+    except KeyboardInterrupt:
+        pass
     return 0

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from .parity import DTYPES
+from longcat_convert import dtypes
+
+from .parity import DEVICE_OPTION
 
 
 @click.command("features")
@@ -20,10 +22,10 @@ from .parity import DTYPES
 @click.option("--fastvideo", "overrides", multiple=True, metavar="KEY=VALUE",
               help="A FastVideoArgs / PipelineConfig / SamplingParam field applied to every run, baselines "
                    "included; repeatable.")
-@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True,
-              help="Every component's precision in the baseline (dit_precision, vae_precision, "
-                   "text_encoder_precisions).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N")
+@click.option("--dtype", type=click.Choice(dtypes.CHOICES), default="fp32", show_default=True,
+              help=f"Every component's precision in the baseline (dit_precision, vae_precision, "
+                   f"text_encoder_precisions): {dtypes.HELP}.")
+@click.option("--device", **DEVICE_OPTION)
 @click.option("--tolerances", type=click.Path(path_type=Path), default=None, help="Tolerance policy file.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
               help="Write report.json, report.md and report.html here.")
@@ -45,16 +47,16 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
     baseline run itself fails."""
     from longcat_convert import precheck
     precheck.features(source, converted, case=case_path, device_name=device, tolerances=tolerances,
-                      report=report_dir, fixes_spec=fixes_spec)  # inputs first: before torch or FastVideo
+                      report=report_dir, fixes_spec=fixes_spec, dtype=dtype, overrides=overrides)  # inputs first
     from parity.known import Catalogue
     from parity.verdicts import load_pins
     pins = load_pins(pins_path) if pins_path is not None else None     # torch-free: still before the run
     catalogue = Catalogue.load()                                          # its findings tag the matrix's
 
-    import torch
     import fixes
     from rich.console import Console
     from parity import features, render
+    from parity.overrides import parse_overrides
     from parity.policy import Policy
     from reference.loading import parse_device
     parse_device(device)
@@ -63,8 +65,8 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
     fix_names = fixes.parse(fixes_spec)
     with nat.fixes_installed(fix_names, device):
         report = features.features_report(
-            source, converted, policy=Policy.load(tolerances), dtype=getattr(torch, DTYPES[dtype]), device=device,
-            case_path=case_path, only=tuple(only), overrides=features.parse_overrides(overrides),
+            source, converted, policy=Policy.load(tolerances), dtype=dtypes.torch_dtype(dtype), device=device,
+            case_path=case_path, only=tuple(only), overrides=parse_overrides(overrides),
             progress=None if quiet else (lambda s: err.print(f"[dim]features: {s}[/dim]")), pins=pins)
     if fix_names:
         report["fixes"] = fixes.describe(fix_names)

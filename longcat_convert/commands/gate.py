@@ -25,9 +25,16 @@ def parse_threads(spec: str) -> tuple[int, ...]:
     return out
 
 
+GOLDEN = Path("golden")          # relative: the working folder's golden/, as the README writes it
+
+
 @click.command("gate")
-@click.option("--golden", type=click.Path(path_type=Path), default=DEFAULT_GOLDEN, show_default=True,
-              help="Golden folder with gate.json and the model folders it names.")
+@click.option("--golden", type=click.Path(path_type=Path), default=None,
+              help="Golden folder with gate.json and the model folders it names  [default: ./golden in the working "
+                   "folder].")
+@click.option("--bundled", is_flag=True,
+              help="Run the golden matrix that comes with the tool (golden/ beside the installed package) instead "
+                   "of ./golden; not with --golden.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=Path("reports/gate"),
               show_default=True, help="Where converted models, step reports, summary.md and junit.xml go.")
 @click.option("--junit", type=click.Path(path_type=Path), default=None, help="JUnit XML path (default REPORT/junit.xml).")
@@ -37,25 +44,37 @@ def parse_threads(spec: str) -> tuple[int, ...]:
               help="Torch thread counts every float-comparing step runs at; its verdict, first divergent row "
                    "and pinned sizes must be the same at each. auto: 1, the machine's cores and twice that "
                    "(oversubscribed).")
-def gate_cmd(golden: Path, report_dir: Path, junit: Path | None, known_file: Path | None, threads_spec: str):
-    """Run the whole golden matrix: convert, verify, golden-check and parity for every case."""
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress line per step on stderr; the table of steps and the verdict line still print.")
+def gate_cmd(golden: Path | None, bundled: bool, report_dir: Path, junit: Path | None, known_file: Path | None,
+             threads_spec: str, quiet: bool):
+    """Run the whole golden matrix: convert, verify, golden-check and parity for every case.
+
+    GOLDEN is ./golden in the working folder unless --golden or --bundled says otherwise."""
+    from longcat_convert import precheck
+    if bundled and golden is not None:
+        raise BadInput("--bundled with --golden: give one (--bundled runs the matrix installed with the tool)")
+    golden = DEFAULT_GOLDEN if bundled else (golden if golden is not None else GOLDEN)
+    threads = parse_threads(threads_spec)
+    precheck.gate(golden, report_dir, junit, known_file)       # before any step runs
     from rich.console import Console
     from rich.table import Table
     import os
     console = Console(stderr=True, width=None if os.isatty(2) else 160)       # progress
     out = Console(width=None if os.isatty(1) else 160)                        # the result
-    threads = parse_threads(threads_spec)
     manifest = load_manifest(golden)
     steps = plan_steps(golden, report_dir, manifest, known_file)
-    console.print("[dim]gate:[/] " + ", ".join(f"{m}: {n} steps" for m, n in steps_per_model(steps).items())
-                  + f"; float-comparing steps at {', '.join(map(str, threads))} threads", highlight=False)
+    if not quiet:
+        console.print("[dim]gate:[/] " + ", ".join(f"{m}: {n} steps" for m, n in steps_per_model(steps).items())
+                      + f"; float-comparing steps at {', '.join(map(str, threads))} threads", highlight=False)
     root = click.get_current_context().find_root().command
     # A CI's step summary gets the gate's own table at the end, not every step's report
     # (a known difference's report says FAILED while the gate counts it as reproduced).
     ci_summary = os.environ.pop("GITHUB_STEP_SUMMARY", None)
     try:
         for s in steps:
-            console.print(f"[dim]gate:[/] {s.model}: {s.name} ...")
+            if not quiet:
+                console.print(f"[dim]gate:[/] {s.model}: {s.name} ...")
             run_step(s, root, threads)
     finally:
         if ci_summary is not None:

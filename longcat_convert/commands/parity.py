@@ -6,7 +6,18 @@ from pathlib import Path
 
 import click
 
-from longcat_convert.errors import BadInput
+from longcat_convert import dtypes
+from longcat_convert.checks.flags import DEVICE_HELP, ints, lora_spec
+
+QUIET_HELP = "Print only the verdict line (and errors); the libraries' logs and progress bars silenced."
+DEVICE_OPTION = dict(default="cpu", show_default=True, help=f"Where both sides run: {DEVICE_HELP}.")
+DTYPE_HELP = f"Both sides' precision: {dtypes.HELP}."
+
+
+def quiet_option(f):
+    """-q/--quiet, worded the same on every command that judges."""
+    return click.option("--quiet", "-q", is_flag=True, help=QUIET_HELP)(f)
+
 
 def quiet_libraries() -> None:
     """--quiet: the libraries a run loads (transformers, diffusers, huggingface_hub, FastVideo,
@@ -27,36 +38,6 @@ def quiet_libraries() -> None:
     ctx = click.get_current_context(silent=True)
     if ctx is not None:
         ctx.with_resource(contextlib.redirect_stderr(io.StringIO()))
-
-
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-          "fp16": "float16", "float16": "float16"}
-
-
-def _torch_dtype(name: str):
-    import torch
-    return getattr(torch, DTYPES[name])
-
-
-def _ints(text: str, n: int | None, opt: str) -> list[int]:
-    try:
-        vals = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise BadInput(f"{opt} {text!r}: expected comma-separated integers")
-    if n is not None and len(vals) != n:
-        raise BadInput(f"{opt} {text!r}: expected {n} comma-separated integers")
-    return vals
-
-
-def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
-    out = []
-    for spec in specs:
-        name, _, mult = spec.partition(":")
-        try:
-            out.append((name, float(mult) if mult else default))
-        except ValueError:
-            raise BadInput(f"--lora {spec!r}: expected NAME or NAME:MULTIPLIER (a number)")
-    return tuple(out)
 
 
 @click.command("parity")
@@ -117,8 +98,8 @@ def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
 @click.option("--sp-start", type=click.Choice(["auto", "fork", "spawn"]), default="auto", show_default=True,
               help="--sp: fork this process (the CPU default: FastVideo imported once) or spawn "
                    "`python -m parity.sp_worker` per rank (always on CUDA).")
-@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="fp32", show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N")
+@click.option("--dtype", type=click.Choice(dtypes.CHOICES), default="fp32", show_default=True, help=DTYPE_HELP)
+@click.option("--device", **DEVICE_OPTION)
 @click.option("--attention", default="sdpa", show_default=True,
               type=click.Choice(["sdpa", "math", "flash2", "flash3"]),
               help="The reference's attention kernel (flash2/flash3 need flash-attn installed).")
@@ -139,7 +120,7 @@ def _loras(specs, default: float) -> tuple[tuple[str, float], ...]:
                    "(docs/features.md); repeatable.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
               help="Write report.json, report.md and report.html here.")
-@click.option("--quiet", is_flag=True)
+@quiet_option
 def parity_cmd(source, converted, **o):
     """Run the reference (original weights, SOURCE) and FastVideo's native model
     (converted weights, CONVERTED) on the same inputs and compare every layer
@@ -158,8 +139,8 @@ def parity_cmd(source, converted, **o):
     import fixes
     fix_names = fixes.parse(o["fixes_spec"])            # checked by precheck.parity; here the names
     mode = o["mode"]
-    setup = Setup(source=source, converted=converted, dtype=_torch_dtype(o["dtype"]), device=o["device"],
-                  attention=o["attention"], mode=mode, loras=_loras(o["loras"], o["lora_multiplier"]),
+    setup = Setup(source=source, converted=converted, dtype=dtypes.torch_dtype(o["dtype"]), device=o["device"],
+                  attention=o["attention"], mode=mode, loras=tuple(lora_spec(s, o["lora_multiplier"]) for s in o["loras"]),
                   policy=Policy.load(o["tolerances"]))
     parse_device(o["device"])
     in_pipeline = o["component"] == "pipeline"             # the pipeline installs them around its fixed run
@@ -176,15 +157,11 @@ def parity_cmd(source, converted, **o):
         report = modes.sp_sampling_parity(setup, _loop_cases(source, o), sp_size=o["sp"], sigmas=o["sigmas"],
                                  timeout=o["sp_timeout"], start=o["sp_start"])
     elif o["sp"] is not None:
-        if mode not in ("e2e", "layer"):
-            raise BadInput(f"--sp runs with --mode e2e, layer or sampling, not {mode}")
         report = modes.sp_parity(setup, _forward_inputs(source, o), sp_size=o["sp"], kv_cache_frames=o["kv_cache_frames"],
                                timeout=o["sp_timeout"], start=o["sp_start"])
     elif mode == "sampling":
         report = modes.sampling_parity(setup, _loop_cases(source, o), sigmas=o["sigmas"])
     elif mode == "blocks":
-        if o["kv_cache_frames"]:
-            raise BadInput("--kv-cache-frames needs --mode e2e or layer (blocks mode streams one forward)")
         report = modes.blocks_parity(setup, _forward_inputs(source, o))
     else:
         report = modes.forward_parity(setup, _forward_inputs(source, o), kv_cache_frames=o["kv_cache_frames"])
@@ -197,22 +174,17 @@ def parity_cmd(source, converted, **o):
 
 
 def _generated_text(o) -> dict:
-    vals = _ints(o["valid"], None, "--valid") if o["valid"] else None
-    return dict(shape=tuple(_ints(o["shape"], 3, "--shape")), text_len=o["text_len"],
+    vals = ints("--valid", o["valid"]) if o["valid"] else None
+    return dict(shape=tuple(ints("--shape", o["shape"], 3)), text_len=o["text_len"],
                 valid=(vals[0] if vals and len(vals) == 1 else vals), batch=o["batch"], seed=o["seed"])
 
 
 def _forward_inputs(source, o) -> list:
-    from parity.cases import kind_of, load_dit
+    from parity.cases import load_dit
     from parity.inputs import bsa_from_flags, generate
-    bsa = bsa_from_flags(o["bsa_sparsity"], o["bsa_cdf"], o["bsa_chunk_q"], o["bsa_chunk_k"])
-    if o["cases"] and bsa is not None:
-        raise BadInput("--bsa-* flags are for generated inputs; a case's JSON sets its own enable_bsa/bsa_params")
-    if o["cases"]:
-        for c in o["cases"]:
-            if kind_of(c) == "trajectory":
-                raise BadInput(f"{c}: a trajectory case (traj.* keys) runs with --mode sampling")
+    if o["cases"]:                        # their kind checked first (longcat_convert/checks/cases.py)
         return [load_dit(c) for c in o["cases"]]
+    bsa = bsa_from_flags(o["bsa_sparsity"], o["bsa_cdf"], o["bsa_chunk_q"], o["bsa_chunk_k"])
     from parity import refside
     return [generate(refside.source_dims(source), timestep=o["timestep"], num_cond_latents=o["num_cond_latents"] or 0,
                      bsa=bsa, **_generated_text(o))]
@@ -221,14 +193,10 @@ def _forward_inputs(source, o) -> list:
 def _loop_cases(source, o) -> list:
     """--mode sampling: the trajectory cases, or one generated loop."""
     from parity import refside
-    from parity.cases import from_trajectory, generate_loop, kind_of, load_trajectory
+    from parity.cases import from_trajectory, generate_loop, load_trajectory
     model_dir = refside.model_folder(source)
-    if o["cases"]:
-        cases = []
-        for c in o["cases"]:
-            if kind_of(c) != "trajectory":
-                raise BadInput(f"{c}: --mode sampling needs trajectory cases (traj.* keys); this is a DiT case")
-            cases.append(from_trajectory(load_trajectory(c), model_dir))
+    if o["cases"]:                        # their kind checked first (longcat_convert/checks/cases.py)
+        cases = [from_trajectory(load_trajectory(c), model_dir) for c in o["cases"]]
     else:
         from reference.sampling import SchedulerConfig, Settings
         sched_file = model_dir / "scheduler" / "scheduler_config.json" if model_dir else None
@@ -244,9 +212,7 @@ def _loop_cases(source, o) -> list:
         cases = [generate_loop(refside.source_dims(source), settings, **_generated_text(o))]
     from parity.inputs import bsa_from_flags
     bsa = bsa_from_flags(o["bsa_sparsity"], o["bsa_cdf"], o["bsa_chunk_q"], o["bsa_chunk_k"])
-    if bsa is not None:
-        if o["cases"]:
-            raise BadInput("--bsa-* flags are for generated inputs; a case's JSON sets its own enable_bsa/bsa_params")
+    if bsa is not None:                   # generated inputs only (--bsa-* with --case refused first)
         cases[0].bsa = bsa
     return cases
 
@@ -256,9 +222,9 @@ def _loop_cases(source, o) -> list:
 @click.argument("cases", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
               help="Write report.json, report.md and report.html into this folder.")
-@click.option("--dtype", default="fp32", show_default=True, type=click.Choice(sorted(DTYPES)),
-              help="Model dtype (the same spellings as parity and convert).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--dtype", default="fp32", show_default=True, type=click.Choice(dtypes.CHOICES),
+              help=f"Model precision: {dtypes.HELP}.")
+@click.option("--device", **DEVICE_OPTION)
 @click.option("--attention", default="sdpa", show_default=True,
               type=click.Choice(["sdpa", "math", "flash2", "flash3"]),
               help="Attention kernel (flash2/flash3 need flash-attn installed).")
@@ -266,7 +232,7 @@ def _loop_cases(source, o) -> list:
               help="ours: the clean-room reference; upstream: the real LongCat-Video code from --upstream-path.")
 @click.option("--upstream-path", type=click.Path(path_type=Path), default=None,
               help="A LongCat-Video git checkout (with --reference upstream).")
-@click.option("--quiet", is_flag=True, help="Print only the verdict line.")
+@quiet_option
 def golden_check_cmd(checkpoint, cases, report_dir, dtype, device, attention, reference, upstream_path, quiet):
     """Run CHECKPOINT (a model folder holding dit/, or a dit/ folder) on golden CASE files and
     compare every recorded activation (DiT cases) or every step of the denoising loop
@@ -278,7 +244,7 @@ def golden_check_cmd(checkpoint, cases, report_dir, dtype, device, attention, re
     if quiet:
         quiet_libraries()
 
-    report = golden_check(checkpoint, list(cases), dtype=DTYPES[dtype], device=device, attention=attention,
+    report = golden_check(checkpoint, list(cases), dtype=dtypes.canonical(dtype), device=device, attention=attention,
                           reference=reference, upstream_path=upstream_path)
     return _finish(report, report_dir, quiet, "golden-check")
 
@@ -300,6 +266,33 @@ def _finish(report: dict, report_dir, quiet: bool, what: str, *, known_file=None
         Console(highlight=False, soft_wrap=True).print(f"{what}: {render.verdict_line(report)}")
         return code
     render.print_table(report)
+    for line in failure_summary(report):
+        Console(highlight=False, soft_wrap=True).print(line, markup=False)
     if written:
         Console(highlight=False, soft_wrap=True).print("reports: " + ", ".join(str(p) for p in written))
     return code
+
+def failure_summary(report: dict) -> list[str]:
+    """What a failed run says on the console besides the table, as report.md does: why the
+    first divergent row failed, and for a known difference its id, how to expect it in CI
+    (``--expect ID``) and the fix that closes it (``--fixes NAME``)."""
+    import re
+    if report["passed"] or report.get("timeouts"):
+        return []
+    out = []
+    first = next((r for r in report["layers"] if not r["passed"]), None)
+    if first is not None and first.get("failures"):
+        where = f" of case {first['case']}" if first.get("case") else ""
+        out.append(f"why: {first['name']}{where} fails the policy: {'; '.join(first['failures'])}")
+    failing = next((c for c in report["cases"] if not c["passed"]), {})
+    kd = next((k for k in report.get("known_differences", []) if k["id"] == failing.get("known_difference")), None)
+    if kd is not None:                      # its title, why and isolate hint: printed with the table
+        line = f"known difference {kd['id']}: to gate on it reproducing (CI), add --expect {kd['id']} (docs/ci.md)"
+        m = re.search(r"--fixes [\w,-]+", kd.get("fix") or "")
+        if m:
+            line += f"; {m.group(0)} runs FastVideo with our correction of it (docs/fixes.md)"
+        out.append(line)
+    elif report.get("unexplained"):
+        out.append("not a known difference: no entry of the catalogue matches (docs/known-differences.md); "
+                   "--expect cannot accept it")
+    return out

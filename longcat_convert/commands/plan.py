@@ -19,7 +19,8 @@ def _shape(s) -> str:
 @click.argument("source")
 @click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def command(source, revision, as_json):
+@click.option("--quiet", "-q", is_flag=True, help="The tables only: no config warnings or notes.")
+def command(source, revision, as_json, quiet):
     """Show how every tensor of SOURCE maps to FastVideo's layout; writes nothing."""
     plan = describe(source, revision=revision)
     if as_json:
@@ -49,6 +50,8 @@ def command(source, revision, as_json):
             lt.add_row(d["module"], d["target"], str(d["rank"]), f"{d['alpha_scale']:g}", f"{d['lora_alpha']:g}",
                        "yes" if d["alpha_folded_into_B"] else "no")
         console.print(lt)
+    if quiet:
+        return 0
     for w in plan["config"]["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
     for n in plan["config"]["notes"]:
