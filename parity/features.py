@@ -29,7 +29,6 @@ original pipeline, reference/, on SOURCE), beside the baseline's own.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
