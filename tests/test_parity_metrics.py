@@ -127,7 +127,7 @@ def test_reports_are_written_in_three_formats(tmp_path, monkeypatch):
     md = paths[1].read_text()
     assert "First divergent row: `blocks.0.attn`" in md and "**FAIL**" in md
     html = paths[2].read_text()
-    assert html.count("<svg") >= 2 and "<polyline" in html and "first divergent: blocks.0.attn" in html
+    assert html.count("<svg") >= 2 and '<path class="case"' in html and "first divergent: blocks.0.attn" in html
     assert "blocks.0.attn" in summary.read_text()
 
 
