@@ -17,7 +17,8 @@ from reference.golden import Case, load_case, run_with_hooks
 from reference.loading import load_reference, parse_device, parse_dtype, resolve_checkpoint
 
 from . import report as rep
-from .cases import TrajectoryCase, kind_of, load_component, load_trajectory
+from .case_kind import kind_of
+from .cases import TrajectoryCase, load_component, load_trajectory
 from .judge import judge
 from .policy import Policy, dtype_name
 
