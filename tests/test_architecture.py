@@ -123,6 +123,14 @@ def test_nothing_installed_imports_the_scripts_folder():
     assert hits == []
 
 
+def test_nothing_installed_loads_a_module_by_file_path():
+    """Modules are imported by name (golden-check's upstream adapter is parity/upstream.py)."""
+    hits = [f"{mod}: {word}" for mod, path in _modules().items() for word in ("spec_from_file_location",
+                                                                             "SourceFileLoader", "run_path")
+            if word in path.read_text()]
+    assert hits == []
+
+
 # The reference describes the original model by itself: from the converter it takes only
 # the shared strict reader and the error type, never the mapping table it is checked against.
 REFERENCE_MAY_USE = {"longcat_convert.errors", "longcat_convert.shards", "longcat_convert.jsonfile"}
