@@ -164,3 +164,35 @@ def test_the_checks_above_can_fail(tmp_path):
     mods = {"p.x": pkg / "x.py", "p.y": pkg / "y.py"}
     g, private = _imports(mods)
     assert g["p.x"] == {"p.y": 1} and len(private) == 2
+
+
+IMPORT_ALL = """
+import importlib, json, os, sys
+import torch
+names = sys.argv[1:]
+env, threads, dtype = dict(os.environ), torch.get_num_threads(), torch.get_default_dtype()
+for m in names:
+    importlib.import_module(m)
+print(json.dumps({"env": {k: [env.get(k), os.environ.get(k)] for k in set(env) | set(os.environ)
+                          if env.get(k) != os.environ.get(k)},
+                  "threads": [threads, torch.get_num_threads()], "dtype": [str(dtype), str(torch.get_default_dtype())],
+                  "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("fastvideo", "triton", "diffusers"))}))
+"""
+
+
+def test_importing_a_module_changes_nothing():
+    """Importing every module of the project (in a fresh process) sets no environment variable,
+    changes no torch setting and imports neither FastVideo nor triton nor diffusers, so nothing of
+    theirs is patched: a run sets up what it needs when it starts (parity.native.prepare_process)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", IMPORT_ALL, *sorted(_modules())], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["env"] == {} and seen["heavy"] == []
+    assert seen["threads"][0] == seen["threads"][1] and seen["dtype"][0] == seen["dtype"][1]

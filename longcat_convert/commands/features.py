@@ -42,6 +42,8 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
     from longcat_convert import precheck
     precheck.features(source, converted, case=case_path, device_name=device, tolerances=tolerances,
                       report=report_dir, fixes_spec=fixes_spec)  # inputs first: before torch or FastVideo
+    from parity.native import prepare_process
+    prepare_process(device)                    # the run's environment, before anything imports triton
     import torch
     import fixes
     from rich.console import Console
