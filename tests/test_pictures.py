@@ -313,8 +313,6 @@ def _in_browser(page: Path, tmp_path: Path) -> dict:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     m = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
     assert m, f"chromium showed no probe (exit {done.returncode}): {done.stderr[-2000:]}"
-    subprocess.run(cmd[:-2] + [f"--screenshot={tmp_path / 'report.png'}", probe.as_uri()], capture_output=True,
-                   timeout=180)
     return json.loads(html_mod.unescape(m.group(1)))
 
 
