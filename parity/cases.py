@@ -1,4 +1,5 @@
-"""Every kind of case, read in one place, and told apart by ``kind``.
+"""Every kind of case, read in one place, and told apart by ``kind`` (decided by
+parity/case_kind.py).
 
 * ``dit``: a golden DiT case (``act.*`` recorded activations of one forward;
   reference/golden.py reads the file) -> :class:`parity.inputs.Inputs`;
@@ -23,41 +24,14 @@ import torch
 from longcat_convert.errors import BadInput
 from longcat_convert.shards import ShardedReader
 
+from .case_kind import kind_of
 from .inputs import Inputs
 from .rows import is_loop_row, ordered
 
-KINDS = ("dit", "trajectory", "component")
 COMPONENTS = ("text_encoder", "vae", "pipeline")
 REQUIRED = ("input.latents", "input.prompt_embeds", "input.prompt_attention_mask")
 MAX_SEQUENCE_LENGTH = 512
 GENERATED_PROMPTS = ["A red cat walks on the street at night.", ""]
-
-
-def component_of(path) -> str | None:
-    """The ``component`` a case JSON names, or None (a DiT or trajectory case)."""
-    p = Path(path).with_suffix(".json")
-    if not p.is_file():
-        return None
-    try:
-        meta = json.loads(p.read_text())
-    except (ValueError, RecursionError):   # not JSON (or nested too deeply): the case readers say so
-        return None
-    return meta.get("component") if isinstance(meta, dict) else None
-
-
-def is_trajectory(path) -> bool:
-    """True when the case file holds ``traj.*`` keys (reads only its header)."""
-    p = Path(path)
-    if p.suffix != ".safetensors" or not p.is_file():
-        return False
-    return any(k.startswith("traj.") for k in ShardedReader(p).keys())
-
-
-def kind_of(path) -> str:
-    """``component`` (its JSON names one), ``trajectory`` (``traj.*`` keys) or ``dit``."""
-    if component_of(path):
-        return "component"
-    return "trajectory" if is_trajectory(path) else "dit"
 
 
 def load(path):

@@ -17,7 +17,8 @@ from reference.golden import Case, load_case, run_with_hooks
 from reference.loading import load_reference, parse_device, parse_dtype, resolve_checkpoint
 
 from . import report as rep
-from .cases import TrajectoryCase, kind_of, load_component, load_trajectory
+from .case_kind import kind_of
+from .cases import TrajectoryCase, load_component, load_trajectory
 from .judge import judge
 from .policy import Policy, dtype_name
 
@@ -56,22 +57,10 @@ class OursSubject:
             self.model.enable_loras(keys)
 
 
-def upstream_adapter():
-    """scripts/upstream.py of this checkout: a developer tool (it runs a user's LongCat-Video
-    checkout), not part of the installed package, so it is loaded by path when asked for."""
-    import importlib.util
-    path = Path(__file__).resolve().parents[1] / "scripts" / "upstream.py"
-    if not path.is_file():
-        raise BadInput(f"--reference upstream runs from a source checkout of longcat-convert: {path} not found")
-    spec = importlib.util.spec_from_file_location("lcc_scripts_upstream", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def build_subject(checkpoint, *, dtype, device, attention, reference="ours", upstream_path=None):
     if reference == "upstream":
-        return upstream_adapter().load_upstream(checkpoint, upstream_path, dtype=dtype, device=device, attention=attention)
+        from .upstream import load_upstream      # the user's checkout is imported only when asked for
+        return load_upstream(checkpoint, upstream_path, dtype=dtype, device=device, attention=attention)
     if reference != "ours":
         raise BadInput(f"--reference {reference!r}: choose ours or upstream")
     if upstream_path is not None:

@@ -45,9 +45,7 @@ class Proc:
     state: str = "running"        # running | exited | killed
     code: int | None = None       # exit status, or -signal
     why: str = ""                 # why the launcher killed it
-
-
-_LIVE: set[Proc] = set()
+    reaped: bool = False          # waited for: nothing of it is left
 
 
 def _kill(p: Proc, why: str = "") -> None:
@@ -73,15 +71,7 @@ def _reap(p: Proc) -> None:
                 p.code = os.waitstatus_to_exitcode(status)
     except ChildProcessError:
         pass
-    _LIVE.discard(p)
-
-
-def _kill_all_live() -> None:
-    for p in list(_LIVE):
-        _kill(p, "the launcher exited")
-
-
-atexit.register(_kill_all_live)
+    p.reaped = True
 
 
 def _exited(p: Proc) -> bool:
@@ -99,10 +89,21 @@ def _exited(p: Proc) -> bool:
 
 class Launcher:
     """Starts the N processes of one group, waits for all of them within the timeout,
-    stops them all as soon as one fails, and leaves none behind."""
+    stops them all as soon as one fails, and leaves none behind. Each launcher keeps the
+    processes it started (``procs``); while it runs a group, the interpreter's exit
+    stops whatever of them is still alive."""
 
     def __init__(self, workdir: Path, spec_path: Path, start: str, timeout: float):
         self.dir, self.spec, self.start, self.timeout = workdir, spec_path, start, timeout
+        self.procs: list[Proc] = []
+
+    def live(self) -> list[Proc]:
+        """The processes this launcher started that are not reaped yet."""
+        return [p for p in self.procs if not p.reaped]
+
+    def stop_all(self, why: str = "the launcher exited") -> None:
+        for p in self.live():
+            _kill(p, why)
 
     def _start(self, group: str, rank: int, world: int) -> Proc:
         log = self.dir / f"{group}-{rank}.log"
@@ -128,13 +129,14 @@ class Launcher:
                      "--world", str(world), "--parent", str(os.getpid())],
                     env=env, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
             p = Proc(group, rank, popen.pid, log, popen=popen)
-        _LIVE.add(p)
+        self.procs.append(p)
         return p
 
     def run(self, group: str, world: int) -> list[dict]:
         """Run ranks 0..world-1 of ``group`` -> one outcome per rank:
         ``{"rank", "ok", "result" | "error"}``."""
         procs: list[Proc] = []
+        atexit.register(self.stop_all)
         try:
             for r in range(world):
                 procs.append(self._start(group, r, world))
@@ -163,8 +165,9 @@ class Launcher:
                 time.sleep(0.02)
         finally:
             for p in procs:
-                if p in _LIVE:
+                if not p.reaped:
                     _kill(p, "the launcher was interrupted")
+            atexit.unregister(self.stop_all)
         return [self._outcome(p) for p in procs]
 
     def _error_time(self, p: Proc) -> float:

@@ -34,6 +34,18 @@ def rel_l2(candidate: torch.Tensor, reference: torch.Tensor) -> float:
     return num / denom
 
 
+def psnr(candidate, reference, peak: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB of two pictures or videos (tensors or arrays of
+    one shape, values in [0, ``peak``]): 10 log10(peak^2 / mean squared error); inf
+    when they are identical."""
+    c, r = _flat64(torch.as_tensor(candidate)), _flat64(torch.as_tensor(reference))
+    if tuple(torch.as_tensor(candidate).shape) != tuple(torch.as_tensor(reference).shape):
+        raise ValueError(f"psnr: shape mismatch: {tuple(torch.as_tensor(candidate).shape)} vs "
+                         f"{tuple(torch.as_tensor(reference).shape)}")
+    mse = float((c - r).square().mean())
+    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+
+
 def layer_metrics(candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """max/mean/p99 absolute error, relative L2, cosine, Pearson (None where either side
     is constant: a scalar row has no correlation), SQNR (dB)."""

@@ -22,6 +22,7 @@ from .cases import COMPONENTS, LoopCase, generated_component, load_component
 from .correspondence import common_rows, layer_pairs
 from .inputs import Inputs
 from .judge import judge
+from .metrics import psnr
 from .policy import dtype_name
 from .setup import Setup, by_loras
 from .sides import bsa_for, load_block_sides, load_sides
@@ -307,7 +308,7 @@ def _stock_steps(stock: dict, ref: dict) -> dict:
 
 
 def _frames_pictures(report: dict, case: str, ref: dict, runs: list[tuple[str, dict | None]]) -> None:
-    """The frames grid of one case: original | each FastVideo run | its difference."""
+    """The frames grid and clip of one case: original | each FastVideo run | its difference."""
     from . import pictures
     shown = [(label, rows["output.frames"]) for label, rows in runs
              if rows is not None and rows.get("output.frames") is not None]
@@ -316,6 +317,7 @@ def _frames_pictures(report: dict, case: str, ref: dict, runs: list[tuple[str, d
         return
     entry, data = pictures.frames_picture(case, f_ref, shown)
     R.attach(report, entry, data)
+    R.attach(report, *pictures.frames_clip(case, f_ref, shown))
 
 
 def _pipeline(setup: Setup, report: dict, src_root: Path, root: Path, cases, sigmas: str, fix_names: list[str],
@@ -346,10 +348,10 @@ def _pipeline(setup: Setup, report: dict, src_root: Path, root: Path, cases, sig
         f_nat, f_ref = fv.get("output.frames"), ref.get("output.frames")
         if f_nat is not None and f_ref is not None and f_nat.shape == f_ref.shape:
             entry = {"case": case.name, "pipeline": cls, "shape": list(f_ref.shape),
-                     "psnr_db": pipeline.psnr(f_nat, f_ref), "max_abs": float((f_nat - f_ref).abs().max())}
+                     "psnr_db": psnr(f_nat, f_ref), "max_abs": float((f_nat - f_ref).abs().max())}
             f_stock = stock.get("output.frames") if stock is not None else None
             if f_stock is not None and f_stock.shape == f_ref.shape:
-                entry["stock"] = {"psnr_db": pipeline.psnr(f_stock, f_ref),
+                entry["stock"] = {"psnr_db": psnr(f_stock, f_ref),
                                   "max_abs": float((f_stock - f_ref).abs().max()), "seconds": round(stock_s, 2),
                                   "steps": _stock_steps(stock, ref)}
             report["frames"].append(entry)

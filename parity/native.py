@@ -24,8 +24,6 @@ import fixes
 from longcat_convert.errors import BadInput
 from reference import triton_cpu
 
-triton_cpu.prepare()
-
 FASTVIDEO_VERSION = "0.2.1"
 _SDPA_BACKEND = "fastvideo.attention.backends.sdpa.SDPABackend"
 _runtime_ready = False
@@ -56,6 +54,16 @@ def fixes_installed(names, device=None):
         yield names
 
 
+def prepare_process(device=None) -> None:
+    """The environment a run needs in this process, set when the run starts (importing
+    this module sets nothing): Triton's interpreter for a CPU run (``device``; None: no
+    CUDA here), set before anything imports triton (diffusers and FastVideo do), so the
+    block-sparse kernels can run on the CPU. The commands call it first; a library
+    caller that runs BSA on the CPU after importing diffusers calls it first too."""
+    if "triton" not in sys.modules:
+        triton_cpu.prepare(device)
+
+
 def ensure_runtime(device=None, *, sp_size: int = 1, init_file: str | None = None) -> None:
     """Initialise FastVideo's single-process runtime once per process.
     ``device``: where models will run (a CPU run gets Triton's interpreter).
@@ -68,8 +76,7 @@ def ensure_runtime(device=None, *, sp_size: int = 1, init_file: str | None = Non
     why = fastvideo_available()
     if why:
         raise BadInput(why)
-    if "triton" not in sys.modules:
-        triton_cpu.prepare(device)
+    prepare_process(device)
     os.environ.setdefault("FASTVIDEO_LOGGING_LEVEL", "WARNING")
     import warnings
     # Every native block enters autocast(device_type='cuda'); on a CPU torch warns each time.

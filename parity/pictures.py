@@ -1,9 +1,9 @@
-"""Pictures in the reports: decoded frames side by side with their difference, and
-each sampling loop's error per step (rendered by parity/render.py).
+"""Pictures in the reports: decoded frames side by side with their difference, as a
+grid and as an animated clip, and each sampling loop's error per step (rendered by
+parity/render.py). Images are drawn and encoded with Pillow; the MP4 goes through
+imageio's ffmpeg plugin where it is installed; plots are parity/plots.py's.
 
-- ``png``: a PNG file from a uint8 image (grey, RGB or RGBA), written with zlib and
-  struct only (no imaging library is a dependency of the project).
-- ``frames_picture``: one grid per case; a row per decoded frame (at most
+- ``frames_picture``: one PNG grid per case; a row per decoded frame (at most
   ``MAX_FRAMES``, evenly spaced), the columns ``original | FastVideo | |difference|``,
   and with the fixes a second pair, ``FastVideo stock | |difference| | FastVideo fixed |
   |difference|``. Frames are the pipeline's output video, ``[B, C, F, H, W]`` with values
@@ -12,8 +12,11 @@ each sampling loop's error per step (rendered by parity/render.py).
   multiplied by one amplification for the whole picture (a 1-2-5 number chosen so the
   bulk of the differences shows: their 99th percentile at most white), on a
   black-red-yellow-white scale: black is 0, white is 1/amplification or more. The
-  column headers, drawn in the image with a small bitmap font of our own, name each
-  column, the PSNR, the largest difference and the scale.
+  column headers name each column, the PSNR (dB), the largest difference and the scale.
+- ``frames_clip``: the same frames played in time (every frame up to
+  ``MAX_CLIP_FRAMES``): the top row ``original | each FastVideo run``, below each run
+  its difference on the grid's scale; an animated GIF, and an MP4 where imageio's
+  ffmpeg plugin is installed (``mp4_writer`` says why not otherwise).
 - ``step_curves``: per case of a report whose rows hold a denoising loop, an SVG with
   one curve per row kind (``step.<i>.dit_in``, ``dit_out``, ``noise_pred``, ``latents``,
   ...): relative L2 against the step index on a log axis, the policy's ``rel_l2``
@@ -21,43 +24,64 @@ each sampling loop's error per step (rendered by parity/render.py).
 """
 from __future__ import annotations
 
-import html
+import functools
+import importlib.util
+import io
 import math
 import re
-import struct
-import zlib
+import tempfile
+from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
+from . import plots
+from .metrics import psnr
 from .rows import STEP_FIELDS
 
 MAX_FRAMES = 9          # rows of a frames picture
+MAX_CLIP_FRAMES = 96    # frames of a clip (evenly spaced beyond)
+CLIP_FPS = 8
 CELL_HEIGHT = 128       # frames are magnified (nearest neighbour) to about this height
 MAX_CELL_WIDTH = 320    # and sub-sampled above this width
 GAP, GROUP_GAP, MARGIN = 4, 14, 8
-BACKGROUND = 255
+TEXT_SIZE = 13          # pixels
+BACKGROUND = (255, 255, 255)
+INK = (0, 0, 0)
 
 
-# --------------------------------------------------------------------- PNG
+# --------------------------------------------------------------------- images
+
+def encode(image, fmt: str = "PNG") -> bytes:
+    """The bytes of a uint8 image ([H, W] grey, [H, W, 3] RGB or [H, W, 4] RGBA, or a PIL
+    image) in ``fmt``, written by Pillow."""
+    if not isinstance(image, Image.Image):
+        a = np.asarray(image)
+        if a.dtype != np.uint8:
+            raise ValueError(f"image: uint8 expected, got {a.dtype}")
+        if a.ndim == 3 and a.shape[2] == 1:
+            a = a[:, :, 0]
+        if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))) or 0 in a.shape:
+            raise ValueError(f"image: [H, W], [H, W, 3] or [H, W, 4] expected, got {list(a.shape)}")
+        image = Image.fromarray(np.ascontiguousarray(a))
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
 
 def png(image) -> bytes:
-    """PNG bytes of a uint8 array: [H, W] grey, [H, W, 3] RGB or [H, W, 4] RGBA
-    (8 bits per sample, no interlace, filter 0 on every line)."""
-    a = np.asarray(image)
-    if a.dtype != np.uint8:
-        raise ValueError(f"png: uint8 image expected, got {a.dtype}")
-    if a.ndim == 2:
-        a = a[:, :, None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4) or 0 in a.shape:
-        raise ValueError(f"png: [H, W], [H, W, 3] or [H, W, 4] expected, got {list(a.shape)}")
-    h, w, c = a.shape
-    color_type = {1: 0, 3: 2, 4: 6}[c]
-    lines = np.concatenate([np.zeros((h, 1), np.uint8), np.ascontiguousarray(a).reshape(h, w * c)], axis=1)
+    """PNG bytes of a uint8 image (see ``encode``)."""
+    return encode(image, "PNG")
 
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(lines.tobytes(), 6)) + chunk(b"IEND", b""))
+
+@functools.lru_cache(maxsize=None)
+def font(size: int = TEXT_SIZE) -> ImageFont.ImageFont:
+    """Pillow's own scalable font (its bitmap font where Pillow has no FreeType)."""
+    return ImageFont.load_default(size=size)
+
+
+def text_width(text: str, size: int = TEXT_SIZE) -> int:
+    return math.ceil(font(size).getlength(text))
 
 
 # --------------------------------------------------------------------- frames
@@ -122,15 +146,65 @@ def pick_frames(count: int, limit: int = MAX_FRAMES) -> list[int]:
     return sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)})
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a - b) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
-
-
-def _number(x: float) -> str:
+def number(x: float) -> str:
     if not math.isfinite(x):
-        return "INF" if x > 0 else "NAN"
-    return f"{x:.3g}".upper().replace("E-0", "E-").replace("E+0", "E")
+        return "inf" if x > 0 else "nan"
+    return f"{x:.3g}"
+
+
+class Frames:
+    """The frames of one case ready to draw: the original's and each run's (float64
+    [F, H, W, C] of the frames picked), one difference scale for all, and cells
+    magnified or sub-sampled to a readable size."""
+
+    def __init__(self, original, runs: list[tuple[str, object]], limit: int):
+        self.count = frame_count(original)
+        self.index = pick_frames(self.count, limit)
+        self.ref = video_array(original, self.index)
+        self.runs = []
+        for label, video in runs:
+            if tuple(video.shape) != tuple(original.shape):
+                raise ValueError(f"frames of {label}: shape {list(video.shape)}, original {list(original.shape)}")
+            self.runs.append((label, video_array(video, self.index)))
+        _, self.H, self.W, _ = self.ref.shape
+        self.maxes = [float(np.abs(v - self.ref).max()) for _, v in self.runs]
+        # Scaled so the bulk of the largest difference shows: its 99th percentile (of the
+        # per-pixel channel maximum) at most white; the few pixels above it saturate.
+        p99 = max((float(np.percentile(np.abs(v - self.ref).max(axis=3), 99)) for _, v in self.runs), default=0.0)
+        self.amp = amplification(p99 if p99 > 0 else max(self.maxes, default=0.0))
+        self.stride = max(1, math.ceil(self.W / MAX_CELL_WIDTH))
+        h, w = -(-self.H // self.stride), -(-self.W // self.stride)
+        self.zoom = max(1, min(8, CELL_HEIGHT // h, MAX_CELL_WIDTH // w))
+        self.cell_size = (h * self.zoom, w * self.zoom)
+
+    def cell(self, img: np.ndarray) -> np.ndarray:
+        img = img[::self.stride, ::self.stride]
+        return np.repeat(np.repeat(img, self.zoom, axis=0), self.zoom, axis=1)
+
+    def picture(self, video: np.ndarray, k: int) -> np.ndarray:
+        return self.cell(to_rgb8(video[k]))
+
+    def diff(self, video: np.ndarray, k: int) -> np.ndarray:
+        return self.cell(difference(video[k], self.ref[k], self.amp))
+
+    def run_info(self) -> list[dict]:
+        out = []
+        for (label, v), mx in zip(self.runs, self.maxes):
+            p = psnr(v, self.ref)
+            out.append({"label": label, "psnr_db": p if math.isfinite(p) else str(p), "max_abs": mx})
+        return out
+
+    def scale_line(self) -> str:
+        return f"x{number(self.amp)}: white >= {number(1 / self.amp)}"
+
+
+def _canvas(width: int, height: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    img = Image.new("RGB", (width, height), BACKGROUND)
+    return img, ImageDraw.Draw(img)
+
+
+def _column_width(cell_w: int, lines: list[str]) -> int:
+    return max([cell_w] + [text_width(t) for t in lines])
 
 
 def frames_picture(case: str, original, runs: list[tuple[str, object]], *, limit: int = MAX_FRAMES
@@ -140,118 +214,134 @@ def frames_picture(case: str, original, runs: list[tuple[str, object]], *, limit
     original; one amplification for all of them, so a fix shows as a darker column. PSNR,
     largest difference and amplification are over the frames shown (every frame up to
     ``limit``)."""
-    F = frame_count(original)
-    idx = pick_frames(F, limit)
-    ref = video_array(original, idx)
-    sides = []
-    for label, video in runs:
-        if tuple(video.shape) != tuple(original.shape):
-            raise ValueError(f"frames of {label}: shape {list(video.shape)}, original {list(original.shape)}")
-        sides.append((label, video_array(video, idx)))
-    _, H, W, _ = ref.shape
-    maxes = [float(np.abs(v - ref).max()) for _, v in sides]
-    # Scaled so the bulk of the largest difference shows: its 99th percentile (of the
-    # per-pixel channel maximum) at most white; the few pixels above it saturate.
-    p99 = max((float(np.percentile(np.abs(v - ref).max(axis=3), 99)) for _, v in sides), default=0.0)
-    amp = amplification(p99 if p99 > 0 else max(maxes, default=0.0))
-    stride = max(1, math.ceil(W / MAX_CELL_WIDTH))
-    h, w = -(-H // stride), -(-W // stride)
-    zoom = max(1, min(8, CELL_HEIGHT // h, MAX_CELL_WIDTH // w))
-
-    def cell(img: np.ndarray) -> np.ndarray:
-        img = img[::stride, ::stride]
-        return np.repeat(np.repeat(img, zoom, axis=0), zoom, axis=1)
-    columns = [("ORIGINAL", "", "", [cell(to_rgb8(f)) for f in ref])]
-    run_info = []
-    for (label, v), mx in zip(sides, maxes):
-        p = psnr(v, ref)
-        run_info.append({"label": label, "psnr_db": p if math.isfinite(p) else str(p), "max_abs": mx})
-        columns.append((label.upper(), f"PSNR {_number(p)} DB", "", [cell(to_rgb8(f)) for f in v]))
-        columns.append(("|DIFFERENCE|", f"MAX {_number(mx)}", f"X{_number(amp)}: WHITE {_number(1 / amp)}",
-                        [cell(difference(f, r, amp)) for f, r in zip(v, ref)]))
-    image = _grid(columns, [f"F{f}" for f in idx])
+    fr = Frames(original, runs, limit)
+    info = fr.run_info()
+    columns = [(["original", "", ""], [fr.picture(fr.ref, k) for k in range(len(fr.index))])]
+    for (label, v), r in zip(fr.runs, info):
+        columns.append(([label, f"PSNR {number(float(r['psnr_db']))} dB", ""],
+                        [fr.picture(v, k) for k in range(len(fr.index))]))
+        columns.append(([f"|{label} - original|", f"max {number(r['max_abs'])}", fr.scale_line()],
+                        [fr.diff(v, k) for k in range(len(fr.index))]))
+    image = _grid(columns, [f"frame {f}" for f in fr.index], fr.cell_size)
     entry = {"kind": "frames", "case": case, "file": f"pictures/{slug(case)}.frames.png",
-             "columns": ["original"] + [c for label, _ in sides for c in (label, f"|{label} - original|")],
-             "frames": idx, "frame_count": F, "frame_size": [H, W], "amplification": amp,
-             "white": 1.0 / amp, "runs": run_info, "size": [int(image.shape[0]), int(image.shape[1])]}
+             "columns": ["original"] + [c for label, _ in fr.runs for c in (label, f"|{label} - original|")],
+             "headers": [[t for t in lines if t] for lines, _ in columns],
+             "frames": fr.index, "frame_count": fr.count, "frame_size": [fr.H, fr.W], "amplification": fr.amp,
+             "white": 1.0 / fr.amp, "runs": info, "size": [image.height, image.width]}
     return entry, png(image)
 
 
-def _grid(columns: list[tuple[str, str, str, list[np.ndarray]]], row_labels: list[str]) -> np.ndarray:
+def _grid(columns: list[tuple[list[str], list[np.ndarray]]], row_labels: list[str],
+          cell_size: tuple[int, int]) -> Image.Image:
     """Cells in rows (frames) and columns, a three-line header above each column, a label
     left of each row; a wider gap before each FastVideo pair."""
-    ch, cw = columns[0][3][0].shape[:2]
-    label_w = max(text_width(t, 2) for t in row_labels) + 2 * GAP
-    scale_for = [2 if max(text_width(t, 2) for t in c[:3]) <= cw else 1 for c in columns]
-    header_h = 3 * (7 * 2 + 4) + GAP
+    ch, cw = cell_size
+    line_h = TEXT_SIZE + 5
+    label_w = max(text_width(t) for t in row_labels) + 2 * GAP
+    widths = [_column_width(cw, lines) for lines, _ in columns]
+    header_h = 3 * line_h + GAP
     gaps = [0] + [GROUP_GAP if k % 2 == 1 else GAP for k in range(1, len(columns))]
-    width = MARGIN + label_w + sum(gaps) + cw * len(columns) + MARGIN
+    width = MARGIN + label_w + sum(gaps) + sum(widths) + MARGIN
     height = MARGIN + header_h + len(row_labels) * (ch + GAP) - GAP + MARGIN
-    img = np.full((height, width, 3), BACKGROUND, np.uint8)
+    img, draw = _canvas(width, height)
     x = MARGIN + label_w
-    for k, (*lines, cells) in enumerate(columns):
+    for k, (lines, cells) in enumerate(columns):
         x += gaps[k]
         for j, line in enumerate(lines):
-            draw_text(img, line, x, MARGIN + j * (7 * 2 + 4), scale_for[k])
+            draw.text((x, MARGIN + j * line_h), line, fill=INK, font=font())
         y = MARGIN + header_h
         for c in cells:
-            img[y:y + ch, x:x + cw] = c
+            img.paste(Image.fromarray(c), (x, y))
             y += ch + GAP
-        x += cw
+        x += widths[k]
     y = MARGIN + header_h
     for t in row_labels:
-        draw_text(img, t, MARGIN, y + (ch - 14) // 2, 2)
+        draw.text((MARGIN, y + (ch - TEXT_SIZE) // 2), t, fill=INK, font=font())
         y += ch + GAP
     return img
 
 
-# A 5x7 bitmap font of our own: upper case, digits and a little punctuation (7 rows each).
-_GLYPHS = {
-    "A": ".###. #...# #...# ##### #...# #...# #...#", "B": "####. #...# #...# ####. #...# #...# ####.",
-    "C": ".###. #...# #.... #.... #.... #...# .###.", "D": "####. #...# #...# #...# #...# #...# ####.",
-    "E": "##### #.... #.... ####. #.... #.... #####", "F": "##### #.... #.... ####. #.... #.... #....",
-    "G": ".###. #...# #.... #.### #...# #...# .####", "H": "#...# #...# #...# ##### #...# #...# #...#",
-    "I": ".###. ..#.. ..#.. ..#.. ..#.. ..#.. .###.", "J": "..### ...#. ...#. ...#. ...#. #..#. .##..",
-    "K": "#...# #..#. #.#.. ##... #.#.. #..#. #...#", "L": "#.... #.... #.... #.... #.... #.... #####",
-    "M": "#...# ##.## #.#.# #.#.# #...# #...# #...#", "N": "#...# #...# ##..# #.#.# #..## #...# #...#",
-    "O": ".###. #...# #...# #...# #...# #...# .###.", "P": "####. #...# #...# ####. #.... #.... #....",
-    "Q": ".###. #...# #...# #...# #.#.# #..#. .##.#", "R": "####. #...# #...# ####. #.#.. #..#. #...#",
-    "S": ".#### #.... #.... .###. ....# ....# ####.", "T": "##### ..#.. ..#.. ..#.. ..#.. ..#.. ..#..",
-    "U": "#...# #...# #...# #...# #...# #...# .###.", "V": "#...# #...# #...# #...# #...# .#.#. ..#..",
-    "W": "#...# #...# #...# #.#.# #.#.# #.#.# .#.#.", "X": "#...# #...# .#.#. ..#.. .#.#. #...# #...#",
-    "Y": "#...# #...# .#.#. ..#.. ..#.. ..#.. ..#..", "Z": "##### ....# ...#. ..#.. .#... #.... #####",
-    "0": ".###. #...# #..## #.#.# ##..# #...# .###.", "1": "..#.. .##.. ..#.. ..#.. ..#.. ..#.. .###.",
-    "2": ".###. #...# ....# ...#. ..#.. .#... #####", "3": "####. ....# ....# .###. ....# ....# ####.",
-    "4": "...#. ..##. .#.#. #..#. ##### ...#. ...#.", "5": "##### #.... ####. ....# ....# #...# .###.",
-    "6": ".###. #.... #.... ####. #...# #...# .###.", "7": "##### ....# ...#. ..#.. .#... .#... .#...",
-    "8": ".###. #...# #...# .###. #...# #...# .###.", "9": ".###. #...# #...# .#### ....# ....# .###.",
-    " ": "..... ..... ..... ..... ..... ..... .....", ".": "..... ..... ..... ..... ..... .##.. .##..",
-    "|": "..#.. ..#.. ..#.. ..#.. ..#.. ..#.. ..#..", "=": "..... ..... ##### ..... ##### ..... .....",
-    "-": "..... ..... ..... ##### ..... ..... .....", "+": "..... ..#.. ..#.. ##### ..#.. ..#.. .....",
-    ":": "..... .##.. .##.. ..... .##.. .##.. .....", "(": "...#. ..#.. .#... .#... .#... ..#.. ...#.",
-    ")": ".#... ..#.. ...#. ...#. ...#. ..#.. .#...", "/": "....# ....# ...#. ..#.. .#... #.... #....",
-    ">": ".#... ..#.. ...#. ....# ...#. ..#.. .#...", "<": "...#. ..#.. .#... #.... .#... ..#.. ...#.",
-    ",": "..... ..... ..... ..... .##.. ..#.. .#...",
-}
-_BITMAPS = {ch: np.array([[c == "#" for c in row] for row in g.split()], bool) for ch, g in _GLYPHS.items()}
+# --------------------------------------------------------------------- the clip
+
+def mp4_writer() -> tuple[bool, str]:
+    """(whether an MP4 can be written here, why not)."""
+    if importlib.util.find_spec("imageio") is None:
+        return False, "MP4 not written: imageio is not installed"
+    if importlib.util.find_spec("imageio_ffmpeg") is None:
+        return False, "MP4 not written: imageio's ffmpeg plugin (the imageio-ffmpeg package) is not installed"
+    try:
+        import imageio_ffmpeg
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception as exc:                           # no ffmpeg binary for this platform
+        return False, f"MP4 not written: imageio's ffmpeg plugin has no ffmpeg here ({exc})"
+    return True, ""
 
 
-def text_width(text: str, scale: int) -> int:
-    return max(0, len(text) * 6 * scale - scale)
+def _mp4(frames: list[Image.Image], fps: int) -> bytes:
+    import imageio.v2 as imageio
+    w, h = frames[0].size
+    W, H = -(-w // 16) * 16, -(-h // 16) * 16           # H.264 wants whole macro blocks: pad, never scale
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "clip.mp4"
+        with imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
+                                pixelformat="yuv420p", macro_block_size=1) as writer:
+            for f in frames:
+                padded = Image.new("RGB", (W, H), BACKGROUND)
+                padded.paste(f, (0, 0))
+                writer.append_data(np.asarray(padded))
+        return path.read_bytes()
 
 
-def draw_text(img: np.ndarray, text: str, x: int, y: int, scale: int = 1, color=(0, 0, 0)) -> None:
-    """Draw ``text`` (upper-cased; unknown characters as blanks) at (x, y), clipped to the image."""
-    for i, ch in enumerate(text.upper()):
-        bm = _BITMAPS.get(ch)
-        if bm is None:
-            continue
-        big = np.repeat(np.repeat(bm, scale, axis=0), scale, axis=1)
-        x0 = x + i * 6 * scale
-        h = max(0, min(big.shape[0], img.shape[0] - y))
-        w = max(0, min(big.shape[1], img.shape[1] - x0))
-        if h and w and y >= 0 and x0 >= 0:
-            img[y:y + h, x0:x0 + w][big[:h, :w]] = color
+def frames_clip(case: str, original, runs: list[tuple[str, object]], *, limit: int = MAX_CLIP_FRAMES,
+                fps: int = CLIP_FPS) -> tuple[dict, dict[str, bytes]]:
+    """The frames played in time -> (its ``pictures`` entry, {file: bytes}): an animated GIF
+    (``file``) and, where imageio's ffmpeg plugin is installed, an MP4 (``mp4``; else
+    ``mp4_note`` says why not). Each clip frame: ``original | each run`` on top, each
+    run's difference below it, on one scale for the whole clip."""
+    fr = Frames(original, runs, limit)
+    ch, cw = fr.cell_size
+    line_h = TEXT_SIZE + 5
+    top_lines = [["original", ""]] + [[label, f"PSNR {number(float(r['psnr_db']))} dB"]
+                                      for (label, _), r in zip(fr.runs, fr.run_info())]
+    bottom_lines = [[f"|{label} - original|", fr.scale_line()] for label, _ in fr.runs]
+    widths = [_column_width(cw, a + b) for a, b in zip(top_lines, [[""]] + bottom_lines)]
+    header_h = 2 * line_h
+    width = 2 * MARGIN + sum(widths) + GAP * (len(widths) - 1)
+    height = 2 * MARGIN + 2 * (header_h + ch) + GROUP_GAP
+    frames = []
+    for k, f in enumerate(fr.index):
+        img, draw = _canvas(width, height)
+        x = MARGIN
+        for col, (lines, w) in enumerate(zip(top_lines, widths)):
+            for j, line in enumerate(lines):
+                draw.text((x, MARGIN + j * line_h), line, fill=INK, font=font())
+            video = fr.ref if col == 0 else fr.runs[col - 1][1]
+            img.paste(Image.fromarray(fr.picture(video, k)), (x, MARGIN + header_h))
+            y = MARGIN + header_h + ch + GROUP_GAP
+            if col == 0:
+                draw.text((x, y), f"frame {f} of {fr.count}", fill=INK, font=font())
+            else:
+                for j, line in enumerate(bottom_lines[col - 1]):
+                    draw.text((x, y + j * line_h), line, fill=INK, font=font())
+                img.paste(Image.fromarray(fr.diff(video, k)), (x, y + header_h))
+            x += w + GAP
+        frames.append(img)
+    base = f"pictures/{slug(case)}.clip"
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0,
+                   disposal=1)
+    files = {f"{base}.gif": buf.getvalue()}
+    ok, why = mp4_writer()
+    entry = {"kind": "clip", "case": case, "file": f"{base}.gif", "mp4": f"{base}.mp4" if ok else None,
+             "columns": ["original"] + [label for label, _ in fr.runs],
+             "differences": [f"|{label} - original|" for label, _ in fr.runs],
+             "frames": fr.index, "frame_count": fr.count, "fps": fps, "frame_size": [fr.H, fr.W],
+             "amplification": fr.amp, "white": 1.0 / fr.amp, "size": [height, width]}
+    if ok:
+        files[f"{base}.mp4"] = _mp4(frames, fps)
+    else:
+        entry["mp4_note"] = why
+    return entry, files
 
 
 def slug(case: str | None) -> str:
@@ -263,7 +353,6 @@ def slug(case: str | None) -> str:
 _STEP = re.compile(r"^step\.(\d+)\.(\w+)$")
 KIND_LABELS = {"timestep": "timestep", "dit_in": "DiT input", "dit_out": "DiT output",
                "noise_pred": "noise prediction (the step's input)", "latents": "latents after the step"}
-_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 
 
 def is_step_row(name: str) -> bool:
@@ -313,77 +402,18 @@ def curve_svg(title: str, series: dict[str, list[tuple[int, float]]], *, limit: 
     """The error per step: one ``<path class="kind">`` per row kind, log y axis, the limit
     dashed; ``stock``: the same kinds of an unjudged stock run, dotted (``class="stock"``)."""
     stock = {k: v for k, v in (stock or {}).items() if v}
-    everything = [v for group in (series, stock) for pts in group.values() for _, v in pts]
-    finite = [v for v in everything if math.isfinite(v) and v > 0]
-    cands = finite + ([limit] if limit and limit > 0 else [])
-    hi = math.ceil(math.log10(max(cands))) if cands else 0
-    lo = math.floor(math.log10(min(cands))) if cands else -1
-    zeros = any(v == 0 for v in everything)
-    if zeros or lo == hi:
-        lo -= 1                                     # room for the floor of exact zeros
-    floor = lo
-    steps = sorted({s for group in (series, stock) for pts in group.values() for s, _ in pts}) or [0]
-    s0, s1 = steps[0], steps[-1]
-    pad_l, pad_r, pad_t, pad_b = 58, 240, 26, 40
-    w, h = width - pad_l - pad_r, height - pad_t - pad_b
-
-    def X(s: float) -> float:
-        return pad_l + (w * (s - s0) / (s1 - s0) if s1 > s0 else w / 2)
-
-    def Y(v: float) -> float:
-        y = floor if v <= 0 else (hi + 0.5 if not math.isfinite(v) else math.log10(v))
-        return pad_t + h - h * (min(y, hi + 0.5) - lo) / (hi + 0.5 - lo)
-    e = html.escape
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'font-family="sans-serif" role="img">',
-             f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
-             f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="#fafafa" stroke="#ccc"/>',
-             f'<text x="{pad_l}" y="16" font-size="13" font-weight="bold">{e(title)}</text>']
-    for d in range(lo, hi + 1, max(1, (hi - lo) // 6)):
-        label = "0" if zeros and d == floor else f"1e{d}"
-        parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{Y(10.0 ** d):.1f}" y2="{Y(10.0 ** d):.1f}" '
-                     f'stroke="#e4e4e4"/><text x="{pad_l - 4}" y="{Y(10.0 ** d) + 4:.1f}" font-size="10" '
-                     f'text-anchor="end">{label}</text>')
-    for s in steps:
-        parts.append(f'<text x="{X(s):.1f}" y="{pad_t + h + 14}" font-size="10" text-anchor="middle">{s}</text>')
-    parts.append(f'<text x="{pad_l + w / 2:.1f}" y="{height - 8}" font-size="11" text-anchor="middle">step</text>'
-                 f'<text x="14" y="{pad_t + h / 2:.1f}" font-size="11" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {pad_t + h / 2:.1f})">relative L2 (log)</text>')
-    if limit and limit > 0:
-        parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{Y(limit):.1f}" y2="{Y(limit):.1f}" '
-                     f'stroke="#d62728" stroke-dasharray="6 4" stroke-width="1.5"/>'
-                     f'<text x="{pad_l + w - 4}" y="{Y(limit) - 4:.1f}" font-size="10" text-anchor="end" '
-                     f'fill="#d62728">policy limit rel_l2 {limit:g}</text>')
-    if first_divergent_step is not None:
-        x = X(first_divergent_step)
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{pad_t}" y2="{pad_t + h}" stroke="#d62728" '
-                     f'stroke-width="0.8"/>')
-    kinds = list(series) + [k for k in stock if k not in series]
-    color = {k: _COLORS[n % len(_COLORS)] for n, k in enumerate(kinds)}
-
-    def path(cls: str, kind: str, pts, style: str, what: str) -> None:
-        d = " ".join(f"{'M' if i == 0 else 'L'}{X(s):.1f},{Y(v):.1f}" for i, (s, v) in enumerate(pts))
-        parts.append(f'<path class="{cls}" data-kind="{e(kind)}" d="{d}" fill="none" stroke="{color[kind]}" '
-                     f'{style}/>')
-        for s, v in pts:
-            parts.append(f'<circle cx="{X(s):.1f}" cy="{Y(v):.1f}" r="{2 if cls == "stock" else 3}" '
-                         f'fill="{color[kind]}"><title>{what}step.{s}.{e(kind)}: {v:.3e}</title></circle>')
-    for kind, pts in stock.items():
-        path("stock", kind, pts, 'stroke-width="1.5" stroke-dasharray="2 3" opacity="0.75"', "stock FastVideo ")
-    for kind, pts in series.items():
-        path("kind", kind, pts, 'stroke-width="2"', "")
-    ly = pad_t + 10
-    for kind in kinds:
-        parts.append(f'<line x1="{pad_l + w + 12}" x2="{pad_l + w + 30}" y1="{ly}" y2="{ly}" stroke="{color[kind]}" '
-                     f'stroke-width="2"/><text x="{pad_l + w + 34}" y="{ly + 4}" font-size="10">'
-                     f'{e(KIND_LABELS.get(kind, kind))}</text>')
-        ly += 16
-    if stock:
-        parts.append(f'<line x1="{pad_l + w + 12}" x2="{pad_l + w + 30}" y1="{ly + 6}" y2="{ly + 6}" stroke="#555" '
-                     f'stroke-width="1.5" stroke-dasharray="2 3"/><text x="{pad_l + w + 34}" y="{ly + 10}" '
-                     f'font-size="10">dotted: stock FastVideo (not judged)</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    lines = [plots.Series(kind, list(pts), cls="kind", label=KIND_LABELS.get(kind, kind),
+                          tips=[f"step.{s}.{kind}: {v:.3e}" for s, v in pts]) for kind, pts in series.items()]
+    lines += [plots.Series(kind, list(pts), cls="stock", label=KIND_LABELS.get(kind, kind), dotted=True,
+                           tips=[f"stock FastVideo step.{s}.{kind}: {v:.3e}" for s, v in pts])
+              for kind, pts in stock.items()]
+    steps = sorted({s for group in (series, stock) for pts in group.values() for s, _ in pts})
+    return plots.svg_plot(title, lines, x=plots.Axis("step", [(s, str(s)) for s in steps]),
+                          y_title="relative L2 (log)", limit=limit if limit and limit > 0 else None,
+                          limit_label=f"policy limit rel_l2 {limit:g}" if limit else "",
+                          marker=first_divergent_step,
+                          legend_note="dotted: stock FastVideo (not judged)" if stock else "",
+                          width=width, height=height)
 
 
 def step_curves(report: dict, metric: str = "rel_l2") -> list[tuple[dict, str]]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,11 +331,6 @@ def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str, *,
         notes.append("--sigmas original: the original's sigmas (before the shift) handed to FastVideo through "
                      "SamplingParam.sigmas")
     return run.rows, notes, run.built.get("pipeline")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
-    mse = float((a.double() - b.double()).square().mean())
-    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
 
 
 def add_valid_tokens(rows: dict, mask_row: str, emb_row: str) -> None:

@@ -21,8 +21,8 @@ def local_source(source: str | Path) -> Path:
 def open_source(source: str | Path):
     """SOURCE -> (ReferenceConfig, ShardedReader over dit/, model folder).
 
-    Keys and shapes are checked against the mapping table here, before any
-    tensor is read."""
+    Keys and shapes are checked against the reference model's own here, before
+    any tensor is read."""
     from reference.loading import open_checkpoint, resolve_checkpoint
     local = local_source(source)
     _, dit = resolve_checkpoint(local)
@@ -41,7 +41,15 @@ def model_folder(source) -> Path:
 
 
 def source_dims(source):
-    return open_source(source)[0].dims
+    """SOURCE's dimensions as the mapping table reads its config.json (``table.Dims``):
+    what the native side, the layer pairs and generated inputs are built from. The
+    reference reads the same file itself (``ReferenceConfig.dims``)."""
+    from longcat_convert.jsonfile import load_object
+    from longcat_convert.table import Dims
+    from reference.loading import resolve_checkpoint
+    _, dit = resolve_checkpoint(local_source(source))
+    path = dit / "config.json"
+    return Dims.from_original_config(load_object(path, "a JSON object (the checkpoint's config)"), str(path))
 
 
 def load_reference(opened, *, dtype=torch.float32, device="cpu", attention="sdpa"):

@@ -9,7 +9,7 @@ import math
 import os
 from pathlib import Path
 
-from . import pictures
+from . import pictures, plots
 from .metrics import METRIC_KEYS
 from .rows import ordered
 
@@ -176,6 +176,13 @@ def _caption(entry: dict) -> str:
     if entry["kind"] == "steps":
         return (f"{entry['case'] or 'the loop'}: relative L2 per step, one curve per row kind "
                 f"({', '.join(entry['rows'])}); dashed: the policy limit")
+    if entry["kind"] == "clip":
+        frames = entry["frames"]
+        shown = (f"all {entry['frame_count']} decoded frames" if len(frames) == entry["frame_count"]
+                 else f"{len(frames)} of {entry['frame_count']} decoded frames")
+        return (f"{entry['case']}: {shown} at {entry['fps']} frames/s; top {' | '.join(entry['columns'])}, below "
+                f"each run its difference (max over channels, x{entry['amplification']:g}: black 0, white >= "
+                f"{entry['white']:.3g})" + (f"; {entry['mp4_note']}" if entry.get("mp4_note") else ""))
     runs = "; ".join(f"{r['label']}: PSNR {_fmt(r['psnr_db'])} dB, max abs {_fmt(r['max_abs'])}"
                      for r in entry["runs"])
     return (f"{entry['case']}: decoded frames {', '.join(map(str, entry['frames']))} of {entry['frame_count']}, "
@@ -186,7 +193,10 @@ def _caption(entry: dict) -> str:
 def _pictures_markdown(report: dict) -> list[str]:
     out = []
     for entry, _ in picture_entries(report):
-        out += [f"![{entry['kind']} {entry['case'] or ''}]({entry['file']})", "", f"*{_caption(entry)}*", ""]
+        out += [f"![{entry['kind']} {entry['case'] or ''}]({entry['file']})", ""]
+        if entry.get("mp4"):
+            out += [f"[the clip as MP4]({entry['mp4']})", ""]
+        out += [f"*{_caption(entry)}*", ""]
     return (["### Pictures", ""] + out) if out else []
 
 
@@ -194,13 +204,19 @@ def _pictures_html(report: dict) -> str:
     import base64
     files = report.get("attachments") or {}
     out = []
+    def src(name: str, mime: str) -> str:
+        data = files.get(name)
+        return f"data:{mime};base64," + base64.b64encode(data).decode() if data else html.escape(name)
     for entry, svg in picture_entries(report):
+        kind = html.escape(entry["kind"])
         if svg is not None:
             body = svg
         else:
-            data = files.get(entry["file"])
-            src = ("data:image/png;base64," + base64.b64encode(data).decode()) if data else html.escape(entry["file"])
-            body = f'<img src="{src}" alt="{html.escape(entry["kind"])}" style="max-width:100%">'
+            mime = "image/gif" if entry["file"].endswith(".gif") else "image/png"
+            body = f'<img class="{kind}" src="{src(entry["file"], mime)}" alt="{kind}" style="max-width:100%">'
+        if entry.get("mp4"):        # the clip as a video, its GIF where the browser plays no MP4
+            body = (f'<video class="clip" controls autoplay loop muted playsinline style="max-width:100%">'
+                    f'<source src="{src(entry["mp4"], "video/mp4")}" type="video/mp4">{body}</video>')
         out.append(f"<figure>{body}<figcaption>{html.escape(_caption(entry))}</figcaption></figure>")
     return ("<h2>Pictures</h2>" + "".join(out)) if out else ""
 
@@ -368,8 +384,8 @@ def print_table(report: dict, console=None) -> None:
 
 # --------------------------------------------------------------------- html
 
-def _svg_plot(report: dict, metric: str, width=540, height=260) -> str:
-    """One metric per row in run order, a polyline per case."""
+def _svg_plot(report: dict, metric: str, width=560, height=300) -> str:
+    """One metric per row in run order, a curve per case (parity/plots.py draws it)."""
     rows = report["layers"]
     # One x axis for every case, in run order (parity/rows.py; cases can lack rows:
     # a KV-cache continuation has no self-attention hook, a cache prefill no
@@ -377,78 +393,31 @@ def _svg_plot(report: dict, metric: str, width=540, height=260) -> str:
     names = ordered(r["name"] for r in rows)
     if not names:
         return ""
-    series: dict[str, list[tuple[int, float]]] = {}
+    sim = metric in _SIM_METRICS
+    by_case: dict[str, plots.Series] = {}
     for r in rows:
         v = _num(r.get(metric))
         if v is None or math.isnan(v):
             continue
-        if metric in _SIM_METRICS:
-            v = 1.0 - v
-        series.setdefault(r.get("case") or "", []).append((names.index(r["name"]), v))
-    if not series:
+        case = r.get("case") or ""
+        s = by_case.setdefault(case, plots.Series(case, [], cls="case", label=case))
+        i = names.index(r["name"])
+        s.points.append((i, 1.0 - v if sim else v))
+        s.tips.append(f"{case} {r['name']}: {v:.3e}".strip())
+    if not by_case:
         return ""
-    log = metric in _LOG_METRICS or metric in _SIM_METRICS
-    finite = [v for pts in series.values() for _, v in pts if math.isfinite(v)]
-    top = max(finite, default=1.0)
-
-    def tr(v: float) -> float:
-        if not math.isfinite(v):   # an infinite error is drawn one decade above the worst finite one
-            v = (abs(top) or 1.0) * 10
-        if log:
-            return math.log10(v) if v > 0 else -17.0   # exact zero drawn on a floor at 1e-17
-        return v
-    ys = [tr(v) for pts in series.values() for _, v in pts]
     lim = report["policy"]["limits"].get(metric)
-    if lim is not None:
-        ys.append(tr(lim))
-    lo, hi = min(ys), max(ys)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 1, hi + 1
-    pad_l, pad_b, pad_t = 60, 80, 20
-    w, h = width - pad_l - 10, height - pad_b - pad_t
-    X = lambda i: pad_l + (w * i / max(1, len(names) - 1))
-    Y = lambda y: pad_t + h - h * (y - lo) / (hi - lo)
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
-             f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="#fafafa" stroke="#ccc"/>']
-    if log:  # whole decades
-        lo, hi = math.floor(lo), math.ceil(hi)
-        ticks = list(range(lo, hi + 1, max(1, (hi - lo) // 5)))
-    else:
-        ticks = [lo + (hi - lo) * k / 4 for k in range(5)]
-    for y in ticks:
-        label = (f"1e{y}" if y > -17 else "0") if log else f"{y:.3g}"
-        parts.append(f'<text x="{pad_l - 4}" y="{Y(y) + 4:.1f}" font-size="10" text-anchor="end">{label}</text>')
-        parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{Y(y):.1f}" y2="{Y(y):.1f}" stroke="#eee"/>')
-    if lim is not None:
-        parts.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{Y(tr(lim)):.1f}" y2="{Y(tr(lim)):.1f}" '
-                     f'stroke="#d62728" stroke-dasharray="4 3"/><text x="{pad_l + w - 2}" y="{Y(tr(lim)) - 3:.1f}" '
-                     f'font-size="10" text-anchor="end" fill="#d62728">tolerance {lim:g}</text>')
     fd = report.get("first_divergent")
-    if fd in names:
-        x = X(names.index(fd))
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{pad_t}" y2="{pad_t + h}" stroke="#d62728"/>'
-                     f'<text x="{x + 3:.1f}" y="{pad_t + 10}" font-size="10" fill="#d62728">first divergent: '
-                     f'{html.escape(fd)}</text>')
-    for n, (case, pts) in enumerate(series.items()):
-        col = colors[n % len(colors)]
-        pts_s = " ".join(f"{X(i):.1f},{Y(tr(v)):.1f}" for i, v in pts)
-        parts.append(f'<polyline fill="none" stroke="{col}" stroke-width="1.5" points="{pts_s}"/>')
-        for i, v in pts:
-            parts.append(f'<circle cx="{X(i):.1f}" cy="{Y(tr(v)):.1f}" r="2.5" fill="{col}">'
-                         f'<title>{html.escape(case)} {html.escape(names[i])}: {v:.3e}</title></circle>')
-        if case:
-            parts.append(f'<text x="{pad_l + 6}" y="{pad_t + 24 + 12 * n}" font-size="10" fill="{col}">'
-                         f'{html.escape(case)}</text>')
     step = max(1, len(names) // 16)
-    for i in range(0, len(names), step):
-        x, y = X(i), pad_t + h + 10
-        parts.append(f'<text x="{x:.1f}" y="{y}" font-size="9" text-anchor="end" '
-                     f'transform="rotate(-40 {x:.1f} {y})">{html.escape(names[i])}</text>')
-    title = f"1 - {metric}" if metric in _SIM_METRICS else metric
-    parts.append(f'<text x="{pad_l}" y="12" font-size="12" font-weight="bold">{title} per row, in run order'
-                 f'{" (log scale)" if log else ""}</text></svg>')
-    return "".join(parts)
+    title = f"1 - {metric}" if sim else metric
+    log = metric in _LOG_METRICS or sim
+    return plots.svg_plot(f"{title} per row, in run order{' (log scale)' if log else ''}", list(by_case.values()),
+                          x=plots.Axis(ticks=[(i, names[i]) for i in range(0, len(names), step)], slanted=True),
+                          y_title=title, log=log, limit=None if lim is None else (1.0 - lim if sim else lim),
+                          limit_label="" if lim is None else f"tolerance {lim:g}",
+                          marker=names.index(fd) if fd in names else None,
+                          marker_label=f"first divergent: {fd}" if fd in names else "",
+                          width=width, height=height)
 
 
 def _known_html(report: dict) -> str:

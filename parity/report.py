@@ -21,7 +21,7 @@ A report is a plain dict:
      "sp": {...},                                                                # --sp N only
      "frames": [{"case", "pipeline", "shape", "psnr_db", "max_abs",               # --component pipeline
                  "stock": {"psnr_db", "max_abs", "seconds", "steps": {row: rel_l2}}}],  # with --fixes; not judged
-     "pictures": [{"kind": "frames" | "steps", "case", "file", ...}]}   # written with --report DIR
+     "pictures": [{"kind": "frames" | "clip" | "steps", "case", "file", ...}]}   # written with --report DIR
 
 ``pictures`` (parity/pictures.py; files under ``DIR/pictures/``, linked by report.md,
 embedded in report.html): ``kind: "frames"`` (``--component pipeline``): a PNG grid,
@@ -29,15 +29,20 @@ a row per decoded frame (``frames``: their indices of ``frame_count``), ``column
 (``original``, then per FastVideo run its frames and ``|<run> - original|``), the
 difference's ``amplification`` (``white``: the difference drawn white, 1/amplification),
 ``runs`` [{``label``, ``psnr_db``, ``max_abs``}] (with ``--fixes``: ``FastVideo stock``
-and ``FastVideo fixed``), ``frame_size`` [H, W], ``size`` [H, W] of the PNG;
+and ``FastVideo fixed``), ``headers`` (each column's header lines), ``frame_size`` [H, W],
+``size`` [H, W] of the PNG; ``kind: "clip"`` (the same run): the frames played in time,
+an animated GIF (``file``) whose top row is ``columns`` (``original`` and each run) with
+each run's difference (``differences``) below it, on one ``amplification``; ``frames``
+(indices of ``frame_count``), ``fps``, ``size`` [H, W] of a clip frame; ``mp4``: the same
+clip as MP4, or null with ``mp4_note`` saying why (imageio's ffmpeg plugin missing);
 ``kind: "steps"`` (every case with ``step.<i>.<kind>`` rows: sampling mode, the
 pipeline): an SVG of ``metric`` (``rel_l2``) per step, one curve per row kind in
 ``rows``, the policy's ``limit`` dashed; ``stock``: whether the stock run's curves
-(``frames[i].stock.steps``) are drawn beside them, dotted. The PNG bytes travel in the report dict under
+(``frames[i].stock.steps``) are drawn beside them, dotted. The files' bytes travel in the report dict under
 ``attachments`` {file: bytes} until ``render.write_reports`` writes them; report.json
 never holds them.
 
-``sp`` (``parity --sp N``, parity/distributed.py; cases are ``<case>:1proc`` for the
+``sp`` (``parity --sp N``, parity/sp.py and parity/sp_stats.py; cases are ``<case>:1proc`` for the
 one-process baseline and ``<case>:rank<r>`` per rank): ``world_size``, ``backend``
 (gloo | nccl), ``start`` (fork | spawn), ``device``, ``timeout_s``, ``cores``,
 ``threads`` ({baseline, rank}: torch threads per process), ``baseline`` (the same
@@ -58,7 +63,7 @@ B*heads*Sq*Sk*head_dim), ``attention_work_ratio`` (/ baseline's),
 ``finding`` (a sentence when it holds; also in ``notes``).
 
 In sampling mode a "layer" is a row of the denoising loop (``timesteps``,
-``sigmas``, ``step.<i>.dit_out``, ..., ``output.latents``; parity/trajectory.py),
+``sigmas``, ``step.<i>.dit_out``, ..., ``output.latents``; recorded by parity/loops.py, ordered by parity/rows.py),
 in loop order.
 """
 from __future__ import annotations
@@ -123,11 +128,12 @@ def add_layer(report: dict, *, name: str, metrics: dict, passed: bool, failures=
     return row
 
 
-def attach(report: dict, entry: dict, data: bytes) -> None:
+def attach(report: dict, entry: dict, data: bytes | dict[str, bytes]) -> None:
     """A picture of the report: its entry in ``pictures`` (``entry["file"]``, relative to
-    the report folder) and its bytes, written by ``render.write_reports``."""
+    the report folder) and its bytes, or {file: bytes} when it has several files (a clip's
+    GIF and MP4), written by ``render.write_reports``."""
     report.setdefault("pictures", []).append(entry)
-    report.setdefault("attachments", {})[entry["file"]] = data
+    report.setdefault("attachments", {}).update(data if isinstance(data, dict) else {entry["file"]: data})
 
 
 def describe_case(report: dict, case: str, **settings) -> None:

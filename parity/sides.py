@@ -54,10 +54,7 @@ class Sides:
     notes: list[str] = field(default_factory=list)
     native_loras: list[tuple[str, float]] = field(default_factory=list)   # converted LoRA files, multipliers
     readers: tuple = ()                # blocks mode: (source reader, converted reader)
-
-    @property
-    def dims(self):
-        return self.config.dims
+    dims: object = None                # the source's table.Dims (the mapping table's reading of config.json)
 
     @property
     def zero_pad(self) -> bool:
@@ -82,7 +79,8 @@ def load_sides(setup: Setup, loras: tuple[tuple[str, float], ...] = (), *, nativ
     native model with their converted copies applied through FastVideo's LoRA layers."""
     opened = refside.open_source(setup.source)
     config, _, model_dir = opened
-    ncfg = _native_config(setup, config.dims)
+    dims = refside.source_dims(setup.source)
+    ncfg = _native_config(setup, dims)
     ref = refside.load_reference(opened, dtype=setup.dtype, device=setup.device, attention=setup.attention)
     truth = None
     if setup.low_precision:
@@ -96,7 +94,7 @@ def load_sides(setup: Setup, loras: tuple[tuple[str, float], ...] = (), *, nativ
     elif native:
         model = nat.build_native_model(ncfg, dtype=setup.dtype, device=setup.device)
         nat.load_state(model, ShardedReader(nat.transformer_dir(setup.converted)), device=setup.device)
-    sides = Sides(ref, model, truth, config)
+    sides = Sides(ref, model, truth, config, dims=dims)
     for name, multiplier in loras:
         orig, conv = lora_files(setup, model_dir, name)
         for m in sides.references:
@@ -115,7 +113,8 @@ def load_block_sides(setup: Setup) -> Sides:
     """Blocks mode: one-block models of each implementation (embedders and final layer
     loaded, block weights streamed in by the runner), with both shard readers."""
     config, src, _ = refside.open_source(setup.source)
-    ncfg = _native_config(setup, config.dims)
+    dims = refside.source_dims(setup.source)
+    ncfg = _native_config(setup, dims)
     conv = ShardedReader(nat.transformer_dir(setup.converted))
 
     def nonblock(reader):
@@ -129,7 +128,7 @@ def load_block_sides(setup: Setup) -> Sides:
     for m, reader in ((ref, src), (model, conv), (truth, src)):
         if m is not None:
             nat.load_state(m, reader, keys=nonblock(reader), device=setup.device, strict=False)
-    sides = Sides(ref, model, truth, config, readers=(src, conv))
+    sides = Sides(ref, model, truth, config, readers=(src, conv), dims=dims)
     if not sides.zero_pad:
         sides.notes.append(zero_pad_note())
     return sides

@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 
 from longcat_convert.errors import BadInput
-from longcat_convert.table import Dims
 
 from .attention import CrossAttention, SelfAttention
 from .backends import Backend
+from .config import ModelDims
 from .layers import LayerNormFP32, Linear, SwiGLU
 from .numerics import gated_residual, modulate
 
@@ -28,7 +28,7 @@ class BlockContext:
 
 
 class ReferenceBlock(nn.Module):
-    def __init__(self, dims: Dims, backend: Backend, device=None, dtype=None):
+    def __init__(self, dims: ModelDims, backend: Backend, device=None, dtype=None):
         super().__init__()
         C = dims.hidden
         # Modulation is a float32 island (numerics.py): t is float32, weights upcast.

@@ -4,14 +4,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from longcat_convert.table import Dims
-
+from .config import ModelDims
 from .layers import LayerNormFP32, Linear
 from .numerics import modulate
 
 
 class FinalLayer(nn.Module):
-    def __init__(self, dims: Dims, device=None, dtype=None):
+    def __init__(self, dims: ModelDims, device=None, dtype=None):
         super().__init__()
         C = dims.hidden
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dims.adaln, 2 * C, fp32=True, device=device, dtype=dtype))

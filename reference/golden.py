@@ -1,7 +1,7 @@
 """Golden cases: read one, run a model on it with forward hooks, collect ``act.*``.
 
 The capture works for any model with the original module tree, so the same
-code drives the reference and the real upstream model (scripts/upstream.py).
+code drives the reference and the real upstream model (parity/upstream.py).
 Case format: see golden/README.md.
 """
 from __future__ import annotations

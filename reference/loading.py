@@ -1,8 +1,9 @@
 """Build the reference from an original ``dit/`` folder, strictly.
 
 Every tensor comes through ``longcat_convert.shards.ShardedReader``; the set of
-keys and every shape must be exactly what the mapping table expects for the
-config (``table.check_coverage``), or loading stops with a one-line BadInput.
+keys and every shape must be exactly the reference model's own state dict for the
+config (``original_shapes``: the original layout, read off our modules), or loading
+stops with a one-line BadInput.
 Modules are created on the meta device and the checkpoint tensors assigned, so
 no memory is spent on an initialisation that would be thrown away.
 
@@ -19,7 +20,6 @@ import torch
 from longcat_convert.errors import BadInput
 from longcat_convert.dtypes import torch_dtype
 from longcat_convert.shards import ShardedReader
-from longcat_convert.table import check_coverage, original_shapes
 
 from .backends import Backend, get_backend
 from .block import ReferenceBlock
@@ -55,13 +55,32 @@ def resolve_checkpoint(path) -> tuple[Path, Path]:
     raise BadInput(f"{path}: not a LongCat-Video checkpoint (expected dit/config.json or config.json)")
 
 
+def original_shapes(config: ReferenceConfig) -> dict[str, tuple[int, ...]]:
+    """Every key of an original checkpoint for ``config`` and its shape, read off the
+    reference's own modules (built on the meta device: nothing is allocated)."""
+    with torch.device("meta"):
+        model = ReferenceDiT(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_keys(present: set[str], expected: set[str], where: str) -> None:
+    """Every expected key present and nothing else, or one error listing both."""
+    missing, unknown = sorted(expected - present), sorted(present - expected)
+    if missing or unknown:
+        def listed(keys, what):
+            return f"{len(keys)} {what} key(s): {', '.join(keys[:8])}" + (" ..." if len(keys) > 8 else "")
+        parts = ([listed(missing, "missing")] if missing else []) + ([listed(unknown, "unknown")] if unknown else [])
+        raise BadInput(f"{where}: the checkpoint's keys are not the original model's for this config.json: "
+                       + "; ".join(parts))
+
+
 def open_checkpoint(path) -> tuple[ReferenceConfig, ShardedReader, Path]:
     """-> (config, reader over the dit/ tensors, model folder). Checks keys and shapes."""
     model_dir, dit = resolve_checkpoint(path)
     config = ReferenceConfig.from_file(dit / "config.json")
     reader = ShardedReader(dit)
-    expected = original_shapes(config.dims)
-    check_coverage(set(reader.keys()), set(expected), str(dit))
+    expected = original_shapes(config)
+    check_keys(set(reader.keys()), set(expected), str(dit))
     for key, shape in expected.items():
         info = reader.info(key)
         if tuple(info.shape) != tuple(shape):
@@ -80,7 +99,7 @@ def _assign(module: torch.nn.Module, reader: ShardedReader, prefix: str, dtype, 
             raise BadInput(f"{where}: missing key {key!r}")
         state[name] = reader.get(key).to(device=device, dtype=dtype)
     # Both sides are exact: the key set came from the module itself and the
-    # checkpoint's keys were checked against the table in open_checkpoint.
+    # checkpoint's keys were checked against the same modules in open_checkpoint.
     module.load_state_dict(state, strict=True, assign=True)
 
 

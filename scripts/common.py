@@ -2,7 +2,7 @@
 
 * paths, and the upstream commit the golden data was recorded from;
 * the command line of the generators that run the upstream code, ``CHECKOUT [OUT]``
-  (``generator_main``; the checkout is checked by scripts/upstream.py);
+  (``generator_main``; the checkout is checked by parity/upstream.py);
 * seeded inputs: text embeddings with a validity mask, the Wan 2.1 latent statistics;
 * writing a case: ``<name>.safetensors`` (keys sorted) beside ``<name>.json``;
 * one upstream DiT forward on a case's inputs, recorded with forward hooks (``record_dit_case``);
@@ -10,8 +10,8 @@
   recorded (``Recorder``) and checked for self-consistency (``check_trajectory``), and the
   context its generate_* calls run in (``running``).
 
-scripts/upstream.py does not import this module: ``golden-check --reference upstream`` loads
-that file alone, by path.
+The upstream adapter they drive is parity/upstream.py (installed: ``golden-check --reference
+upstream`` uses it too); it does not import this module.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def generator_main(doc: str, default_out: Path, generate: Callable[[Path, Path],
     autograd off and returns 0. Other arguments print ``doc`` (the usage) and return 2; a path
     that is not a LongCat-Video checkout is one line, exit 2."""
     from longcat_convert.errors import BadInput
-    from scripts.upstream import check_checkout
+    from parity.upstream import check_checkout
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or len(argv) > 2 or argv[0] in ("-h", "--help"):
         print(doc, file=sys.stderr)
@@ -108,7 +108,7 @@ def cache_inputs(prefill_acts: dict[str, torch.Tensor], depth: int) -> dict[str,
 
 
 def record_dit_case(subject, folder: Path, name: str, meta: dict, inputs: dict, depth: int, loras=()) -> dict:
-    """Run ``subject`` (scripts/upstream.py's UpstreamModel) on ``inputs`` with the case's
+    """Run ``subject`` (parity/upstream.py's UpstreamModel) on ``inputs`` with the case's
     LoRAs and write ``folder/<name>``: the inputs and every activation (golden/README.md).
     Returns the activations."""
     from reference.golden import Case, run_with_hooks
@@ -130,7 +130,7 @@ def record_dit_case(subject, folder: Path, name: str, meta: dict, inputs: dict, 
 
 def import_pipeline(checkout: Path):
     """The upstream pipeline module, VAE class and scheduler class, imported from ``checkout``."""
-    from scripts.upstream import import_upstream
+    from parity.upstream import import_upstream
     import_upstream(checkout)                     # DiT first: installs the BSA stub
     if importlib.util.find_spec("loguru") is None and "loguru" not in sys.modules:
         import logging

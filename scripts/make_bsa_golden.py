@@ -4,7 +4,7 @@
 
 (from the repository root: scripts/ is not installed; shared code in scripts/common.py)
 
-Runs the original LongCat-Video DiT through scripts/upstream.py with its REAL
+Runs the original LongCat-Video DiT through parity/upstream.py with its REAL
 ``block_sparse_attention`` module (``real_bsa=True``): the chunk gating in torch
 (``torch.compile``d, which needs a C compiler) and the attention in its Triton
 kernel, on the CPU through Triton's interpreter (upstream.py sets
@@ -33,7 +33,7 @@ import torch
 from longcat_convert.table import Dims
 from scripts.common import (GOLDEN, TINY_A, cache_inputs, generator_main, record_dit_case,
                             text_inputs)
-from scripts.upstream import load_upstream
+from parity.upstream import load_upstream
 
 
 def bsa(sparsity, cdf, chunk_q, chunk_k) -> dict:

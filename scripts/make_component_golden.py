@@ -9,7 +9,7 @@ object ``LongCatVideoPipeline`` (``longcat_video/pipeline_longcat_video.py``) wi
 the bundle's real tokenizer (transformers ``AutoTokenizer``), text encoder
 (transformers ``UMT5EncoderModel``), the upstream repo's own ``AutoencoderKLWan``
 (``longcat_video/modules/autoencoder_kl_wan.py``), its scheduler class, and the
-upstream DiT (scripts/upstream.py: exact attention, BSA stubbed), each loaded
+upstream DiT (parity/upstream.py: exact attention, BSA stubbed), each loaded
 with ``from_pretrained(bundle, subfolder=...)`` as the upstream demos do, CPU,
 float32. It writes three cases into ``<bundle>/cases/`` (format: golden/README.md,
 "Component cases"):
@@ -31,7 +31,7 @@ float32. It writes three cases into ``<bundle>/cases/`` (format: golden/README.m
   (as the trajectory cases do), the final latents, the VAE's output and the frames.
 
 Replaced at run time (nothing in the checkout is edited): ``pipe.device = "cpu"``
-(the constructor says "cuda"); the DiT's flash-attn import (scripts/upstream.py);
+(the constructor says "cuda"); the DiT's flash-attn import (parity/upstream.py);
 a ``loguru`` stand-in if loguru is missing. Deterministic: two runs give identical files.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ import torch
 from reference.components import GENERATED_PIPELINE as PIPELINE, smooth_video
 from scripts.common import (GOLDEN, UPSTREAM_COMMIT, Recorder, check_trajectory, generator_main, import_pipeline,
                             running, save_case)
-from scripts.upstream import load_upstream
+from parity.upstream import load_upstream
 
 BUNDLE = GOLDEN / "tiny-bundle"
 MAX_LEN = 512

@@ -4,7 +4,7 @@
 
 (from the repository root: scripts/ is not installed; shared code in scripts/common.py)
 
-Runs the original LongCat-Video DiT through scripts/upstream.py (CPU,
+Runs the original LongCat-Video DiT through parity/upstream.py (CPU,
 float32, exact attention) and records the same ``act.*`` the bundled golden
 data has. Paths the bundled data does not cover: another width / head count
 (head_dim 16), in != out channels, bfloat16-stored weights, KV-cache prefill and
@@ -26,7 +26,7 @@ from longcat_convert.table import Dims, original_shapes
 from reference.lora import HYPHEN, PREFIX
 from scripts.common import (GOLDEN, TINY_A, cache_inputs, generator_main, record_dit_case,
                             text_inputs)
-from scripts.upstream import load_upstream
+from parity.upstream import load_upstream
 
 TINY_C = {
     "_class_name": "LongCatVideoTransformer3DModel", "_diffusers_version": "0.35.1",

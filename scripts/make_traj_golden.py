@@ -6,7 +6,7 @@
 
 Builds the upstream pipeline object (``LongCatVideoPipeline`` from
 ``longcat_video/pipeline_longcat_video.py``) around the upstream DiT loaded from
-``golden/tiny-a`` through scripts/upstream.py (CPU, float32, exact attention),
+``golden/tiny-a`` through parity/upstream.py (CPU, float32, exact attention),
 the upstream ``FlowMatchEulerDiscreteScheduler`` (shift 12, 1000 train steps) and
 a tiny randomly initialised upstream ``AutoencoderKLWan``, then runs its own
 ``generate_t2v`` / ``generate_i2v`` / ``generate_vc`` / ``generate_refine`` with
@@ -29,7 +29,7 @@ from PIL import Image
 
 from scripts.common import (GOLDEN, TINY_A, UPSTREAM_COMMIT, Recorder, check_trajectory, generator_main,
                             import_pipeline, running, save_case, text_inputs, wan21_latent_stats)
-from scripts.upstream import load_upstream
+from parity.upstream import load_upstream
 
 LORA = "lora/tiny_lora.safetensors"
 TEXT_LEN = 12                  # text tokens per prompt (max_sequence_length passed to the pipeline)
@@ -48,7 +48,7 @@ PATCHES = [
     "pipe.get_condition_shape -> fixed small pixel grid (64x80 for i2v/vc, 64x128 for refine)",
     "module-level torch_gc of pipeline_longcat_video -> no-op during refine (it calls torch.cuda.ipc_collect)",
     "sys.modules['loguru'] stand-in when loguru is not installed (the pipeline only logs a warning with it)",
-    "sys.modules['flash_attn'] stand-in computing exact attention, BSA import stubbed (scripts/upstream.py)",
+    "sys.modules['flash_attn'] stand-in computing exact attention, BSA import stubbed (parity/upstream.py)",
 ]
 
 

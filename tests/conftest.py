@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from parity_support import TINY_A, TINY_B, cli
+from parity.native import prepare_process
+
+# The test session runs the engine in this process, as a command would: its environment
+# (Triton's interpreter on a CPU) is set before any test module imports diffusers or FastVideo.
+prepare_process()
+
+from parity_support import TINY_A, TINY_B, cli  # noqa: E402
 
 
 @pytest.fixture(scope="session")

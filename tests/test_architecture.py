@@ -123,6 +123,27 @@ def test_nothing_installed_imports_the_scripts_folder():
     assert hits == []
 
 
+def test_nothing_installed_loads_a_module_by_file_path():
+    """Modules are imported by name (golden-check's upstream adapter is parity/upstream.py)."""
+    hits = [f"{mod}: {word}" for mod, path in _modules().items() for word in ("spec_from_file_location",
+                                                                             "SourceFileLoader", "run_path")
+            if word in path.read_text()]
+    assert hits == []
+
+
+# The reference describes the original model by itself: from the converter it takes only
+# the shared strict reader and the error type, never the mapping table it is checked against.
+REFERENCE_MAY_USE = {"longcat_convert.errors", "longcat_convert.shards", "longcat_convert.jsonfile"}
+
+
+def test_the_reference_stands_alone():
+    graph, _ = _imports(_modules())
+    used = {f"{mod} -> {dep}" for mod, deps in graph.items() if mod.split(".")[0] == "reference"
+            for dep in deps if dep.split(".")[0] in ("longcat_convert", "parity", "fixes")
+            and dep not in REFERENCE_MAY_USE}
+    assert used == set()
+
+
 def test_every_click_command_lives_in_longcat_convert_commands():
     places = []
     for mod, path in _modules().items():
@@ -143,3 +164,35 @@ def test_the_checks_above_can_fail(tmp_path):
     mods = {"p.x": pkg / "x.py", "p.y": pkg / "y.py"}
     g, private = _imports(mods)
     assert g["p.x"] == {"p.y": 1} and len(private) == 2
+
+
+IMPORT_ALL = """
+import importlib, json, os, sys
+import torch
+names = sys.argv[1:]
+env, threads, dtype = dict(os.environ), torch.get_num_threads(), torch.get_default_dtype()
+for m in names:
+    importlib.import_module(m)
+print(json.dumps({"env": {k: [env.get(k), os.environ.get(k)] for k in set(env) | set(os.environ)
+                          if env.get(k) != os.environ.get(k)},
+                  "threads": [threads, torch.get_num_threads()], "dtype": [str(dtype), str(torch.get_default_dtype())],
+                  "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("fastvideo", "triton", "diffusers"))}))
+"""
+
+
+def test_importing_a_module_changes_nothing():
+    """Importing every module of the project (in a fresh process) sets no environment variable,
+    changes no torch setting and imports neither FastVideo nor triton nor diffusers, so nothing of
+    theirs is patched: a run sets up what it needs when it starts (parity.native.prepare_process)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", IMPORT_ALL, *sorted(_modules())], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["env"] == {} and seen["heavy"] == []
+    assert seen["threads"][0] == seen["threads"][1] and seen["dtype"][0] == seen["dtype"][1]

@@ -34,11 +34,28 @@ def rows(rep, case=None):
     return {r["name"]: r for r in rep["layers"] if case is None or r["case"] == case}
 
 
+SWITCH = """
+import os
+import parity.native as nat
+assert "TRITON_INTERPRET" not in os.environ, "importing parity.native set it"
+nat.prepare_process("cpu")
+import triton.language as tl
+from reference import triton_cpu
+print(os.environ["TRITON_INTERPRET"], triton_cpu.is_interpreted(tl.zeros))
+"""
+
+
 def test_the_tool_switched_triton_to_its_interpreter():
-    """Nobody set TRITON_INTERPRET for this test process: importing parity.native did."""
+    """Nobody sets TRITON_INTERPRET for the user: a run's start does (``prepare_process``, which
+    the commands and this test session call), not the import of a module."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", SWITCH], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["1", "True"], out.stderr[-2000:]
     from reference import triton_cpu
-    import parity.native  # noqa: F401
-    assert os.environ.get("TRITON_INTERPRET") == "1"
+    assert os.environ.get("TRITON_INTERPRET") == "1"               # this session, set by tests/conftest.py
     import triton.language as tl
     assert triton_cpu.is_interpreted(tl.zeros)
 

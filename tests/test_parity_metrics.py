@@ -127,7 +127,7 @@ def test_reports_are_written_in_three_formats(tmp_path, monkeypatch):
     md = paths[1].read_text()
     assert "First divergent row: `blocks.0.attn`" in md and "**FAIL**" in md
     html = paths[2].read_text()
-    assert html.count("<svg") >= 2 and "<polyline" in html and "first divergent: blocks.0.attn" in html
+    assert html.count("<svg") >= 2 and '<path class="case"' in html and "first divergent: blocks.0.attn" in html
     assert "blocks.0.attn" in summary.read_text()
 
 
@@ -145,3 +145,14 @@ def test_a_layer_run_on_one_side_only_is_a_failing_row():
     assert rep["layers"][0]["native_name"] == "patch_embed"
     assert rep["first_divergent"] == "blocks.0.attn"
     assert rep["layers"][1]["failures"] == ["ran in the reference only"]
+
+
+def test_psnr_is_one_function_for_tensors_and_arrays():
+    import numpy as np
+    from parity.metrics import psnr
+    a, b = torch.full((2, 3, 4), 0.5), torch.full((2, 3, 4), 0.6)
+    assert psnr(a, b) == pytest.approx(20.0)                     # mse 0.01 at peak 1
+    assert psnr(a.numpy(), b.numpy()) == psnr(a, b) and psnr(a, a.clone()) == math.inf
+    assert psnr(a * 255, b * 255, peak=255.0) == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="shape"):
+        psnr(a, np.zeros((2, 3)))

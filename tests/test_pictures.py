@@ -1,16 +1,19 @@
-"""Pictures in the reports (parity/pictures.py, drawn by parity/render.py): the PNG
-writer, the frames grid (original | FastVideo | |difference|), the error-per-step
-curves, and the files a report folder gets."""
+"""Pictures in the reports (parity/pictures.py, drawn by parity/render.py): images through
+Pillow, the frames grid (original | FastVideo | |difference|) with readable headers, the
+animated clip (GIF; MP4 where imageio's ffmpeg plugin is installed), the error-per-step
+curves (parity/plots.py), the files a report folder gets, and the HTML report as a
+browser shows it (headless chromium)."""
 from __future__ import annotations
 
+import io
 import json
 import math
-import struct
 import xml.etree.ElementTree as ET
-import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageSequence
 
 from parity import pictures, render
 from parity import report as R
@@ -21,25 +24,19 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """An independent reader of the PNGs the writer makes (8-bit, filter 0 lines):
-    signature, every chunk's CRC, IHDR, the zlib stream of the IDAT chunks."""
+    """A PNG the report wrote, read back by Pillow -> [H, W, C] uint8."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, []
-    while pos < len(data):
-        (n,) = struct.unpack(">I", data[pos:pos + 4])
-        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
-        (crc,) = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
-        assert crc == zlib.crc32(tag + body) & 0xFFFFFFFF, tag
-        chunks.append((tag, body))
-        pos += 12 + n
-    assert chunks[0][0] == b"IHDR" and chunks[-1] == (b"IEND", b"")
-    w, h, depth, color, comp, filt, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
-    assert (depth, comp, filt, interlace) == (8, 0, 0, 0)
-    c = {0: 1, 2: 3, 6: 4}[color]
-    raw = zlib.decompress(b"".join(b for t, b in chunks if t == b"IDAT"))
-    lines = np.frombuffer(raw, np.uint8).reshape(h, 1 + w * c)
-    assert (lines[:, 0] == 0).all()                    # filter type 0 on every line
-    return lines[:, 1:].reshape(h, w, c)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "PNG"
+        a = np.asarray(im)
+    return a if a.ndim == 3 else a[:, :, None]
+
+
+def decode_gif(data: bytes) -> list[np.ndarray]:
+    """Every frame of an animated GIF, as RGB [H, W, 3] uint8."""
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "GIF" and im.info.get("loop") == 0
+        return [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (6, 4, 3), (3, 9, 4), (1, 1, 3)])
@@ -55,6 +52,13 @@ def test_png_refuses_what_it_cannot_write():
         pictures.png(np.zeros((4, 4), np.float32))
     with pytest.raises(ValueError):
         pictures.png(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_no_encoder_or_font_of_our_own():
+    """Pictures go through Pillow: no PNG chunk writer, no glyph table in the module."""
+    source = (Path(pictures.__file__)).read_text()
+    assert "zlib" not in source and "struct" not in source and "IHDR" not in source
+    assert "GLYPH" not in source.upper() and "from PIL import" in source
 
 
 def test_the_difference_of_identical_frames_is_all_zero():
@@ -125,6 +129,64 @@ def test_large_videos_are_subsampled_and_limited_in_frames():
     img = decode_png(data)
     assert entry["frames"] == pictures.pick_frames(20) and len(entry["frames"]) == pictures.MAX_FRAMES
     assert img.shape[1] < 3 * 700 and entry["frame_count"] == 20
+
+
+def test_the_headers_read_as_text_psnr_in_db():
+    """Header lines are real text (Pillow's font, any case): the PSNR is in "dB", the
+    difference column names its scale; they are drawn above the cells, readably large."""
+    ref = _video([0.2, 0.4, 0.6])
+    entry, data = pictures.frames_picture("c", ref, [("FastVideo", _video([0.2, 0.5, 0.6]))])
+    p = 10 * math.log10(1 / (0.01 / 3))
+    assert entry["headers"] == [["original"], ["FastVideo", f"PSNR {p:.3g} dB"],
+                                ["|FastVideo - original|", "max 0.1", "x10: white >= 0.1"]]
+    img = decode_png(data)
+    top = pictures.MARGIN + 3 * (pictures.TEXT_SIZE + 5)
+    ink_rows = np.nonzero((img[:top] < 128).all(axis=2).any(axis=1))[0]
+    assert ink_rows.size and ink_rows.max() - ink_rows.min() >= 2 * pictures.TEXT_SIZE   # three lines of text
+    assert pictures.text_width("PSNR 30.9 dB") > pictures.text_width("PSNR 30.9")
+
+
+def _clip_runs():
+    ref = np.random.default_rng(4).random((1, 3, 5, 8, 12)) * 0.5 + 0.25
+    stock = ref.copy()
+    stock[:, 1] += 0.1                        # a difference of 0.1 in one channel, every frame
+    return ref, [("FastVideo stock", stock), ("FastVideo fixed", ref.copy())]
+
+
+def test_the_clip_plays_every_frame_with_each_run_above_its_difference():
+    ref, runs = _clip_runs()
+    entry, files = pictures.frames_clip("c", ref, runs)
+    assert entry["file"] == "pictures/c.clip.gif" and entry["kind"] == "clip"
+    assert entry["columns"] == ["original", "FastVideo stock", "FastVideo fixed"]
+    assert entry["frames"] == [0, 1, 2, 3, 4] and entry["frame_count"] == 5 and entry["amplification"] == 10.0
+    frames = decode_gif(files[entry["file"]])
+    assert len(frames) == 5 and all(list(f.shape[:2]) == entry["size"] for f in frames)
+    zoom = min(8, pictures.CELL_HEIGHT // 8)
+    area = (8 * zoom) * (12 * zoom)
+    for k, f in enumerate(frames):
+        # the original's first pixel shows in two cells (original and fixed), each magnified
+        px = np.round(ref[0, :, k, 0, 0] * 255).astype(int)
+        assert _count(f, px, tol=3) >= 2 * zoom * zoom
+        assert _count(f, (255, 255, 255), tol=0) >= area          # 0.1 x 10: the stock difference is white
+        assert _count(f, (0, 0, 0), tol=0) >= area                # the fixed run's difference is black
+    assert not np.array_equal(frames[0], frames[1])              # it moves: each frame its own pixels
+    if entry["mp4"] is None:
+        assert set(files) == {entry["file"]} and "imageio" in entry["mp4_note"] and "not" in entry["mp4_note"]
+    else:
+        assert set(files) == {entry["file"], entry["mp4"]} and "mp4_note" not in entry
+
+
+def test_the_clip_as_mp4_where_imageio_can_write_it():
+    ok, why = pictures.mp4_writer()
+    if not ok:
+        pytest.skip(why)
+    ref, runs = _clip_runs()
+    entry, files = pictures.frames_clip("c", ref, runs)
+    data = files[entry["mp4"]]
+    assert data[4:8] == b"ftyp"                                  # an ISO media file
+    import imageio.v3 as iio
+    frames = iio.imread(data, extension=".mp4", index=None)
+    assert len(frames) == len(entry["frames"]) and frames.shape[1] >= entry["size"][0]
 
 
 # --------------------------------------------------------------------- curves
@@ -210,6 +272,82 @@ def test_the_report_folder_holds_every_picture_the_json_names(tmp_path, monkeypa
     assert "pictures/" not in summary.read_text().split("Pictures")[0] and "](pictures/" not in summary.read_text()
 
 
+# --------------------------------------------------------------------- in a browser
+
+PROBE = """<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const box = el => { const b = el.getBoundingClientRect(); return [Math.round(b.width), Math.round(b.height)]; };
+  const out = {
+    images: [...document.querySelectorAll("figure img")].map(i => ({
+      kind: i.className, loaded: i.complete && i.naturalWidth > 0, natural: [i.naturalWidth, i.naturalHeight],
+      box: box(i)})),
+    videos: [...document.querySelectorAll("figure video")].map(v => ({ready: v.readyState, size: [v.videoWidth,
+      v.videoHeight], box: box(v)})),
+    plots: [...document.querySelectorAll("svg")].map(g => ({title: (g.querySelector("text") || {}).textContent,
+      curves: g.querySelectorAll("path").length, box: box(g)})),
+  };
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+}, 500));
+</script>"""
+
+
+def _chromium() -> str | None:
+    import shutil
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+def _in_browser(page: Path, tmp_path: Path) -> dict:
+    """What headless chromium shows of ``page``: every figure's image, video and plot,
+    measured after the page loaded (the probe appended to a copy of the page)."""
+    import html as html_mod
+    import re
+    import subprocess
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=10000", "--window-size=1200,2000", "--dump-dom", probe.as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    m = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
+    assert m, f"chromium showed no probe (exit {done.returncode}): {done.stderr[-2000:]}"
+    return json.loads(html_mod.unescape(m.group(1)))
+
+
+def test_the_html_report_shows_the_grid_the_clip_and_the_plots_in_a_browser(tmp_path):
+    """report.html opened in headless chromium, as a person would: the frames grid (PNG)
+    and the clip (GIF, or the MP4 video where it was written) load and take room on the
+    page, and every plot (error per step, error per row) is drawn with its curves."""
+    if _chromium() is None:
+        pytest.skip("no chromium here (apt-get install chromium): the report cannot be opened in a browser")
+    rep = _loop_report()
+    ref, runs = _clip_runs()
+    R.attach(rep, *pictures.frames_picture("c", ref, runs))
+    clip, files = pictures.frames_clip("c", ref, runs)
+    R.attach(rep, clip, files)
+    render.write_reports(rep, tmp_path / "r")
+    seen = _in_browser(tmp_path / "r" / "report.html", tmp_path)
+    images = {i["kind"]: i for i in seen["images"]}
+    assert set(images) == {"frames", "clip"}, seen
+    grid = json.loads((tmp_path / "r" / "report.json").read_text())["pictures"][0]
+    assert images["frames"]["loaded"] and images["frames"]["natural"] == grid["size"][::-1]
+    assert min(images["frames"]["box"]) > 50                      # on the page, not collapsed
+    assert images["clip"]["loaded"] and images["clip"]["natural"] == clip["size"][::-1]
+    if clip["mp4"]:             # the MP4 plays; its GIF is the fallback inside the video element
+        (video,) = seen["videos"]
+        assert video["ready"] >= 1 and min(video["box"]) > 50
+        assert video["size"] == [clip["size"][1] + (-clip["size"][1]) % 16, clip["size"][0] + (-clip["size"][0]) % 16]
+    else:
+        assert seen["videos"] == [] and min(images["clip"]["box"]) > 50
+    titles = [p["title"] for p in seen["plots"]]
+    assert titles[0] == "c: relative L2 per step" and seen["plots"][0]["curves"] == len(KINDS)
+    assert "rel_l2 per row, in run order (log scale)" in titles
+    for p in seen["plots"]:
+        assert p["curves"] >= 1 and p["box"][0] > 300 and p["box"][1] > 200, p
+
+
 @pytest.mark.slow
 @needs_native
 def test_the_pipeline_report_shows_stock_and_fixed_frames(tmp_path):
@@ -236,6 +374,10 @@ def test_the_pipeline_report_shows_stock_and_fixed_frames(tmp_path):
     curves = [p for p in rep["pictures"] if p["kind"] == "steps"]
     assert {c["case"] for c in curves} == {"pipeline_t2v", "pipeline_t2v:golden"}
     assert next(c for c in curves if c["case"] == "pipeline_t2v")["stock"] is True
+    clip = next(p for p in rep["pictures"] if p["kind"] == "clip")
+    assert clip["columns"] == ["original", "FastVideo stock", "FastVideo fixed"]
+    assert len(decode_gif((tmp_path / "r" / clip["file"]).read_bytes())) == len(clip["frames"])
+    assert f"]({clip['file']})" in (tmp_path / "r" / "report.md").read_text()
     for p in rep["pictures"]:
         assert (tmp_path / "r" / p["file"]).is_file()
     assert any("stock FastVideo" in n and "PSNR" in n for n in rep["notes"])

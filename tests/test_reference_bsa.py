@@ -119,7 +119,7 @@ def test_case_bsa_bad_json(tmp_path, edit, needle):
 @pytest.mark.skipif(not os.environ.get("LONGCAT_UPSTREAM"), reason="set LONGCAT_UPSTREAM to a LongCat-Video checkout")
 def test_upstream_real_bsa_reproduces_a_case():
     """The real upstream BSA module (Triton interpreter on the CPU) through the adapter."""
-    from scripts.upstream import load_upstream
+    from parity.upstream import load_upstream
     sub = load_upstream(TINY_A, os.environ["LONGCAT_UPSTREAM"], attention="math")
     case = load_case(GOLDEN / "extra/tiny-a/cases/bsa_qk_chunks.safetensors")
     sub.set_bsa(case.bsa())

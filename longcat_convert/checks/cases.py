@@ -52,7 +52,8 @@ def read_case(path, flag: str = "--case") -> CaseInfo:
     reader = ShardedReader(p)
     shapes = {k: tuple(reader.info(k).shape) for k in reader.keys()}
     comp = meta.get("component")
-    kind = "component" if comp else ("trajectory" if any(k.startswith("traj.") for k in shapes) else "dit")
+    from parity.case_kind import case_kind      # no torch; the one place a case's kind is decided
+    kind = case_kind(comp, shapes)
     return CaseInfo(p, kind, comp, meta, shapes)
 
 

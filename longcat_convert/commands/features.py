@@ -52,7 +52,9 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
     from parity.verdicts import load_pins
     pins = load_pins(pins_path) if pins_path is not None else None     # torch-free: still before the run
     catalogue = Catalogue.load()                                          # its findings tag the matrix's
-
+    from parity.native import prepare_process
+    prepare_process(device)                    # the run's environment, before anything imports triton
+    import torch
     import fixes
     from rich.console import Console
     from parity import features, render

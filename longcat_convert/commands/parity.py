@@ -129,6 +129,8 @@ def parity_cmd(source, converted, **o):
     Exit 0 when every layer is within tolerance, 1 when not, 2 on bad input."""
     from longcat_convert import precheck
     precheck.parity(source, converted, o)      # inputs checked first: before torch or FastVideo is imported
+    from parity.native import prepare_process
+    prepare_process(o["device"])               # the run's environment, before anything imports triton
     from parity import modes
     from parity.policy import Policy
     from parity.setup import Setup
@@ -240,6 +242,8 @@ def golden_check_cmd(checkpoint, cases, report_dir, dtype, device, attention, re
     from longcat_convert import precheck
     precheck.golden_check(checkpoint, cases, report=report_dir, dtype=dtype, device_name=device, reference=reference,
                           upstream_path=upstream_path)
+    from parity.native import prepare_process
+    prepare_process(device)                    # the run's environment, before anything imports triton
     from parity.golden_check import golden_check
     if quiet:
         quiet_libraries()
