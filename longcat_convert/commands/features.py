@@ -54,7 +54,6 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
     catalogue = Catalogue.load()                                          # its findings tag the matrix's
     from parity.native import prepare_process
     prepare_process(device)                    # the run's environment, before anything imports triton
-    import torch
     import fixes
     from rich.console import Console
     from parity import features, render
