@@ -14,7 +14,8 @@ from pathlib import Path
 from longcat_convert.errors import BadInput
 
 from reference.golden import Case, load_case, run_with_hooks
-from reference.loading import load_reference, parse_device, parse_dtype, resolve_checkpoint
+from longcat_convert.dtypes import torch_dtype
+from reference.loading import load_reference, parse_device, resolve_checkpoint
 
 from . import report as rep
 from .case_kind import kind_of
@@ -81,7 +82,7 @@ def case_loras(case: Case | TrajectoryCase, model_dir: Path) -> list[tuple[Path,
 def golden_check(checkpoint, case_paths, *, dtype="float32", device="cpu", attention="sdpa",
                  reference="ours", upstream_path=None, policy=None, subject=None) -> dict:
     """-> a parity report dict (kind "golden-check"). ``subject`` overrides model building (tests)."""
-    tdtype, tdevice = parse_dtype(dtype), parse_device(device)
+    tdtype, tdevice = torch_dtype(dtype), parse_device(device)
     dname = dtype_name(tdtype)
     if not case_paths:
         raise BadInput("give at least one golden case (.safetensors)")

@@ -43,7 +43,8 @@ from longcat_convert.errors import BadInput
 
 from reference import triton_cpu
 from reference.backends import get_backend
-from reference.loading import open_checkpoint, parse_device, parse_dtype, resolve_checkpoint
+from longcat_convert.dtypes import torch_dtype
+from reference.loading import open_checkpoint, parse_device, resolve_checkpoint
 
 DIT_FILE = Path("longcat_video/modules/longcat_video_dit.py")
 BSA_MODULE = "longcat_video.block_sparse_attention.bsa_interface"
@@ -232,7 +233,7 @@ class UpstreamModel:
 def load_upstream(checkpoint, upstream_path, dtype="float32", device="cpu", attention="math",
                   real_bsa: bool = False) -> UpstreamModel:
     checkout = check_checkout(upstream_path)
-    dtype, device = parse_dtype(dtype), parse_device(device)
+    dtype, device = torch_dtype(dtype), parse_device(device)
     if device.type == "cpu" and dtype != torch.float32:
         raise BadInput("the original LongCat-Video code cannot run in low precision on the CPU (its float32 "
                        "regions are CUDA autocast); use --dtype float32 or --device cuda")

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from longcat_convert.errors import BadInput
-from longcat_convert.dtypes import torch_dtype
 from longcat_convert.shards import ShardedReader
 
 from .backends import Backend, get_backend
@@ -26,9 +25,16 @@ from .block import ReferenceBlock
 from .config import ReferenceConfig
 from .model import ReferenceDiT
 
+
+
 def parse_dtype(dtype) -> torch.dtype:
-    """Any spelling of the one dtype vocabulary (longcat_convert/dtypes.py), or a torch dtype."""
-    return torch_dtype(dtype)
+    """A torch dtype, or torch's own name of one (``"bfloat16"``); the tool's spellings (``bf16``,
+    ...) are turned into torch dtypes by its one vocabulary, longcat_convert/dtypes.py, before
+    they reach the reference, which knows nothing of the tool."""
+    found = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype).replace("torch.", ""), None)
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise BadInput(f"unknown dtype {dtype!r}; a floating torch dtype such as float32 or bfloat16")
+    return found
 
 
 def parse_device(device) -> torch.device:

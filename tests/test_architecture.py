@@ -132,10 +132,8 @@ def test_nothing_installed_loads_a_module_by_file_path():
 
 
 # The reference describes the original model by itself: from the converter it takes only
-# the shared strict reader, the error type and the one dtype vocabulary (dtypes.py: a table
-# of spellings, no converter logic), never the mapping table it is checked against.
-REFERENCE_MAY_USE = {"longcat_convert.errors", "longcat_convert.shards", "longcat_convert.jsonfile",
-                     "longcat_convert.dtypes"}
+# the shared strict reader and the error type, never the mapping table it is checked against.
+REFERENCE_MAY_USE = {"longcat_convert.errors", "longcat_convert.shards", "longcat_convert.jsonfile"}
 
 
 def test_the_reference_stands_alone():
