@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextvars
 import types
 
-from .base import Fix, replace_name, undo_all, wrap_method
+from .base import Fix, undo_all, wrap_method
 
 _MODULES = ("fastvideo.pipelines.stages.longcat_denoising", "fastvideo.pipelines.stages.longcat_i2v_denoising",
             "fastvideo.pipelines.stages.longcat_vc_denoising")
@@ -33,13 +33,21 @@ _DTYPE = contextvars.ContextVar("longcat_dit_dtype", default=None)     # None: o
 
 
 class _TorchWithModelDtype(types.ModuleType):
-    """``torch``, except that ``bfloat16`` is the running stage's model dtype."""
+    """``torch`` (or the layer under this one), except that ``bfloat16`` is the running
+    stage's model dtype."""
+
+    def __init__(self, under):
+        super().__init__("torch")
+        self._under = under
 
     def __getattr__(self, name):
-        import torch
         if name == "bfloat16":
-            return _DTYPE.get() or torch.bfloat16
-        return getattr(torch, name)
+            return _DTYPE.get() or self._under.bfloat16
+        return getattr(self._under, name)
+
+
+def proxy_over(under):
+    return _TorchWithModelDtype(under)
 
 
 def _make(original):
@@ -55,10 +63,9 @@ def _make(original):
 def _install():
     import importlib
     undo = []
-    proxy = _TorchWithModelDtype("torch")
     for mod_name, cls_name in zip(_MODULES, _STAGES):
         mod = importlib.import_module(mod_name)
-        undo.append(replace_name(mod, "torch", proxy))
+        undo.append(wrap_method(mod, "torch", proxy_over, key="bf16-dit-input"))
         undo.append(wrap_method(getattr(mod, cls_name), "forward", _make))
     return undo_all(undo)
 

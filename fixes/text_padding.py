@@ -72,7 +72,8 @@ def _make(original, stock):
 def _install():
     from fastvideo.configs.pipelines.longcat import umt5_postprocess_text
     from fastvideo.pipelines.stages.text_encoding import TextEncodingStage
-    return wrap_method(TextEncodingStage, "encode_text", lambda original: _make(original, umt5_postprocess_text))
+    return wrap_method(TextEncodingStage, "encode_text", lambda original: _make(original, umt5_postprocess_text),
+                       key="text-embeds-padding")
 
 
 FIX = Fix("text-embeds-padding", "LongCat's text encoding keeps UMT5's output at padded positions (the original's "

@@ -1,0 +1,254 @@
+"""The fixes as a patch series for FastVideo, generated at run time from FastVideo's own source.
+
+The repository holds no FastVideo code. Each fix (fixes/<name>.py) declares its
+upstream change as a ``Patch``: a pull-request description and ``Edit``s, each an
+anchor in a FastVideo file -- the function or class by name (``"<module>"`` for the
+file), plus the short expression it replaces (or the line it goes before or after) --
+and our replacement. New files (a test in FastVideo's test layout, say) are
+``NewFile``s. ``series(root)`` reads FastVideo's tree at ``root`` (the folder that
+holds ``fastvideo/``), applies the patches in order in memory and returns one unified
+diff per patch, each computed against the tree as the patches before it leave it, so
+the series applies in order with ``patch -p1`` or ``git apply`` at ``root``.
+
+``build_patched(dest, root)`` writes a patched COPY of ``root/fastvideo`` into
+``dest/fastvideo`` (the tree at ``root`` is only read) and ``dest/PATCHES.json`` naming
+the patches; ``fixes.in_fastvideo()`` reads that file beside the imported package.
+
+Refusals (one line, BadInput, exit 2): a root without ``fastvideo/``, a FastVideo
+version the series is not written for, a file a patch names that is not there, an
+anchor or expression not found (or found twice).
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import json
+import re
+import shutil
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from longcat_convert.errors import BadInput
+
+# The FastVideo trees the series is written for: the release (fastvideo/version.py 0.2.1) and
+# the repository's HEAD at commit 2f3d40740 (2026-08-21), whose version.py still says 0.2.0.
+SUPPORTED_VERSIONS = ("0.2.1", "0.2.0")
+HEAD_COMMIT = "2f3d4074064e4d86f99dc784ebbaa296e6f5925f"
+MARKER = "PATCHES.json"
+
+
+@dataclass(frozen=True)
+class Edit:
+    file: str            # path from the root: "fastvideo/models/dits/longcat.py"
+    anchor: str          # "Class.method", "function", "Class" or "<module>"
+    find: str            # the lines it replaces (or goes before/after), matched without their indentation
+    replace: object      # ours (a str, or a function -> str: the source of a function of ours), indented
+                         # relative to the first found line ("after-scope": to the anchor's)
+    where: str = "replace"      # "replace" | "before" | "after" | "after-scope" (after the anchor's last line)
+
+
+@dataclass(frozen=True)
+class NewFile:
+    file: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str                      # the fix's name (fixes.FIXES)
+    title: str                     # the pull request's title
+    description: str               # its body: what, why, evidence, what it leaves alone
+    edits: tuple = ()
+    new_files: tuple = ()
+    test: str = ""                 # the FastVideo test file it adds (one of new_files)
+
+
+@dataclass
+class Result:
+    number: int
+    patch: Patch
+    text: str                      # the .patch file: header (the PR description) + unified diffs
+    files: dict = field(default_factory=dict)      # path -> new text (after this patch)
+
+    @property
+    def filename(self) -> str:
+        return f"{self.number:04d}-{self.patch.name}.patch"
+
+
+def fastvideo_version(root: Path) -> str:
+    p = Path(root) / "fastvideo" / "version.py"
+    if not (Path(root) / "fastvideo").is_dir():
+        raise BadInput(f"{root}: no fastvideo/ folder there; --against takes the folder that holds fastvideo/")
+    m = re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", p.read_text()) if p.is_file() else None
+    if m is None:
+        raise BadInput(f"{p}: no __version__; the series is written for FastVideo "
+                       f"{' / '.join(SUPPORTED_VERSIONS)} (HEAD {HEAD_COMMIT[:9]})")
+    if m.group(1) not in SUPPORTED_VERSIONS:
+        raise BadInput(f"{p}: FastVideo {m.group(1)}; the series is written for FastVideo 0.2.1 and the "
+                       f"repository's HEAD {HEAD_COMMIT[:9]} (version.py 0.2.0)")
+    return m.group(1)
+
+
+def _scope(tree: ast.Module, anchor: str):
+    """(first line, last line) of ``anchor`` (1-based, decorators included); None if absent."""
+    if anchor == "<module>":
+        return None
+    nodes = tree.body
+    found = None
+    for part in anchor.split("."):
+        found = next((n for n in nodes if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and n.name == part), None)
+        if found is None:
+            return False
+        nodes = found.body
+    first = min([found.lineno] + [d.lineno for d in found.decorator_list])
+    return first, found.end_lineno
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
+def _reindent(text: str, prefix: str) -> list[str]:
+    lines = textwrap.dedent(text).strip("\n").split("\n")
+    return [(prefix + ln) if ln.strip() else "" for ln in lines]
+
+
+def apply_edit(text: str, edit: Edit, patch_name: str) -> str:
+    """``text`` (the file as it stands) with ``edit`` made; refuses where the anchor is not there."""
+    where = f"{patch_name}: {edit.file}: anchor {edit.anchor}"
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as e:
+        raise BadInput(f"{where}: the file does not parse ({e.msg}, line {e.lineno})") from None
+    lines = text.split("\n")
+    span = _scope(tree, edit.anchor)
+    if span is False:
+        raise BadInput(f"{where}: not found (no such function or class in the file)")
+    lo, hi = (1, len(lines)) if span is None else span
+    replacement = edit.replace() if callable(edit.replace) else edit.replace
+    if edit.where == "after-scope":
+        prefix = _indent(lines[lo - 1])
+        gap = [""] if prefix else ["", ""]          # PEP 8: two blank lines between top-level definitions
+        new = lines[:hi] + gap + _reindent(replacement, prefix) + lines[hi:]
+        return "\n".join(new)
+    want = [ln.strip() for ln in textwrap.dedent(edit.find).strip("\n").split("\n")]
+    hits = [i for i in range(lo - 1, hi - len(want) + 1)
+            if [ln.strip() for ln in lines[i:i + len(want)]] == want]
+    if len(hits) != 1:
+        raise BadInput(f"{where}: {'expression not found' if not hits else 'expression found %d times' % len(hits)}"
+                       f": {want[0][:60]!r}")
+    i = hits[0]
+    prefix = _indent(lines[i])
+    body = _reindent(replacement, prefix)
+    if edit.where == "replace":
+        new = lines[:i] + body + lines[i + len(want):]
+    elif edit.where == "before":
+        new = lines[:i] + body + lines[i:]
+    elif edit.where == "after":
+        new = lines[:i + len(want)] + body + lines[i + len(want):]
+    else:
+        raise ValueError(f"{where}: where={edit.where!r}")
+    return "\n".join(new)
+
+
+def _diff(path: str, old: str | None, new: str) -> str:
+    a = [] if old is None else old.splitlines(keepends=True)
+    b = new.splitlines(keepends=True)
+    head = f"diff --git a/{path} b/{path}\n" + ("new file mode 100644\n" if old is None else "")
+    out = []
+    for ln in difflib.unified_diff(a, b, "/dev/null" if old is None else f"a/{path}", f"b/{path}", n=3):
+        out.append(ln if ln.endswith("\n") else ln + "\n\\ No newline at end of file\n")
+    return head + "".join(out) if out else ""
+
+
+def _header(number: int, total: int, patch: Patch) -> str:
+    return (f"From: longcat-convert <fixes/series.py>\nSubject: [PATCH {number}/{total}] {patch.title}\n\n"
+            f"{textwrap.dedent(patch.description).strip()}\n\nFastVideo test: {patch.test or '(none)'}\n---\n")
+
+
+def series(root: Path, names: list[str] | None = None) -> list[Result]:
+    """The series for the FastVideo tree at ``root``: one Result per patch, in order."""
+    import fixes
+    root = Path(root)
+    fastvideo_version(root)
+    patches = [f.patch for n, f in fixes.FIXES.items() if f.patch is not None and (names is None or n in names)]
+    tree: dict[str, str | None] = {}
+    results = []
+    for k, p in enumerate(patches, 1):
+        before: dict[str, str | None] = {}
+        for e in p.edits:
+            if e.file not in tree:
+                f = root / e.file
+                if not f.is_file():
+                    raise BadInput(f"{p.name}: {e.file}: no such file in {root} (is it FastVideo's source tree?)")
+                tree[e.file] = f.read_text()
+            before.setdefault(e.file, tree[e.file])
+            tree[e.file] = apply_edit(tree[e.file], e, p.name)
+        for nf in p.new_files:
+            if (root / nf.file).exists() or tree.get(nf.file) is not None:
+                raise BadInput(f"{p.name}: {nf.file}: already exists in {root}; the series adds it")
+            before[nf.file] = None
+            tree[nf.file] = textwrap.dedent(nf.text).lstrip("\n")
+        diffs = "".join(_diff(path, before[path], tree[path]) for path in before)
+        results.append(Result(k, p, "", {path: tree[path] for path in before}))
+        results[-1].text = diffs
+    for r in results:
+        r.text = _header(r.number, len(results), r.patch) + r.text + "-- \nlongcat-convert\n"
+    return results
+
+
+def export(dest: Path, root: Path) -> list[Path]:
+    """Write the series into ``dest`` as NNNN-<fix>.patch -> the files written."""
+    results = series(root)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for r in results:
+        p = dest / r.filename
+        p.write_text(r.text)
+        written.append(p)
+    return written
+
+
+def build_patched(dest: Path, root: Path) -> dict:
+    """A patched copy of ``root/fastvideo`` in ``dest/fastvideo`` -> what PATCHES.json says."""
+    root, dest = Path(root), Path(dest)
+    version = fastvideo_version(root)
+    results = series(root)
+    if dest.resolve() == root.resolve() or root.resolve() in dest.resolve().parents and \
+            (dest / "fastvideo").resolve() == (root / "fastvideo").resolve():
+        raise BadInput(f"{dest}: would overwrite the FastVideo at {root}; name another folder")
+    tmp = dest / ".building"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(root / "fastvideo", tmp / "fastvideo", ignore=shutil.ignore_patterns("__pycache__"))
+    for r in results:
+        for path, text in r.files.items():
+            f = tmp / path
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text)
+    info = {"source": str(root.resolve()), "version": version, "patches": [r.filename for r in results],
+            "fixes": [r.patch.name for r in results]}
+    (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
+    if (dest / "fastvideo").exists():
+        shutil.rmtree(dest / "fastvideo")
+    (tmp / "fastvideo").rename(dest / "fastvideo")
+    (tmp / MARKER).replace(dest / MARKER)
+    shutil.rmtree(tmp)
+    return info
+
+
+def patched_info(package_file: str | None) -> dict | None:
+    """PATCHES.json beside the imported ``fastvideo`` package (``fastvideo.__file__``), or None
+    for an unpatched FastVideo."""
+    if not package_file:
+        return None
+    marker = Path(package_file).resolve().parent.parent / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        return json.loads(marker.read_text())
+    except ValueError:
+        return None
