@@ -171,7 +171,7 @@ RESHIFT_PATCH = Patch(
             timesteps, _ = _schedule(LongCatT2V480PConfig(), 6, monkeypatch)
             expected = _shifted_once(torch.linspace(1, 0.001, 6).tolist())
             torch.testing.assert_close(timesteps.float().cpu(), expected, rtol=1e-6, atol=1e-4)
-            assert float(timesteps[-1]) == pytest.approx(11.88, abs=0.01)
+            assert float(timesteps[-1]) == pytest.approx(11.87, abs=0.01)   # stock: about 126
         '''),),
     test="fastvideo/tests/stages/test_longcat_timestep_schedule.py",
 )

@@ -212,32 +212,79 @@ def export(dest: Path, root: Path) -> list[Path]:
     return written
 
 
-def build_patched(dest: Path, root: Path) -> dict:
-    """A patched copy of ``root/fastvideo`` in ``dest/fastvideo`` -> what PATCHES.json says."""
+def build_patched(dest: Path, root: Path, series_dir: Path | None = None) -> dict:
+    """A patched copy of ``root/fastvideo`` in ``dest/fastvideo`` -> what PATCHES.json says.
+    ``series_dir``: apply the NNNN-*.patch files there with ``patch -p1`` (refusing, with the
+    patch and the file, where one does not apply) instead of the series computed here."""
     root, dest = Path(root), Path(dest)
     version = fastvideo_version(root)
-    results = series(root)
-    if dest.resolve() == root.resolve() or root.resolve() in dest.resolve().parents and \
-            (dest / "fastvideo").resolve() == (root / "fastvideo").resolve():
+    if (dest / "fastvideo").resolve() == (root / "fastvideo").resolve():
         raise BadInput(f"{dest}: would overwrite the FastVideo at {root}; name another folder")
+    if series_dir is not None:
+        files = sorted(Path(series_dir).glob("[0-9][0-9][0-9][0-9]-*.patch"))
+        if not files:
+            raise BadInput(f"{series_dir}: no NNNN-<fix>.patch files there (write them with `fixes export`)")
+        results = None
+    else:
+        results = series(root)
+    dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / ".building"
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(root / "fastvideo", tmp / "fastvideo", ignore=shutil.ignore_patterns("__pycache__"))
-    for r in results:
-        for path, text in r.files.items():
-            f = tmp / path
-            f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(text)
-    info = {"source": str(root.resolve()), "version": version, "patches": [r.filename for r in results],
-            "fixes": [r.patch.name for r in results]}
-    (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
+    try:
+        if results is not None:
+            for r in results:
+                for path, text in r.files.items():
+                    f = tmp / path
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    f.write_text(text)
+            names = [r.filename for r in results]
+        else:
+            for f in files:
+                apply_patch_file(f, tmp)
+            names = [f.name for f in files]
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    info = {"source": str(root.resolve()), "version": version, "patches": names,
+            "fixes": [re.sub(r"^\d{4}-|\.patch$", "", n) for n in names]}
     if (dest / "fastvideo").exists():
         shutil.rmtree(dest / "fastvideo")
     (tmp / "fastvideo").rename(dest / "fastvideo")
-    (tmp / MARKER).replace(dest / MARKER)
+    (dest / MARKER).write_text(json.dumps(info, indent=1) + "\n")
     shutil.rmtree(tmp)
     return info
+
+
+def apply_patch_file(patch_file: Path, root: Path) -> None:
+    """``patch -p1`` of one .patch file at ``root``, checked first (--dry-run): one line naming
+    the patch and the file where it does not apply."""
+    import subprocess
+    patch_file = Path(patch_file)
+    text = patch_file.read_text(errors="replace")
+    targets = re.findall(r"^\+\+\+ b/(\S+)", text, flags=re.M)
+    if not targets:
+        raise BadInput(f"{patch_file.name}: no file in it (+++ b/...); is it a unified diff?")
+    for t in targets:
+        if not t.startswith("fastvideo/"):
+            raise BadInput(f"{patch_file.name}: {t}: not a path under fastvideo/ (the series patches FastVideo "
+                           "at the folder that holds fastvideo/, with -p1)")
+    for check in (True, False):
+        cmd = ["patch", "-p1", "--batch", "--forward", "-d", str(root), "-i", str(patch_file.resolve())]
+        run = subprocess.run(cmd + (["--dry-run"] if check else []), capture_output=True, text=True)
+        if run.returncode != 0:
+            current, bad = targets[0], None
+            for line in (run.stdout + run.stderr).splitlines():
+                m = re.match(r"(?:checking|patching) file (\S+)", line)
+                if m:
+                    current = m.group(1)
+                if "FAILED" in line or "can't find file" in line or "No file to patch" in line \
+                        or "Reversed (or previously applied)" in line:
+                    bad = bad or (current, line.strip())
+            where, why = bad or (current, (run.stdout + run.stderr).strip().splitlines()[-1:] or ["failed"])
+            why = why if isinstance(why, str) else why[0]
+            raise BadInput(f"{patch_file.name}: {where}: does not apply ({why})")
 
 
 def patched_info(package_file: str | None) -> dict | None:
