@@ -49,11 +49,13 @@ FIXES = {
     "bf16-dit-input": dit_dtype.FIX,
     "kv-cache-flag-unread": kv_cache_flag.FIX,
     "lora-unmerge-cpu": lora_cpu_copy.FIX,
-    "bsa-cond-split-dense": bsa.COND_SPLIT,
-    "bsa-kv-cache-dense": bsa.KV_CACHE,
     "varlen-text": varlen_text.FIX,
     "text-embeds-padding": text_padding.FIX,
+    # before the BSA fixes: their layers on the longcat module's names sit over this one's
+    # (a routed attention call reaches this fix's gathering flash_attn_bsa_3d)
     "sp-whole-sequence": sp_shard.FIX,
+    "bsa-cond-split-dense": bsa.COND_SPLIT,
+    "bsa-kv-cache-dense": bsa.KV_CACHE,
 }
 
 

@@ -293,7 +293,7 @@ def _sdpa_all_keys(q, k, v, *args, sdpa=None, **kwargs):
     return (sdpa or torch.nn.functional.scaled_dot_product_attention)(q, k, v, *args, **kwargs)
 
 
-class _Proxy(types.ModuleType):
+class ModuleProxy(types.ModuleType):
     """A module that answers ``overrides`` and is the module ``under`` it otherwise."""
 
     def __init__(self, name: str, under, overrides: dict):
@@ -306,14 +306,20 @@ class _Proxy(types.ModuleType):
         return getattr(self._under, name)
 
 
+def module_proxy(name: str, under, overrides: dict) -> ModuleProxy:
+    """A module named ``name`` answering ``overrides`` and otherwise ``under`` (a layer over a
+    module's name, e.g. ``torch`` in FastVideo's longcat module, that stacks: fixes/patching.py)."""
+    return ModuleProxy(name, under, overrides)
+
+
 def _torch_over(under):
     """``torch`` for the longcat module (or the layer under this one):
     ``torch.nn.functional.scaled_dot_product_attention`` is the gathering version, every other
     name is the layer under it's."""
     def sdpa(q, k, v, *args, **kwargs):          # the layer under's SDPA, looked up per call
         return _sdpa_all_keys(q, k, v, *args, sdpa=under.nn.functional.scaled_dot_product_attention, **kwargs)
-    functional = _Proxy("torch.nn.functional", under.nn.functional, {"scaled_dot_product_attention": sdpa})
-    return _Proxy("torch", under, {"nn": _Proxy("torch.nn", under.nn, {"functional": functional})})
+    functional = ModuleProxy("torch.nn.functional", under.nn.functional, {"scaled_dot_product_attention": sdpa})
+    return ModuleProxy("torch", under, {"nn": ModuleProxy("torch.nn", under.nn, {"functional": functional})})
 
 
 def _install():
