@@ -78,19 +78,9 @@ _INSTALLED: set[str] = set()
 def in_fastvideo() -> list[str]:
     """The fixes the importable FastVideo holds as patches (a copy built by ``fixes build``:
     PATCHES.json beside its package); [] for stock FastVideo. Does not import FastVideo."""
-    import importlib.util
-    import sys
-    from .series import patched_info
-    mod = sys.modules.get("fastvideo")
-    where = getattr(mod, "__file__", None) if mod is not None else None
-    if where is None:
-        try:
-            spec = importlib.util.find_spec("fastvideo")
-        except (ImportError, ValueError):
-            spec = None
-        where = spec.origin if spec is not None else None
-    info = patched_info(where) or {}
-    return [n for n in FIXES if n in info.get("fixes", [])]
+    from .series import patched_fixes
+    held = patched_fixes()
+    return [n for n in FIXES if n in held]
 
 
 def active() -> list[str]:

@@ -299,3 +299,51 @@ def patched_info(package_file: str | None) -> dict | None:
         return json.loads(marker.read_text())
     except ValueError:
         return None
+
+
+def _package_file() -> str | None:
+    import importlib.util
+    import sys
+    mod = sys.modules.get("fastvideo")
+    where = getattr(mod, "__file__", None) if mod is not None else None
+    if where is None:
+        try:
+            spec = importlib.util.find_spec("fastvideo")
+        except (ImportError, ValueError):
+            spec = None
+        where = spec.origin if spec is not None else None
+    return where
+
+
+def patched_fixes() -> list[str]:
+    """The fixes whose patches the importable FastVideo holds ([] for stock)."""
+    return list((patched_info(_package_file()) or {}).get("fixes", []))
+
+
+def identity() -> dict:
+    """Which FastVideo this process runs (for a report's environment): its version as its
+    package says, where the package is, and the patches of this series it holds ("none"
+    for stock FastVideo). Imports FastVideo's package only if it is already imported."""
+    import importlib.util
+    import sys
+    mod = sys.modules.get("fastvideo")
+    where = getattr(mod, "__file__", None) if mod is not None else None
+    if where is None:
+        try:
+            spec = importlib.util.find_spec("fastvideo")
+        except (ImportError, ValueError):
+            spec = None
+        where = spec.origin if spec is not None else None
+    if where is None:
+        return {"fastvideo_path": None, "fastvideo_patches": None}
+    root = Path(where).resolve().parent.parent
+    try:
+        version = fastvideo_version(root)
+    except BadInput:
+        version = None
+    info = patched_info(where) or {}
+    out = {"fastvideo_path": str(Path(where).resolve().parent),
+           "fastvideo_patches": ", ".join(info.get("patches", [])) or "none (stock)"}
+    if version is not None:
+        out["fastvideo"] = version
+    return out
