@@ -33,6 +33,7 @@ class Step:
     expect: dict | None = None        # known difference: {"passed": false, "first_divergent": ..., "why": ...}
     expect_sp: dict | None = None     # --sp steps: the report's sp section must hold these (numbers within SIZE_RTOL)
     expect_features: dict | None = None   # features step: the manifest's entry (verdicts: "<feature>=<setting>" -> verdict)
+    patched: "Step | None" = None     # a twin on patched FastVideo (fixes/series.py): the --fixes step it re-runs
     rc: int | None = None
     seconds: float = 0.0
     ok: bool = False
@@ -118,7 +119,96 @@ def plan_steps(golden: Path, work: Path, manifest: dict, known_file: Path | None
                                   ["parity", str(src), str(out), "--case", str(cfile), "--mode", mode, *args,
                                    *known_args, "--report", str(r), "--quiet"], report=r, expect=expect,
                                   expect_sp=_expect_sp(run, entry, golden)))
-    return steps
+    return steps + patched_twins(steps, work)
+
+
+# --- every --fixes step again on patched FastVideo (issue 23) -------------------------------------
+
+PATCHED_DIR = "fastvideo-patched"
+
+
+def patched_twins(steps: list[Step], work: Path) -> list[Step]:
+    """``fixes build`` (a patched copy of the installed FastVideo under ``work``), then a twin of
+    every step whose arguments hold ``--fixes``: the same command with the fixes the copy holds
+    as patches taken off ``--fixes`` (a fix without an upstream patch stays a run-time fix and
+    the twin says so), run in a child process that imports the copy. A twin passes when its
+    step would, its report names the patched FastVideo, and every row agrees with the run-time
+    fixed step's (``drift``)."""
+    import fixes
+    patched = {n for n, f in fixes.FIXES.items() if f.patch is not None}
+    copy = work / PATCHED_DIR
+    out = [Step("fastvideo", "fixes build", ["fixes", "build", str(copy)])]
+    for s in steps:
+        if "--fixes" not in s.argv:
+            continue
+        i = s.argv.index("--fixes")
+        # sp-whole-sequence acts only with --sp: elsewhere it is left off with the patched ones
+        left = [n for n in fixes.parse(s.argv[i + 1]) if n not in patched
+                and (n != "sp-whole-sequence" or "--sp" in s.argv)]
+        argv = s.argv[:i] + (["--fixes", ",".join(left)] if left else []) + s.argv[i + 2:]
+        report = s.report.parent / (s.report.name + "-patched") if s.report else None
+        if report is not None:
+            argv[argv.index(str(s.report))] = str(report)
+        name = s.name.replace("-fixed", "-patched", 1) if "-fixed" in s.name else s.name + " (patched)"
+        if left:
+            name += f" +run-time {','.join(left)}"
+        out.append(Step(s.model, name, argv, report=report, expect=s.expect, expect_sp=s.expect_sp,
+                        expect_features=s.expect_features, patched=s, details={"copy": str(copy)}))
+    return out
+
+
+def run_patched(step: Step, work_copy: Path) -> int:
+    """A twin's command in a child process whose ``fastvideo`` is the patched copy."""
+    import os
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(work_copy), str(repo)] + [p for p in [env.get("PYTHONPATH")] if p])
+    run = subprocess.run([sys.executable, "-m", "longcat_convert.cli", *step.argv], env=env,
+                         capture_output=True, text=True)
+    step.details["stderr_tail"] = run.stderr.strip().splitlines()[-1:] if run.stderr.strip() else []
+    return run.returncode
+
+
+def drift(fixed: dict | None, patched: dict | None) -> list[str]:
+    """Rows where the patched run and the run-time-fixed run differ: a row one has and the other
+    not, a verdict, or any metric value (both forms run the same code in the same process
+    configuration, so they agree bit for bit)."""
+    if not fixed or not patched:
+        return ["a report is missing"]
+    def rows(rep):
+        return {(r.get("case"), r["name"]): r for r in rep.get("layers", [])}
+    a, b = rows(fixed), rows(patched)
+    bad = [f"{k[1]} ({k[0]}): only in the {'run-time fixed' if k in a else 'patched'} report"
+           for k in sorted(set(a) ^ set(b), key=str)]
+    skip = {"name", "native_name", "case", "failures"}
+    for k in a.keys() & b.keys():
+        for m in sorted((set(a[k]) | set(b[k])) - skip):
+            if a[k].get(m) != b[k].get(m):
+                bad.append(f"{k[1]} ({k[0]}) {m}: {a[k].get(m)!r} run-time fixed, {b[k].get(m)!r} patched")
+    got = {feature_key(r): r.get("verdict") for r in fixed.get("features", [])}
+    for r in patched.get("features", []):
+        if got.get(feature_key(r)) != r.get("verdict"):
+            bad.append(f"feature {feature_key(r)}: {got.get(feature_key(r))} run-time fixed, {r.get('verdict')} patched")
+    return bad
+
+
+def _check_patched(step: Step, rep: dict | None) -> None:
+    if step.patched is None:
+        return
+    env = (rep or {}).get("environment", {})
+    held = env.get("fastvideo_patches") or ""
+    if not held or held.startswith("none"):
+        step.ok, step.message = False, f"ran stock FastVideo ({env.get('fastvideo_path')}), not the patched copy"
+        return
+    fixed = None
+    if step.patched.report and (step.patched.report / "report.json").is_file():
+        fixed = json.loads((step.patched.report / "report.json").read_text())
+    bad = drift(fixed, rep)
+    step.ok = step.ok and not bad
+    step.message += ("; agrees with the run-time fixed step row by row" if not bad else
+                     "; drift from the run-time fixed step: " + "; ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
 
 
 def _features_for(manifest: dict, model: str, golden: Path) -> list[dict]:
@@ -211,18 +301,20 @@ def run_step(step: Step, root) -> None:
     """Run one step as the real command of ``root`` (the CLI group the gate was
     invoked from), in this process."""
     t0 = time.perf_counter()
-    step.rc = invoke(root, step.argv)
+    step.rc = invoke(root, step.argv) if step.patched is None else run_patched(step, Path(step.details["copy"]))
     step.seconds = time.perf_counter() - t0
     rep = None
     if step.report and (step.report / "report.json").is_file():
         rep = json.loads((step.report / "report.json").read_text())
-        step.details = {"passed": rep.get("passed"), "first_divergent": rep.get("first_divergent")}
+        step.details.update({"passed": rep.get("passed"), "first_divergent": rep.get("first_divergent")})
     if step.expect is None:
         step.ok = step.rc == 0
         step.message = "ok" if step.ok else f"exit {step.rc}" + (
-            f", first divergent {rep['first_divergent']}" if rep and rep.get("first_divergent") else "")
+            f", first divergent {rep['first_divergent']}" if rep and rep.get("first_divergent") else "") + (
+            f" ({step.details['stderr_tail'][0]})" if step.details.get("stderr_tail") and rep is None else "")
         _check_sp(step, rep)
         _check_features(step, rep)
+        _check_patched(step, rep)
         return
     want = step.expect
     got_first = rep.get("first_divergent") if rep else None
