@@ -52,9 +52,9 @@ class Undo:
         self._fn = fn
 
     def __call__(self) -> None:
-        fn, self._fn = self._fn, None
-        if fn is not None:
-            fn()
+        if self._fn is not None:
+            self._fn()                  # raises (and stays to be undone) where the attribute was changed behind
+            self._fn = None
 
 
 class _Layer:
