@@ -14,15 +14,18 @@ process:
 
 ``install(names)`` does the same without a scope and returns the function that undoes
 it. Every fix patches through fixes/patching.py (layers that stack and come off in any
-order; a fix installed twice is one layer). Most wrap a FastVideo method or replace a
-name a FastVideo module looks up and otherwise call FastVideo's own code; two compute a
-part of FastVideo's method themselves and say so in their module (``bsa-kv-cache-dense``:
-the attention of ``forward_with_kv_cache`` around FastVideo's own kernel;
-``text-embeds-padding``: ``umt5_postprocess_text``'s answer).
+order; a fix installed twice is one layer): it wraps FastVideo methods, or layers over a
+name a FastVideo module looks up, and leaves everything it does not change to FastVideo's
+own code. What a fix computes itself is our code, named in its module: the original's
+schedule (fixes/schedule_code.py), the masked text attention (fixes/varlen_text_code.py),
+the encoder output kept as it is (text_padding.py), the token sharding and gathering under
+sequence parallelism (sp_shard.py). The BSA fixes compute nothing of their own: they hand
+FastVideo's attention calls to FastVideo's BSA kernel. No fix copies FastVideo code.
 
 Upstream, as a patch series (fixes/series.py): each fix's ``patch`` is its edit of
-FastVideo's source (anchors by name and our replacement code; no FastVideo line is
-stored here). ``longcat-convert fixes export`` writes the series, ``fixes build`` a
+FastVideo's source (anchors: a function or class by name and the short expression
+each edit replaces, and our replacement code; no FastVideo file, hunk or patch is stored
+here). ``longcat-convert fixes export`` writes the series, ``fixes build`` a
 patched copy of FastVideo. Run against a patched copy (``PYTHONPATH=COPY``),
 ``in_fastvideo()`` names the patches it holds, ``active()`` counts them as fixes in
 force, and ``install`` leaves them alone (never a fix on top of its own patch).

@@ -28,6 +28,7 @@ does nothing):
   the second ``wrap``/``replace`` with the key counts one more user, and the layer
   comes off when every user has undone it (installing a fix twice is harmless).
 - ``layers(owner, name) -> [key or None, ...]``: the stack, oldest first (for tests).
+- ``original(owner, name)``: the value under every layer.
 - ``Patches``: a group of layers undone together (newest first), usable as a context
   manager: ``with Patches() as p: p.wrap(cls, "forward", make)``.
 - ``patched(owner, name, make)``: one layer for a ``with`` scope.
@@ -157,6 +158,14 @@ def _release(st: _Stack, layer: _Layer) -> None:
     st.rebuild()
     if not st.layers:
         _STACKS.pop((id(st.owner), st.name), None)
+
+
+def original(owner, name: str):
+    """What ``owner.name`` was before the mechanism's layers (its current value if it has none)."""
+    st = _STACKS.get((id(owner), name))
+    if st is not None and st.owner is owner and st.layers:
+        return st.base if st.base is not _MISSING else st.inherited
+    return getattr(owner, name)
 
 
 def layers(owner, name: str) -> list:

@@ -151,11 +151,14 @@ def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) ->
     seen_stages = []
 
     def observed(stage):
-        forward = stage.forward
         name = type(stage).__name__
 
-        def run(batch, fv_args):
-            out = forward(batch, fv_args)
+        def observe(forward):                  # a layer over the stage's (bound) forward
+            def run(batch, fv_args):
+                return record(forward(batch, fv_args))
+            return run
+
+        def record(out):
             seen_stages.append(name)
             if name == "TextEncodingStage":
                 put("text.prompt_embeds", out.prompt_embeds[0])
@@ -163,7 +166,7 @@ def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) ->
                 if out.do_classifier_free_guidance:
                     put("text.negative_prompt_embeds", out.negative_prompt_embeds[0])
                     put("text.negative_attention_mask", out.negative_attention_mask[0])
-            elif name == "TimestepPreparationStage":
+            elif name.endswith("TimestepPreparationStage"):
                 put("timesteps", out.timesteps)
                 put("sigmas", scheduler.sigmas)
             elif name == "LatentPreparationStage":
@@ -171,17 +174,20 @@ def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) ->
             elif name == "LongCatDenoisingStage":
                 put("output.latents", out.latents)
             return out
-        return run
-    for stage in pipe.stages:
-        stage.forward = observed(stage)            # instance attributes: record only
-    original_decode = vae.decode
+        return observe
 
-    def decode(z, *a, **kw):
-        put("decode.latents", z)
-        out = original_decode(z, *a, **kw)
-        put("output.video", out)
-        return out
-    vae.decode = decode
+    def observed_decode(original_decode):
+        def decode(z, *a, **kw):
+            put("decode.latents", z)
+            out = original_decode(z, *a, **kw)
+            put("output.video", out)
+            return out
+        return decode
+    from fixes import patching
+    recorders = patching.Patches()              # record only; the one patch mechanism, undone below
+    for stage in pipe.stages:
+        recorders.wrap(stage, "forward", observed(stage))
+    recorders.wrap(vae, "decode", observed_decode)
     obs = LoopObserver(transformer, scheduler, device)
     try:
         batch = forward_batch(sampling_param(case.meta, sigmas), args)
@@ -190,9 +196,7 @@ def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) ->
     finally:
         obs.close()
         pre.remove()
-        del vae.decode
-        for stage in pipe.stages:
-            del stage.forward
+        recorders.undo()
     rows.update(obs.rows)
     put("output.frames", out.output)
     if ids:
