@@ -154,7 +154,7 @@ def patched_twins(steps: list[Step], work: Path) -> list[Step]:
             name += f" +run-time {','.join(left)}"
         out.append(Step(s.model, name, argv, report=report, expect=s.expect, expect_sp=s.expect_sp,
                         expect_features=s.expect_features, patched=s, details={"copy": str(copy)}))
-    return out
+    return out if len(out) > 1 else []
 
 
 def run_patched(step: Step, work_copy: Path) -> int:
