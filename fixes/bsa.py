@@ -192,12 +192,9 @@ COND_SPLIT_PATCH = Patch(
                                              latent_shape_q=(num_cond_latents, H, W),
                                              latent_shape_k=(num_cond_latents, H, W),
                                              **self.bsa_params).transpose(1, 2)
-            else:
-                out_cond, _ = self.attn(q_cond, k_cond, v_cond)'''),
-        Edit(_LONGCAT, "LongCatSelfAttention.forward", '''\
-            out_noise_t = torch.nn.functional.scaled_dot_product_attention(
-                q_noise_t, k_t, v_t, attn_mask=None, dropout_p=0.0,
-                is_causal=False)  # [B, num_heads, N_noise, head_dim]''', '''\
+            else:''', where="guard"),
+        Edit(_LONGCAT, "LongCatSelfAttention.forward",
+             "out_noise_t = torch.nn.functional.scaled_dot_product_attention(", '''\
             if self.enable_bsa and T > 1:
                 # Noise frames' queries on every frame's keys, block-sparse.
                 out_noise_t = flash_attn_bsa_3d(q_noise_t.contiguous(),
@@ -206,10 +203,7 @@ COND_SPLIT_PATCH = Patch(
                                                 latent_shape_q=(T - num_cond_latents, H, W),
                                                 latent_shape_k=(T, H, W),
                                                 **self.bsa_params)  # [B, num_heads, N_noise, head_dim]
-            else:
-                out_noise_t = torch.nn.functional.scaled_dot_product_attention(
-                    q_noise_t, k_t, v_t, attn_mask=None, dropout_p=0.0,
-                    is_causal=False)  # [B, num_heads, N_noise, head_dim]'''),
+            else:''', where="guard"),
     ),
     new_files=(NewFile("fastvideo/tests/transformers/test_longcat_bsa_cond_split.py", _TEST_HEAD.format(
         what="LongCat i2v condition split with BSA on: both halves block-sparse") + '''\
@@ -242,14 +236,8 @@ KV_CACHE_PATCH = Patch(
 
         Leaves alone: BSA off or one new frame, the cache itself, the RoPE offset handling.""",
     edits=(
-        Edit(_LONGCAT, "LongCatSelfAttention.forward_with_kv_cache", '''\
-            out = torch.nn.functional.scaled_dot_product_attention(q_rope,
-                                                                   k_full,
-                                                                   v_full,
-                                                                   attn_mask=None,
-                                                                   dropout_p=0.0,
-                                                                   is_causal=False)  # [B, heads, N_noise, head_dim]''',
-             '''\
+        Edit(_LONGCAT, "LongCatSelfAttention.forward_with_kv_cache",
+             "out = torch.nn.functional.scaled_dot_product_attention(q_rope,", '''\
             if self.enable_bsa and T > 1:
                 # The new frames' queries on cache + new frames, block-sparse.
                 out = flash_attn_bsa_3d(q_rope.contiguous(),
@@ -258,13 +246,7 @@ KV_CACHE_PATCH = Patch(
                                         latent_shape_q=(T, H, W),
                                         latent_shape_k=(num_cond_latents + T, H, W),
                                         **self.bsa_params)  # [B, heads, N_noise, head_dim]
-            else:
-                out = torch.nn.functional.scaled_dot_product_attention(q_rope,
-                                                                       k_full,
-                                                                       v_full,
-                                                                       attn_mask=None,
-                                                                       dropout_p=0.0,
-                                                                       is_causal=False)'''),
+            else:''', where="guard"),
     ),
     new_files=(NewFile("fastvideo/tests/transformers/test_longcat_bsa_kv_cache.py", _TEST_HEAD.format(
         what="LongCat K/V-cache continuation with BSA on: block-sparse over cache + new frames") + '''\

@@ -45,7 +45,9 @@ class Edit:
     find: str            # the lines it replaces (or goes before/after), matched without their indentation
     replace: object      # ours (a str, or a function -> str: the source of a function of ours), indented
                          # relative to the first found line ("after-scope": to the anchor's)
-    where: str = "replace"      # "replace" | "before" | "after" | "after-scope" (after the anchor's last line)
+    where: str = "replace"      # "replace" | "before" | "after" (the statement that starts with ``find``) |
+                                # "guard" (``replace`` is an ``if ...: ... else:`` put over the statement that
+                                # starts with ``find``, which goes under the ``else``) | "after-scope"
 
 
 @dataclass(frozen=True)
@@ -134,20 +136,31 @@ def apply_edit(text: str, edit: Edit, patch_name: str) -> str:
         new = lines[:hi] + gap + _reindent(replacement, prefix) + lines[hi:]
         return "\n".join(new)
     want = [ln.strip() for ln in textwrap.dedent(edit.find).strip("\n").split("\n")]
+    def same(line: str, w: str) -> bool:          # a trailing comment of FastVideo's does not count
+        line = line.strip()
+        return line == w or (line.startswith(w) and line[len(w):].lstrip().startswith("#"))
     hits = [i for i in range(lo - 1, hi - len(want) + 1)
-            if [ln.strip() for ln in lines[i:i + len(want)]] == want]
+            if all(same(a, b) for a, b in zip(lines[i:i + len(want)], want))]
     if len(hits) != 1:
         raise BadInput(f"{where}: {'expression not found' if not hits else 'expression found %d times' % len(hits)}"
                        f": {want[0][:60]!r}")
     i = hits[0]
     prefix = _indent(lines[i])
     body = _reindent(replacement, prefix)
+    end = i + len(want)
+    if edit.where in ("after", "guard"):           # to the end of the statement that starts there
+        stmt = next((n for n in ast.walk(tree) if isinstance(n, ast.stmt) and n.lineno == i + 1), None)
+        if stmt is None and edit.where == "guard":
+            raise BadInput(f"{where}: {want[0][:60]!r} does not start a statement")
+        end = max(end, stmt.end_lineno) if stmt is not None else end     # "after" a parameter line: that line
     if edit.where == "replace":
-        new = lines[:i] + body + lines[i + len(want):]
+        new = lines[:i] + body + lines[end:]
     elif edit.where == "before":
         new = lines[:i] + body + lines[i:]
     elif edit.where == "after":
-        new = lines[:i + len(want)] + body + lines[i + len(want):]
+        new = lines[:end] + body + lines[end:]
+    elif edit.where == "guard":
+        new = lines[:i] + body + [("    " + ln) if ln.strip() else ln for ln in lines[i:end]] + lines[end:]
     else:
         raise ValueError(f"{where}: where={edit.where!r}")
     return "\n".join(new)

@@ -169,25 +169,19 @@ PATCH = Patch(
         Edit(_LONGCAT, "LongCatCrossAttention.forward",
              "num_cond_latents: int = 0,  # Number of conditioning latent frames (for I2V)", _MASK_PARAM,
              where="after"),
-        Edit(_LONGCAT, "LongCatCrossAttention.forward", "out_noise = self.attn(q, k, v)  # [B, N_noise, num_heads, head_dim]",
-             '''\
-             if context_mask is None:
-                 out_noise = self.attn(q, k, v)  # [B, N_noise, num_heads, head_dim]
-             else:  # each sample's own valid text tokens
-                 out_noise = longcat_masked_text_attention(q, k, v, context_mask)'''),
-        Edit(_LONGCAT, "LongCatCrossAttention.forward", "out = self.attn(q, k, v)  # [B, N_img, num_heads, head_dim]",
-             '''\
-             if context_mask is None:
-                 out = self.attn(q, k, v)  # [B, N_img, num_heads, head_dim]
-             else:  # each sample's own valid text tokens
-                 out = longcat_masked_text_attention(q, k, v, context_mask)'''),
+        Edit(_LONGCAT, "LongCatCrossAttention.forward", "out_noise = self.attn(q, k, v)", '''\
+             if context_mask is not None:  # each sample's own valid text tokens
+                 out_noise = longcat_masked_text_attention(q, k, v, context_mask)
+             else:''', where="guard"),
+        Edit(_LONGCAT, "LongCatCrossAttention.forward", "out = self.attn(q, k, v)", '''\
+             if context_mask is not None:  # each sample's own valid text tokens
+                 out = longcat_masked_text_attention(q, k, v, context_mask)
+             else:''', where="guard"),
         Edit(_LONGCAT, "LongCatTransformerBlock.forward",
              "skip_crs_attn: bool = False,  # Skip cross-attention (for cache init)", _MASK_PARAM, where="after"),
         Edit(_LONGCAT, "LongCatTransformerBlock.forward", "num_cond_latents=cross_num_cond)",
              "num_cond_latents=cross_num_cond,\ncontext_mask=context_mask)"),
-        Edit(_LONGCAT, "LongCatTransformer3DModel.forward", '''\
-            context = self.caption_embedder(encoder_hidden_states,
-                                            encoder_attention_mask=encoder_attention_mask)  # [B, N_text, C]''', '''\
+        Edit(_LONGCAT, "LongCatTransformer3DModel.forward", "context = self.caption_embedder(encoder_hidden_states,", '''\
             # Without zero padding, LongCat-Video attends each sample to its own valid text tokens only.
             text_mask = None if self.caption_embedder.text_tokens_zero_pad else longcat_text_mask(
                 encoder_attention_mask, B, context.shape[1])''', where="after"),
