@@ -33,6 +33,23 @@ does nothing):
   manager: ``with Patches() as p: p.wrap(cls, "forward", make)``.
 - ``patched(owner, name, make)``: one layer for a ``with`` scope.
 
+Example, a recorder around a module-level function for a run (what parity/features.py's
+``build_pipeline`` wrapper is)::
+
+    import fastvideo.pipelines as fvp
+    from fixes import patching
+
+    def recording(build):                  # make(previous) -> the value put on
+        def build_pipeline(*args, **kwargs):
+            pipe = build(*args, **kwargs)
+            built.append(pipe)
+            return pipe
+        return build_pipeline
+
+    with patching.Patches() as p:
+        p.wrap(fvp, "build_pipeline", recording, key="features: record pipelines")
+        ...                                # other layers on fvp.build_pipeline (fixes) keep working
+
 ``make`` may be called again whenever a layer under it comes off, so it must only
 build a value from ``previous`` (no side effects). An attribute changed behind the
 mechanism's back (a plain ``setattr`` over a patched one) is refused with a
