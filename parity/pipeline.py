@@ -166,7 +166,7 @@ def run_native_pipeline(root: Path, case: ComponentCase, device, sigmas: str) ->
                 if out.do_classifier_free_guidance:
                     put("text.negative_prompt_embeds", out.negative_prompt_embeds[0])
                     put("text.negative_attention_mask", out.negative_attention_mask[0])
-            elif name.endswith("TimestepPreparationStage"):
+            elif name == "TimestepPreparationStage":
                 put("timesteps", out.timesteps)
                 put("sigmas", scheduler.sigmas)
             elif name == "LatentPreparationStage":
