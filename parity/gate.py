@@ -194,7 +194,7 @@ def drift(fixed: dict | None, patched: dict | None) -> list[str]:
     return bad
 
 
-def _check_patched(step: Step, rep: dict | None) -> None:
+def check_patched(step: Step, rep: dict | None) -> None:
     if step.patched is None:
         return
     env = (rep or {}).get("environment", {})
@@ -314,7 +314,7 @@ def run_step(step: Step, root) -> None:
             f" ({step.details['stderr_tail'][0]})" if step.details.get("stderr_tail") and rep is None else "")
         _check_sp(step, rep)
         _check_features(step, rep)
-        _check_patched(step, rep)
+        check_patched(step, rep)
         return
     want = step.expect
     got_first = rep.get("first_divergent") if rep else None

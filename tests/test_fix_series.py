@@ -171,3 +171,28 @@ def test_the_repository_stores_no_fastvideo_code():
         lines = [ln.strip() for ln in (ROOT / p).read_text(errors="replace").splitlines() if ln.strip()]
         hits = [i for i in range(len(lines) - 3) if tuple(lines[i:i + 4]) in windows]
         assert not hits, f"{p}: lines {hits[:3]} repeat FastVideo's source"
+
+
+def test_a_patched_twin_fails_on_drift_or_on_stock_fastvideo(tmp_path):
+    """The gate's check of a *-patched step (parity/gate.py): every row of the run-time fixed
+    step's report again, every metric equal; and the patched FastVideo named as what ran."""
+    import json
+    from parity.gate import Step, check_patched, drift
+    row = {"name": "blocks.0.attn", "case": "c", "native_name": None, "rel_l2": 1e-7, "max_abs": 2e-7,
+           "passed": True, "failures": []}
+    fixed = {"layers": [row, dict(row, name="output")]}
+    assert drift(fixed, json.loads(json.dumps(fixed))) == []
+    moved = {"layers": [dict(row, rel_l2=1.0000001e-7), dict(row, name="output")]}
+    assert drift(fixed, moved) == ["blocks.0.attn (c) rel_l2: 1e-07 run-time fixed, 1.0000001e-07 patched"]
+    assert drift(fixed, {"layers": [row]}) == ["output (c): only in the run-time fixed report"]
+    (tmp_path / "fixed").mkdir()
+    (tmp_path / "fixed" / "report.json").write_text(json.dumps(fixed))
+    twin = Step("m", "parity e2e-patched c", [], patched=Step("m", "parity e2e-fixed c", [], report=tmp_path / "fixed"))
+    for env, ok in (({"fastvideo_patches": "0001-schedule-reshift.patch"}, True),
+                    ({"fastvideo_patches": "none (stock)"}, False)):
+        twin.ok, twin.message = True, "ok"
+        check_patched(twin, dict(fixed, environment=env))
+        assert twin.ok is ok, twin.message
+    twin.ok = True
+    check_patched(twin, dict(moved, environment={"fastvideo_patches": "0001-schedule-reshift.patch"}))
+    assert not twin.ok and "drift" in twin.message and "blocks.0.attn" in twin.message
