@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 CLI    := $(VENV)/bin/longcat-convert
 FASTVIDEO_VERSION := 0.2.1
 
-.PHONY: install demo test fuzz gate bench gpu-check clean
+.PHONY: install demo test fuzz gate bench gpu-check clean patched-fastvideo
 
 # fastvideo goes in last and without its dependencies (docs/converting.md, Installing): its own pins
 # ask for a CUDA torch build and a fastvideo-kernel that only builds with CUDA.
@@ -37,6 +37,12 @@ fuzz: install
 
 gate: install
 	$(CLI) gate --report reports/gate
+
+# A patched COPY of the installed FastVideo (our fixes as its source changes, docs/fixes.md); the
+# installed one is only read. Run anything against it with PYTHONPATH=out/fastvideo-patched.
+patched-fastvideo: install
+	$(CLI) fixes export out/fastvideo-series
+	$(CLI) fixes build out/fastvideo-patched --series out/fastvideo-series
 
 # Converter vs cp on synthetic real-width checkpoints (cached in ~/.cache/longcat-convert-bench,
 # or $$LONGCAT_BENCH_CACHE); e.g. make bench BENCH_ARGS="--dtypes bf16 --blocks 2 --reps 1"

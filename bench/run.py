@@ -314,13 +314,18 @@ def print_sampling(res: dict) -> None:
 
 def section_fixes(args) -> dict:
     """The fixes' cost, side by side in one run: per DiT call and per loop (the DiT calls of
-    the loop summed), the reference against stock FastVideo and FastVideo with ``--fixes all``;
-    the tiny golden trajectories (t2v with CFG, video continuation with enhance_hf) and a
-    generated t2v loop on the released widths (the shallowest --blocks checkpoint)."""
+    the loop summed), the reference against stock FastVideo, FastVideo with ``--fixes all`` and
+    patched FastVideo (``fixes build``: a patched copy, no run-time fixes); the tiny golden
+    trajectories (t2v with CFG, video continuation with enhance_hf) and a generated t2v loop on
+    the released widths (the shallowest --blocks checkpoint)."""
     work = cache_dir() / "runs-fixes"
     _rm(work)
     work.mkdir(parents=True)
     root = Path(__file__).resolve().parent.parent
+    patched = work / "fastvideo-patched"
+    _check(measure(CLI + ["fixes", "build", str(patched)]), "fixes build")
+    patched_env = {"PYTHONPATH": os.pathsep.join([str(patched), str(root)] +
+                                                 [p for p in [os.environ.get("PYTHONPATH")] if p])}
     cases = root / "golden" / "tiny-a" / "cases"
     extra = root / "golden" / "extra" / "tiny-a" / "cases"
     runs = [("tiny-a traj_t2v_cfg", "fp32", root / "golden" / "tiny-a",
@@ -334,16 +339,17 @@ def section_fixes(args) -> dict:
     for label, dtype, src, extra_args in runs:
         conv = work / f"conv-{len(rows)}"
         _check(measure(CLI + ["convert", str(src), str(conv), "--quiet", "--no-fsync"]), "convert")
-        got: dict = {"reference": [], "stock": [], "fixed": []}
+        got: dict = {"reference": [], "stock": [], "fixed": [], "patched": []}
         last: dict = {}
-        for rep_i in range(args.reps):               # stock and fixed interleaved, each with its reference
-            for side, fix_args in (("stock", []), ("fixed", ["--fixes", "all"])):
+        for rep_i in range(args.reps):               # stock, fixed and patched interleaved, each with its reference
+            for side, fix_args in (("stock", []), ("fixed", ["--fixes", "all"]), ("patched", [])):
                 print(f"  parity --mode sampling, {label}, {side} ({rep_i + 1}/{args.reps}) ...", file=sys.stderr,
                       flush=True)
                 rep = work / f"report-{len(rows)}-{side}"
                 _rm(rep)
                 smp = measure(CLI + ["parity", str(src), str(conv), "--device", args.device, "--mode", "sampling",
-                                     "--dtype", dtype, "--quiet", "--report", str(rep), *fix_args, *extra_args])
+                                     "--dtype", dtype, "--quiet", "--report", str(rep), *fix_args, *extra_args],
+                              env=patched_env if side == "patched" else None)
                 if smp.rc not in (0, 1):
                     _check(smp, f"parity --mode sampling ({side})")
                 report = json.loads((rep / "report.json").read_text())
@@ -370,19 +376,22 @@ def print_fixes(res: dict) -> None:
     con = Console(width=220, highlight=False)
     t = Table(title="fixes: wall time per DiT call and per loop (DiT calls summed), median over the reps of "
                     "each run's median, same run, fp32 (per-call spread across reps in brackets)")
-    for c in ("checkpoint", "calls ref / stock / fixed", "ref ms", "stock ms", "fixed ms", "fixed / stock",
-              "fixed / ref", "loop s ref / stock / fixed", "stock", "fixed"):
+    for c in ("checkpoint", "calls ref / stock / fixed / patched", "ref ms", "stock ms", "fixed ms", "patched ms",
+              "fixed / stock", "patched / stock", "patched / ref", "loop s ref / stock / fixed / patched", "stock",
+              "fixed", "patched"):
         t.add_column(c, justify="right")
     for r in res["rows"]:
-        ref, st, fx = r["reference"], r["stock"], r["fixed"]
+        ref, st, fx, pt = r["reference"], r["stock"], r["fixed"], r["patched"]
         def ms(side):
             lo, hi = side["ms_spread"]
             return f"{side['ms']:.1f} [{lo:.1f}-{hi:.1f}]"
-        t.add_row(r["checkpoint"], f"{ref['calls']} / {st['calls']} / {fx['calls']}", ms(ref),
-                  ms(st), ms(fx), f"{fx['ms'] / st['ms']:.2f}", f"{fx['ms'] / ref['ms']:.2f}",
-                  f"{ref['loop_s']:.2f} / {st['loop_s']:.2f} / {fx['loop_s']:.2f}",
-                  "passes" if st["passed"] else f"first divergent {st['first_divergent']}",
-                  "passes" if fx["passed"] else f"first divergent {fx['first_divergent']}")
+        def verdict(side):
+            return "passes" if side["passed"] else f"first divergent {side['first_divergent']}"
+        t.add_row(r["checkpoint"], f"{ref['calls']} / {st['calls']} / {fx['calls']} / {pt['calls']}", ms(ref),
+                  ms(st), ms(fx), ms(pt), f"{fx['ms'] / st['ms']:.2f}", f"{pt['ms'] / st['ms']:.2f}",
+                  f"{pt['ms'] / ref['ms']:.2f}",
+                  f"{ref['loop_s']:.2f} / {st['loop_s']:.2f} / {fx['loop_s']:.2f} / {pt['loop_s']:.2f}",
+                  verdict(st), verdict(fx), verdict(pt))
     con.print(t)
 
 

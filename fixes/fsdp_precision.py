@@ -24,7 +24,8 @@ asked; fixed: float32, and the FSDP run's rows agree with one process within the
 """
 from __future__ import annotations
 
-from .base import Fix, replace_name
+from . import patching
+from .base import Fix
 
 
 def _make(original):
@@ -41,7 +42,7 @@ def _make(original):
 
 def _install():
     import fastvideo.models.loader.component_loader as cl
-    return replace_name(cl, "maybe_load_fsdp_model", _make(cl.maybe_load_fsdp_model))
+    return patching.wrap(cl, "maybe_load_fsdp_model", _make, key="fsdp-bf16-params")
 
 
 FIX = Fix("fsdp-bf16-params", "FSDP inference keeps the DiT in the requested precision: the MixedPrecisionPolicy's "

@@ -25,6 +25,7 @@ Proven by the gate's features step (``tiny-bundle: features --fixes all``): the 
 from __future__ import annotations
 
 from .base import Fix, undo_all, wrap_method
+from .series import Edit, NewFile, Patch
 
 
 def _make(original):
@@ -58,3 +59,58 @@ def _install():
 
 FIX = Fix("lora-unmerge-cpu", "a LoRA layer on a CPU keeps a copy of its base weight to restore, not the weight "
                               "itself", _install)
+
+
+PATCH = Patch(
+    name="lora-unmerge-cpu",
+    title="LoRA: keep a real copy of the base weight on a CPU (unmerge restores, adapters do not accumulate)",
+    description="""\
+        What: `BaseLayerWithLoRA.__init__` keeps `base_layer.weight.to("cpu", copy=True)` and
+        `unmerge_lora_weights` restores with `.to(weight, copy=True)`.
+
+        Why: on a CPU `.to("cpu")` hands back the weight itself, so the "saved" copy is the
+        weight that `merge_lora_weights` then adds the adapter into in place: unmerging restores
+        nothing, and `set_lora_adapter` (unmerge, then merge the next) accumulates adapters. The
+        restore aliases a second time (`cpu_weight.data.to(weight)` is `cpu_weight` on a CPU), so
+        switching to a second adapter and back leaves 3x the first adapter. On a GPU both calls
+        already copy. (This also closes `lora-switch-accumulates`.)
+
+        Evidence: longcat-convert's gate, the features step of tiny-bundle: the rows
+        `unmerge_lora_weights` and `set_lora_adapter` diverge on stock FastVideo and are exact /
+        within tolerance with this patch (`features-fixed`).
+
+        Leaves alone: the GPU path (one extra copy call that was already a copy), DTensor weights.""",
+    edits=(Edit("fastvideo/layers/lora/linear.py", "BaseLayerWithLoRA.__init__",
+                'self.cpu_weight = base_layer.weight.to("cpu")',
+                'self.cpu_weight = base_layer.weight.to("cpu", copy=True)  # a copy on a CPU too'),
+           Edit("fastvideo/layers/lora/linear.py", "BaseLayerWithLoRA.unmerge_lora_weights",
+                "self.base_layer.weight.data = self.cpu_weight.data.to(self.base_layer.weight, non_blocking=True)",
+                "self.base_layer.weight.data = self.cpu_weight.data.to(self.base_layer.weight, non_blocking=True,\n"
+                "                                                      copy=True)")),
+    new_files=(NewFile("fastvideo/tests/layers/test_lora_unmerge_cpu.py", '''\
+        # SPDX-License-Identifier: Apache-2.0
+        """LoRA on a CPU: unmerge restores the base weight; switching adapters does not accumulate."""
+        import torch
+
+        from fastvideo.layers.linear import ReplicatedLinear
+        from fastvideo.layers.lora import linear as lora_linear
+
+
+        def test_unmerge_and_switch_on_cpu(monkeypatch):
+            monkeypatch.setattr(lora_linear, "get_local_torch_device", lambda: torch.device("cpu"))
+            torch.manual_seed(0)
+            layer = lora_linear.BaseLayerWithLoRA(ReplicatedLinear(4, 4, bias=False))
+            base = layer.base_layer.weight.detach().clone()
+            a, b = torch.randn(2, 4), torch.randn(4, 2)
+            with torch.no_grad():
+                layer.set_lora_weights(a, b)
+                merged = layer.base_layer.weight.detach().clone()
+                layer.unmerge_lora_weights()
+                torch.testing.assert_close(layer.base_layer.weight.detach(), base)
+                layer.set_lora_weights(a, 2 * b)
+                layer.set_lora_weights(a, b)
+            torch.testing.assert_close(layer.base_layer.weight.detach(), merged)
+        '''),),
+    test="fastvideo/tests/layers/test_lora_unmerge_cpu.py",
+)
+FIX = Fix(FIX.finding, FIX.summary, FIX.install, PATCH)

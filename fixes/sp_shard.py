@@ -51,10 +51,10 @@ import functools
 import inspect
 import types
 
-from .base import Fix, replace_name, undo_all, wrap_method
+from . import patching
+from .base import Fix, undo_all, wrap_method
 
 _LAYOUT = contextvars.ContextVar("longcat_sp_layout", default=None)     # the running forward's token layout
-_state = {"installed": False}
 
 
 class Layout:
@@ -123,7 +123,8 @@ def layout_for(model, hidden_states) -> Layout | None:
     """The token layout a forward of ``model`` on ``hidden_states`` ([B, C, T, H, W])
     runs with under this fix, or None when it runs as stock (fix not installed, one
     rank, or a frame's tokens do not divide among the ranks)."""
-    if not _state["installed"]:
+    if _model_forward not in patching.layers(type(model), "forward") and not any(
+            _model_forward in patching.layers(k, "forward") for k in type(model).__mro__[1:]):
         return None
     world, rank = _sp()
     if world <= 1:
@@ -277,7 +278,7 @@ def _bsa_global(original):
     return flash_attn_bsa_3d
 
 
-def _sdpa_all_keys(q, k, v, *args, **kwargs):
+def _sdpa_all_keys(q, k, v, *args, sdpa=None, **kwargs):
     """LongCat's plain-SDPA self-attention paths under a sharded forward: this rank's
     queries against the keys and values of every rank (no mask: the order of keys
     does not matter)."""
@@ -289,32 +290,36 @@ def _sdpa_all_keys(q, k, v, *args, **kwargs):
             raise NotImplementedError("sp-whole-sequence: a masked SDPA call cannot gather the keys of every rank")
         k = sequence_model_parallel_all_gather(k.contiguous(), dim=2)
         v = sequence_model_parallel_all_gather(v.contiguous(), dim=2)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, *args, **kwargs)
+    return (sdpa or torch.nn.functional.scaled_dot_product_attention)(q, k, v, *args, **kwargs)
 
 
-class _Functional(types.ModuleType):
-    def __getattr__(self, name):
-        import torch.nn.functional as F
-        return _sdpa_all_keys if name == "scaled_dot_product_attention" else getattr(F, name)
+class ModuleProxy(types.ModuleType):
+    """A module that answers ``overrides`` and is the module ``under`` it otherwise."""
 
-
-class _NN(types.ModuleType):
-    def __getattr__(self, name):
-        import torch.nn
-        return _FUNCTIONAL if name == "functional" else getattr(torch.nn, name)
-
-
-class _Torch(types.ModuleType):
-    """``torch`` for the longcat module: ``torch.nn.functional.scaled_dot_product_attention``
-    is the gathering version, everything else is torch itself."""
+    def __init__(self, name: str, under, overrides: dict):
+        super().__init__(name)
+        self._under, self._overrides = under, overrides
 
     def __getattr__(self, name):
-        import torch
-        return _NN_PROXY if name == "nn" else getattr(torch, name)
+        if name in self._overrides:
+            return self._overrides[name]
+        return getattr(self._under, name)
 
 
-_FUNCTIONAL = _Functional("torch.nn.functional")
-_NN_PROXY = _NN("torch.nn")
+def module_proxy(name: str, under, overrides: dict) -> ModuleProxy:
+    """A module named ``name`` answering ``overrides`` and otherwise ``under`` (a layer over a
+    module's name, e.g. ``torch`` in FastVideo's longcat module, that stacks: fixes/patching.py)."""
+    return ModuleProxy(name, under, overrides)
+
+
+def _torch_over(under):
+    """``torch`` for the longcat module (or the layer under this one):
+    ``torch.nn.functional.scaled_dot_product_attention`` is the gathering version, every other
+    name is the layer under it's."""
+    def sdpa(q, k, v, *args, **kwargs):          # the layer under's SDPA, looked up per call
+        return _sdpa_all_keys(q, k, v, *args, sdpa=under.nn.functional.scaled_dot_product_attention, **kwargs)
+    functional = ModuleProxy("torch.nn.functional", under.nn.functional, {"scaled_dot_product_attention": sdpa})
+    return ModuleProxy("torch", under, {"nn": ModuleProxy("torch.nn", under.nn, {"functional": functional})})
 
 
 def _install():
@@ -324,10 +329,8 @@ def _install():
             wrap_method(lc.PatchEmbed3D, "forward", _patch_embed_forward),
             wrap_method(lc.FinalLayer, "forward", _final_layer_forward),
             wrap_method(RotaryPositionalEmbedding3D, "forward", _rope_forward)]
-    undo.append(replace_name(lc, "flash_attn_bsa_3d", _bsa_global(lc.flash_attn_bsa_3d)))
-    undo.append(replace_name(lc, "torch", _Torch("torch")))
-    _state["installed"] = True
-    undo.insert(0, lambda: _state.update(installed=False))      # run last, after every name is back
+    undo.append(wrap_method(lc, "flash_attn_bsa_3d", _bsa_global))
+    undo.append(wrap_method(lc, "torch", _torch_over))
     return undo_all(undo)
 
 

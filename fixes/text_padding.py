@@ -34,6 +34,7 @@ import functools
 import inspect
 
 from .base import Fix, wrap_method
+from .series import Edit, NewFile, Patch
 
 LENGTH = 512            # FastVideo's fixed text length for LongCat (and the original's default)
 
@@ -72,8 +73,59 @@ def _make(original, stock):
 def _install():
     from fastvideo.configs.pipelines.longcat import umt5_postprocess_text
     from fastvideo.pipelines.stages.text_encoding import TextEncodingStage
-    return wrap_method(TextEncodingStage, "encode_text", lambda original: _make(original, umt5_postprocess_text))
+    return wrap_method(TextEncodingStage, "encode_text", lambda original: _make(original, umt5_postprocess_text),
+                       key="text-embeds-padding")
 
 
 FIX = Fix("text-embeds-padding", "LongCat's text encoding keeps UMT5's output at padded positions (the original's "
                                  "prompt embeddings), where umt5_postprocess_text zero-fills them", _install)
+
+
+PATCH = Patch(
+    name="text-embeds-padding",
+    title="LongCat: keep UMT5's output at padded positions (the prompt embeddings LongCat-Video hands its DiT)",
+    description="""\
+        What: `umt5_postprocess_text` (configs/pipelines/longcat.py) returns the encoder's
+        `last_hidden_state` as it is when it already has the 512 positions LongCat's DiT takes
+        (the tokenizer padded to that length); otherwise it pads with zeros, as before.
+
+        Why: the function keeps the first `sum(mask)` positions of each prompt and zero-fills the
+        rest; LongCat-Video hands its DiT UMT5's output at all 512 positions, padding included,
+        with the mask beside it. `prompt_embeds` differ at every padded position (relative L2
+        0.9925 on longcat-convert's tiny text case) while the valid ones agree. The DiT's output
+        does not change (with `text_tokens_zero_pad` it zeroes padded text; without it, padded
+        positions are not attended once the varlen-text patch is in), but what `encode_text`
+        hands a user does.
+
+        Evidence: longcat-convert's gate, `parity component-fixed` of
+        tiny-bundle/cases/text_encoder: every row within the float32 policy, `prompt_embeds`
+        included (stock: known difference `text-embeds-padding`); the prompt-to-frames run
+        (`pipeline-fixed`) still passes.
+
+        Leaves alone: outputs shorter than 512 positions, every other encoder's postprocessing.""",
+    edits=(Edit("fastvideo/configs/pipelines/longcat.py", "umt5_postprocess_text",
+                "hidden_state: torch.Tensor = outputs.last_hidden_state", '''\
+                    if hidden_state.dim() == 3 and hidden_state.shape[1] == 512:
+                        # Already the full length: the encoder's output as it is, padded positions included
+                        # (LongCat-Video's prompt embeddings; the attention mask marks the padding).
+                        return hidden_state''', where="after"),),
+    new_files=(NewFile("fastvideo/tests/encoders/test_longcat_umt5_postprocess.py", '''\
+        # SPDX-License-Identifier: Apache-2.0
+        """LongCat's UMT5 postprocessing keeps the encoder output at padded positions (CPU, no download)."""
+        from types import SimpleNamespace
+
+        import torch
+
+        from fastvideo.configs.pipelines.longcat import umt5_postprocess_text
+
+
+        def test_padded_positions_keep_the_encoder_output():
+            hidden = torch.randn(2, 512, 8)
+            mask = torch.zeros(2, 512, dtype=torch.long)
+            mask[0, :5], mask[1, :9] = 1, 1
+            out = umt5_postprocess_text(SimpleNamespace(last_hidden_state=hidden, attention_mask=mask))
+            torch.testing.assert_close(out, hidden, rtol=0, atol=0)
+        '''),),
+    test="fastvideo/tests/encoders/test_longcat_umt5_postprocess.py",
+)
+FIX = Fix(FIX.finding, FIX.summary, FIX.install, PATCH)

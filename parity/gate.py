@@ -42,6 +42,7 @@ class Step:
     expect_features: dict | None = None   # features step: the manifest's entry (verdicts: "<feature>=<setting>" -> verdict)
     holds: dict = field(default_factory=dict)   # row (fnmatch) or pin -> why its small margin holds
     floats: bool = False              # compares floats: run at every thread count of the gate
+    patched: "Step | None" = None     # a twin on patched FastVideo (fixes/series.py): the --fixes step it re-runs
     rc: int | None = None
     seconds: float = 0.0
     ok: bool = False
@@ -208,7 +209,103 @@ def plan_steps(golden: Path, work: Path, manifest: dict, known_file: Path | None
                                   ["parity", str(src), str(out), "--case", str(cfile), "--mode", mode, *args,
                                    *known_args, "--report", str(r), "--quiet"], report=r, expect=expect,
                                   expect_sp=_expect_sp(run, entry, golden), holds=holds, floats=True))
-    return steps
+    return steps + patched_twins(steps, work)
+
+
+# --- every --fixes step again on patched FastVideo (issue 23) -------------------------------------
+
+PATCHED_DIR = "fastvideo-patched"
+
+
+def patched_twins(steps: list[Step], work: Path) -> list[Step]:
+    """``fixes build`` (a patched copy of the installed FastVideo under ``work``), then a twin of
+    every step whose arguments hold ``--fixes``: the same command with the fixes the copy holds
+    as patches taken off ``--fixes`` (a fix without an upstream patch stays a run-time fix and
+    the twin says so), run in a child process that imports the copy, at the first thread count
+    of the gate (the fixed step's own report is at that count). A twin passes when its step
+    would, its report names the patched FastVideo, and every row agrees with the run-time fixed
+    step's bit for bit (``drift``)."""
+    import fixes
+    patched = {n for n, f in fixes.FIXES.items() if f.patch is not None}
+    copy = work / PATCHED_DIR
+    out = [Step("fastvideo", "fixes build", ["fixes", "build", str(copy)])]
+    for s in steps:
+        if "--fixes" not in s.argv:
+            continue
+        i = s.argv.index("--fixes")
+        # sp-whole-sequence acts only with --sp: elsewhere it is left off with the patched ones
+        left = [n for n in fixes.parse(s.argv[i + 1]) if n not in patched
+                and (n != "sp-whole-sequence" or "--sp" in s.argv)]
+        argv = s.argv[:i] + (["--fixes", ",".join(left)] if left else []) + s.argv[i + 2:]
+        report = s.report.parent / (s.report.name + "-patched") if s.report else None
+        if report is not None:
+            argv[argv.index(str(s.report))] = str(report)
+        if s.expect_features is not None and "--pins" in argv:
+            argv[argv.index("--pins") + 1] = str(Path(argv[argv.index("--pins") + 1]))
+        name = s.name.replace("-fixed", "-patched", 1) if "-fixed" in s.name else s.name + " (patched)"
+        if left:
+            name += f" +run-time {','.join(left)}"
+        out.append(Step(s.model, name, argv, report=report, expect=s.expect, expect_sp=s.expect_sp,
+                        expect_features=s.expect_features, patched=s, details={"copy": str(copy)},
+                        holds=dict(s.holds), floats=True))
+    return out if len(out) > 1 else []
+
+
+def run_patched(step: Step, argv: list[str], work_copy: Path) -> int:
+    """A twin's command in a child process whose ``fastvideo`` is the patched copy (it inherits
+    OMP_NUM_THREADS, so it runs at the thread count the gate set)."""
+    import os
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(work_copy), str(repo)] + [p for p in [env.get("PYTHONPATH")] if p])
+    run = subprocess.run([sys.executable, "-m", "longcat_convert.cli", *argv], env=env,
+                         capture_output=True, text=True)
+    step.details["stderr_tail"] = run.stderr.strip().splitlines()[-1:] if run.stderr.strip() else []
+    return run.returncode
+
+
+def drift(fixed: dict | None, patched: dict | None) -> list[str]:
+    """Rows where the patched run and the run-time-fixed run differ: a row one has and the other
+    not, a verdict, or any metric value (both forms run the same code in the same process
+    configuration, so they agree bit for bit)."""
+    from .verdicts import feature_key
+    if not fixed or not patched:
+        return ["a report is missing"]
+
+    def rows(rep):
+        return {(r.get("case"), r["name"]): r for r in rep.get("layers", [])}
+    a, b = rows(fixed), rows(patched)
+    bad = [f"{k[1]} ({k[0]}): only in the {'run-time fixed' if k in a else 'patched'} report"
+           for k in sorted(set(a) ^ set(b), key=str)]
+    skip = {"name", "native_name", "case", "failures"}
+    for k in a.keys() & b.keys():
+        for m in sorted((set(a[k]) | set(b[k])) - skip):
+            if a[k].get(m) != b[k].get(m):
+                bad.append(f"{k[1]} ({k[0]}) {m}: {a[k].get(m)!r} run-time fixed, {b[k].get(m)!r} patched")
+    got = {feature_key(r): r.get("verdict") for r in fixed.get("features", [])}
+    for r in patched.get("features", []):
+        if got.get(feature_key(r)) != r.get("verdict"):
+            bad.append(f"feature {feature_key(r)}: {got.get(feature_key(r))} run-time fixed, {r.get('verdict')} patched")
+    return bad
+
+
+def check_patched(ok: bool, msg: str, step: Step, rep: dict | None) -> tuple[bool, str]:
+    """A twin: it ran the patched copy, and agrees with its run-time fixed step row by row."""
+    if step.patched is None:
+        return ok, msg
+    env = (rep or {}).get("environment", {})
+    held = env.get("fastvideo_patches") or ""
+    if not held or held.startswith("none"):
+        return False, f"ran stock FastVideo ({env.get('fastvideo_path')}), not the patched copy"
+    fixed = None
+    if step.patched.report and (step.patched.report / "report.json").is_file():
+        fixed = json.loads((step.patched.report / "report.json").read_text())
+    bad = drift(fixed, rep)
+    return ok and not bad, msg + ("; agrees with the run-time fixed step row by row" if not bad else
+                                  "; drift from the run-time fixed step: " + "; ".join(bad[:4])
+                                  + (" ..." if len(bad) > 4 else ""))
 
 
 def steps_per_model(steps: list[Step]) -> dict[str, int]:
@@ -302,7 +399,7 @@ def _judge_run(step: Step, rc: int, rep: dict | None) -> tuple[bool, str, tuple]
     """One run of a step -> (ok, message, outcome). The outcome is what must not depend on the
     machine: exit code, verdict, first divergent row, the tag, whether sizes and pins held."""
     details = {"passed": rep.get("passed"), "first_divergent": rep.get("first_divergent")} if rep else {}
-    step.details = details
+    step.details.update(details)
     if step.expect_features is not None:
         pins = (rep or {}).get("pins") or {}
         ok = rc == 0 and rep is not None and not pins.get("changed")
@@ -426,6 +523,8 @@ def run_step(step: Step, root, threads: tuple[int, ...] = ()) -> None:
     import os
     import torch
     counts = tuple(threads) if step.floats and threads else (None,)
+    if step.patched is not None:
+        counts = counts[:1]           # at the count of its fixed step's own report (the drift is bit for bit)
     before_threads, before_env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     results = []
     try:
@@ -440,11 +539,12 @@ def run_step(step: Step, root, threads: tuple[int, ...] = ()) -> None:
                 os.environ["OMP_NUM_THREADS"] = str(t)
             _clear(report)
             t0 = time.perf_counter()
-            rc = invoke(root, argv)
+            rc = invoke(root, argv) if step.patched is None else run_patched(step, argv, Path(step.details["copy"]))
             seconds = time.perf_counter() - t0
             rep = json.loads((report / "report.json").read_text()) if report and (report / "report.json").is_file() \
                 else None
             ok, msg, outcome = _judge_run(step, rc, rep)
+            ok, msg = check_patched(ok, msg, step, rep)
             results.append({"threads": t, "rc": rc, "seconds": round(seconds, 2), "ok": ok, "message": msg,
                             "outcome": outcome, "margins": margins(step, rep)})
     finally:

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import fixes
+from fixes import patching
 from longcat_convert.errors import BadInput
 from reference import triton_cpu
 
@@ -92,8 +93,9 @@ def ensure_runtime(device=None, *, sp_size: int = 1, init_file: str | None = Non
         import fastvideo.layers.lora.linear as fv_lora
         import fastvideo.models.dits.longcat  # noqa: F401  (imports the block-sparse triton kernels)
 
-    # 0.2.1's CpuPlatform names no attention backend; SDPA is what it would pick.
-    CpuPlatform.get_attn_backend_cls = classmethod(lambda cls, *a, **k: _SDPA_BACKEND)
+    # 0.2.1's CpuPlatform names no attention backend; SDPA is what it would pick. Through the one
+    # patch mechanism (fixes/patching.py), for the life of the process.
+    patching.replace(CpuPlatform, "get_attn_backend_cls", classmethod(_sdpa_backend), key=_CPU_KEY)
     # 0.2.1 reports 'mps' as the local device on a CPU platform, which breaks LoRA merging.
     import torch
     if not torch.cuda.is_available():
@@ -113,6 +115,18 @@ _DEVICE_USERS = ("fastvideo.models.loader.component_loader", "fastvideo.pipeline
                  "fastvideo.pipelines.stages.longcat_refine_timestep")
 
 
+_CPU_KEY = "longcat-convert: FastVideo on a CPU"
+
+
+def _sdpa_backend(cls, *args, **kwargs) -> str:
+    return _SDPA_BACKEND
+
+
+def _cpu_device():
+    import torch
+    return torch.device("cpu")
+
+
 def point_fastvideo_at(device, *, only: tuple[str, ...] | None = None) -> None:
     """The one run-time adjustment of FastVideo's device: 0.2.1 answers ``mps`` from
     ``get_local_torch_device()`` on a CPU platform (distributed/parallel_state.py), so every
@@ -126,18 +140,13 @@ def point_fastvideo_at(device, *, only: tuple[str, ...] | None = None) -> None:
     import fastvideo.distributed.parallel_state as ps
     for name in (only or _DEVICE_USERS):
         importlib.import_module(name)
-    original = getattr(ps, "_lcc_original_get_local_torch_device", ps.get_local_torch_device)
-    ps._lcc_original_get_local_torch_device = original
-
-    def cpu() -> torch.device:
-        return torch.device("cpu")
-    cpu._lcc_cpu = True
+    original = patching.original(ps, "get_local_torch_device")
     for name, mod in list(sys.modules.items()):
         if mod is None or not name.startswith("fastvideo") or (only is not None and name not in only):
             continue
-        f = getattr(mod, "get_local_torch_device", None)
-        if f is original or getattr(f, "_lcc_cpu", False):
-            mod.get_local_torch_device = cpu
+        if getattr(mod, "get_local_torch_device", None) is original:
+            # a keyed layer of the one patch mechanism, for the life of the process
+            patching.replace(mod, "get_local_torch_device", _cpu_device, key=_CPU_KEY)
 
 
 # The one run-time adjustment that lets FastVideo's FSDP code run on a CPU (issue 22): the name a
@@ -161,21 +170,17 @@ def fsdp_mesh_on_cpu(device="cpu"):
         yield False
         return
     ensure_runtime(device)
-    mods = [importlib.import_module(n) for n in _MESH_USERS]
-    saved = [(m, m.init_device_mesh) for m in mods]
+    from fixes import patching
 
     def on_cpu(previous):
         def init_device_mesh(device_type, *a, **k):
             return previous("cpu" if device_type == "cuda" else device_type, *a, **k)
         init_device_mesh.lcc_adjustment = FSDP_MESH_ON_CPU
         return init_device_mesh
-    for m, previous in saved:
-        m.init_device_mesh = on_cpu(previous)
-    try:
+    with patching.Patches() as p:              # the one patch mechanism; undone on the way out
+        for name in _MESH_USERS:
+            p.wrap(importlib.import_module(name), "init_device_mesh", on_cpu, key="fsdp-mesh-on-cpu")
         yield True
-    finally:
-        for m, previous in saved:
-            m.init_device_mesh = previous
 
 
 def fastvideo_args(converted, *, dtype=None, device="cpu", overrides: dict | None = None):

@@ -177,27 +177,28 @@ def _stage_recorder(rows: dict, seen: list, scheduler):
         rows[name] = t.detach().float().cpu().clone() if t.is_floating_point() else t.detach().cpu().clone()
 
     def observed(stage):
-        forward = stage.forward
         name = type(stage).__name__
 
-        def run(batch, fv_args):
-            out = forward(batch, fv_args)
-            seen.append(name)
-            if name == "TextEncodingStage":
-                put("text.prompt_embeds", out.prompt_embeds[0])
-                put("text.attention_mask", out.prompt_attention_mask[0])
-                if out.do_classifier_free_guidance:
-                    put("text.negative_prompt_embeds", out.negative_prompt_embeds[0])
-                    put("text.negative_attention_mask", out.negative_attention_mask[0])
-            elif name == "TimestepPreparationStage":
-                put("timesteps", out.timesteps)
-                put("sigmas", scheduler.sigmas)
-            elif name == "LatentPreparationStage":
-                put("latents.initial", out.latents)
-            elif name == "LongCatDenoisingStage":
-                put("output.latents", out.latents)
-            return out
-        return run
+        def observe(forward):                  # a layer over the stage's (bound) forward
+            def run(batch, fv_args):
+                out = forward(batch, fv_args)
+                seen.append(name)
+                if name == "TextEncodingStage":
+                    put("text.prompt_embeds", out.prompt_embeds[0])
+                    put("text.attention_mask", out.prompt_attention_mask[0])
+                    if out.do_classifier_free_guidance:
+                        put("text.negative_prompt_embeds", out.negative_prompt_embeds[0])
+                        put("text.negative_attention_mask", out.negative_attention_mask[0])
+                elif name == "TimestepPreparationStage":
+                    put("timesteps", out.timesteps)
+                    put("sigmas", scheduler.sigmas)
+                elif name == "LatentPreparationStage":
+                    put("latents.initial", out.latents)
+                elif name == "LongCatDenoisingStage":
+                    put("output.latents", out.latents)
+                return out
+            return run
+        return observe
     return put, observed
 
 
@@ -260,24 +261,24 @@ def _forward(run: Run, pipe, args, meta: dict, *, device, sigmas: str, sampling,
             weights_at.update(placement(pipe))
     handles.append(transformer.register_forward_pre_hook(first_call, with_kwargs=True))
     rows: dict = {}
-    undo = []
     ids: list = []
+    from fixes import patching
+    recorders = patching.Patches()             # record only; the one patch mechanism, undone below
     if stages:
         put, observed = _stage_recorder(rows, run.stages, scheduler)
         handles.append(pipe.modules["text_encoder"].register_forward_pre_hook(
             lambda _m, a, kw: ids.append((kw["input_ids"].clone(), kw["attention_mask"].clone())), with_kwargs=True))
         for stage in pipe.stages:
-            stage.forward = observed(stage)            # instance attributes: record only
-            undo.append(stage)
-        vae = pipe.modules["vae"]
-        original_decode = vae.decode
+            recorders.wrap(stage, "forward", observed(stage))
 
-        def decode(z, *a, **kw):
-            put("decode.latents", z)
-            out = original_decode(z, *a, **kw)
-            put("output.video", out)
-            return out
-        vae.decode = decode
+        def observed_decode(original_decode):
+            def decode(z, *a, **kw):
+                put("decode.latents", z)
+                out = original_decode(z, *a, **kw)
+                put("output.video", out)
+                return out
+            return decode
+        recorders.wrap(pipe.modules["vae"], "decode", observed_decode)
     obs = LoopObserver(transformer, scheduler, device)
     sp = sampling_param(meta, sigmas)
     for k, v in (sampling or {}).items():
@@ -289,10 +290,7 @@ def _forward(run: Run, pipe, args, meta: dict, *, device, sigmas: str, sampling,
         obs.close()
         for h in handles:
             h.remove()
-        for stage in undo:
-            del stage.forward
-        if stages:
-            del pipe.modules["vae"].decode
+        recorders.undo()
     rows.update(obs.rows)
     rows["output.frames"] = out.output.detach().float().cpu().clone()
     if ids:

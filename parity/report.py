@@ -84,6 +84,8 @@ def environment(device: str = "cpu", dtype: str = "float32", attention: str = "s
         env["fastvideo"] = md.version("fastvideo")
     except Exception:
         env["fastvideo"] = None
+    from fixes.series import identity
+    env.update(identity())      # which FastVideo ran: its package's path and version, the patches it holds
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["device_name"] = torch.cuda.get_device_name(torch.device(device))
     else:

@@ -98,7 +98,8 @@ class AttentionLog:
         self.calls: list[dict] = []
         self.stack: list[str] = []
         self.dist_in: list[tuple] = []       # (module, q shape handed to DistributedAttention)
-        self._handles, self._restore = [], []
+        self._handles = []
+        self._patches = None
         self._in_kernel = False
 
     def __enter__(self):
@@ -113,13 +114,16 @@ class AttentionLog:
                 self._handles.append(m.register_forward_pre_hook(self._push(name), prepend=True))
                 self._handles.append(m.register_forward_hook(self._pop(name)))
         import fastvideo.third_party.longcat_video.block_sparse_attention.bsa_interface as bsa_mod
-        sdpa, bsa, kernel = F.scaled_dot_product_attention, fv_longcat.flash_attn_bsa_3d, bsa_mod.flash_attn_bsa_3d
+        from fixes import patching
         log = self
+        self._patches = patching.Patches()        # the one patch mechanism: layers over the fixes' own
 
-        def sdpa_logged(q, k, v, *a, **kw):          # [B, H, S, D]
-            if not log._in_kernel:
-                log._record(q, k, None)
-            return sdpa(q, k, v, *a, **kw)
+        def sdpa_logged(sdpa):
+            def logged(q, k, v, *a, **kw):           # [B, H, S, D]
+                if not log._in_kernel:
+                    log._record(q, k, None)
+                return sdpa(q, k, v, *a, **kw)
+            return logged
 
         def bsa_logged(fn):
             def logged(q, k, v, *a, **kw):           # [B, H, S, D]
@@ -132,18 +136,15 @@ class AttentionLog:
                     return fn(q, k, v, *a, **kw)
             return logged
 
-        F.scaled_dot_product_attention = sdpa_logged
-        fv_longcat.flash_attn_bsa_3d = bsa_logged(bsa)
-        bsa_mod.flash_attn_bsa_3d = bsa_logged(kernel)
-        self._restore = [(F, "scaled_dot_product_attention", sdpa), (fv_longcat, "flash_attn_bsa_3d", bsa),
-                         (bsa_mod, "flash_attn_bsa_3d", kernel)]
+        self._patches.wrap(F, "scaled_dot_product_attention", sdpa_logged)
+        self._patches.wrap(fv_longcat, "flash_attn_bsa_3d", bsa_logged)
+        self._patches.wrap(bsa_mod, "flash_attn_bsa_3d", bsa_logged)
         # FastVideo's attention layers hand their backend (SDPA on a CPU, FlashAttention or
         # SDPA on CUDA) [B, S, H, D]: recorded there, whichever backend it is.
         for m in names.values():
             impl = getattr(m, "attn_impl", None)
             if impl is not None and "forward" not in vars(impl):
-                impl.forward = self._impl_logged(impl.forward)
-                self._restore.append((impl, None, None))
+                self._patches.wrap(impl, "forward", self._impl_logged)
         return self
 
     def _impl_logged(self, forward):
@@ -211,12 +212,9 @@ class AttentionLog:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        for obj, attr, fn in self._restore:
-            if attr is None:
-                del obj.forward           # back to the class's method
-            else:
-                setattr(obj, attr, fn)
-        self._restore = []
+        if self._patches is not None:
+            self._patches.undo()              # back to what was there, whatever else is layered
+            self._patches = None
 
 
 def _plant_fault(model, group: str, rank: int):

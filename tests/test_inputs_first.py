@@ -240,6 +240,8 @@ def test_nothing_the_gate_runs_is_refused(tmp_path):
         if argv[0] in ("convert", "verify"):
             assert cli(*argv) == 0, argv
             continue
+        if argv[0] == "fixes":              # fixes build: no input of a user's to check
+            continue
         params = dict(group.get_command(None, argv[0]).make_context(argv[0], argv[1:]).params)
         if argv[0] == "parity":
             precheck.parity(params.pop("source"), params.pop("converted"), params)

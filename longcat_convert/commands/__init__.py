@@ -1,11 +1,11 @@
 """Every click command of ``longcat-convert``, one module each: plan, convert, export,
-verify (the converter, imported up front) and parity, golden-check, gate (which
+verify, fixes (no torch: imported up front) and parity, golden-check, gate (which
 import torch, registered only when asked for)."""
 
 
 def register(cli) -> None:
-    from . import convert, export, plan, verify
-    for mod in (plan, convert, export, verify):
+    from . import convert, export, fixes, plan, verify
+    for mod in (plan, convert, export, verify, fixes):
         cli.add_command(mod.command)
 
 

@@ -72,6 +72,9 @@ def features_cmd(source, converted, case_path, only, overrides, dtype, device, t
     if fix_names:
         report["fixes"] = fixes.describe(fix_names)
         report["title"] += f" with fixes: {', '.join(fix_names)}"
+    if fixes.in_fastvideo():            # a patched copy (fixes build): its patches, named in the environment too
+        report["patched_fastvideo"] = fixes.describe(fixes.in_fastvideo())
+        report["title"] += " on patched FastVideo"
     from parity import known
     known.annotate(report, catalogue)   # the catalogue's findings this matrix shows (features_findings)
     written = render.write_reports(report, report_dir) if report_dir is not None else []

@@ -171,6 +171,9 @@ def parity_cmd(source, converted, **o):
     if fix_names:
         report["fixes"] = fixes.describe(fix_names)
         report["title"] += f" with fixes: {', '.join(fix_names)}"
+    if fixes.in_fastvideo():            # a patched copy (fixes build): its patches, named in the environment too
+        report["patched_fastvideo"] = fixes.describe(fixes.in_fastvideo())
+        report["title"] += " on patched FastVideo"
     return _finish(report, o["report_dir"], o["quiet"], "parity", known_file=o["known_file"],
                    expect=list(o["expect"]))
 
