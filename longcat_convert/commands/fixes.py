@@ -36,10 +36,14 @@ _AGAINST = click.option("--against", "against", type=click.Path(path_type=Path),
                              "package's).")
 
 
+_QUIET = click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+
+
 @fixes_group.command("export")
 @click.argument("dest", type=click.Path(path_type=Path))
 @_AGAINST
-def export_cmd(dest: Path, against: Path | None) -> int:
+@_QUIET
+def export_cmd(dest: Path, against: Path | None, quiet: bool) -> int:
     """Write the series into DEST as NNNN-<fix>.patch (apply with patch -p1 or git apply in DIR)."""
     from fixes import series
     root = against or installed_root()
@@ -47,8 +51,10 @@ def export_cmd(dest: Path, against: Path | None) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     for r in results:
         (dest / r.filename).write_text(r.text)
-        click.echo(str(dest / r.filename))
-    click.echo(f"{len(results)} patches against {root} (FastVideo {series.fastvideo_version(root)})", err=True)
+        if not quiet:
+            click.echo(str(dest / r.filename))
+    if not quiet:
+        click.echo(f"{len(results)} patches against {root} (FastVideo {series.fastvideo_version(root)})", err=True)
     return 0
 
 
@@ -57,23 +63,26 @@ def export_cmd(dest: Path, against: Path | None) -> int:
 @_AGAINST
 @click.option("--series", "series_dir", type=click.Path(path_type=Path), default=None,
               help="Apply these NNNN-*.patch files (patch -p1) instead of computing the series.")
-def build_cmd(dest: Path, against: Path | None, series_dir: Path | None) -> int:
+@_QUIET
+def build_cmd(dest: Path, against: Path | None, series_dir: Path | None, quiet: bool) -> int:
     """A patched COPY of FastVideo in DEST/fastvideo; run it with PYTHONPATH=DEST."""
     from fixes import series
     root = against or installed_root()
     info = series.build_patched(dest, root, series_dir=series_dir)
-    click.echo(f"{dest / 'fastvideo'}: FastVideo {info['version']} from {info['source']} with "
-               f"{len(info['patches'])} patches: {', '.join(info['fixes'])}")
+    if not quiet:
+            click.echo(f"{dest / 'fastvideo'}: FastVideo {info['version']} from {info['source']} with "
+                   f"{len(info['patches'])} patches: {', '.join(info['fixes'])}")
     return 0
 
 
 @fixes_group.command("list")
-def list_cmd() -> int:
+@click.option("-q", "--quiet", is_flag=True, help="The fix names only, one a line.")
+def list_cmd(quiet: bool) -> int:
     """The fixes, the finding each closes, and its patch's FastVideo test."""
     import fixes
     for n, f in fixes.FIXES.items():
         test = f.patch.test if f.patch is not None else "(run-time only)"
-        click.echo(f"{n}\t{f.finding}\t{test}")
+        click.echo(n if quiet else f"{n}\t{f.finding}\t{test}")
     return 0
 
 
