@@ -188,11 +188,10 @@ def test_a_patched_twin_fails_on_drift_or_on_stock_fastvideo(tmp_path):
     (tmp_path / "fixed").mkdir()
     (tmp_path / "fixed" / "report.json").write_text(json.dumps(fixed))
     twin = Step("m", "parity e2e-patched c", [], patched=Step("m", "parity e2e-fixed c", [], report=tmp_path / "fixed"))
-    for env, ok in (({"fastvideo_patches": "0001-schedule-reshift.patch"}, True),
-                    ({"fastvideo_patches": "none (stock)"}, False)):
-        twin.ok, twin.message = True, "ok"
-        check_patched(twin, dict(fixed, environment=env))
-        assert twin.ok is ok, twin.message
-    twin.ok = True
-    check_patched(twin, dict(moved, environment={"fastvideo_patches": "0001-schedule-reshift.patch"}))
-    assert not twin.ok and "drift" in twin.message and "blocks.0.attn" in twin.message
+    for env, want in (({"fastvideo_patches": "0001-schedule-reshift.patch"}, True),
+                      ({"fastvideo_patches": "none (stock)"}, False)):
+        ok, message = check_patched(True, "ok", twin, dict(fixed, environment=env))
+        assert ok is want, message
+    ok, message = check_patched(True, "ok", twin, dict(moved, environment={"fastvideo_patches":
+                                                                         "0001-schedule-reshift.patch"}))
+    assert not ok and "drift" in message and "blocks.0.attn" in message
