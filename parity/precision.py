@@ -36,13 +36,14 @@ class Lowering:
     row: str            # fnmatch pattern of the row where the side rounds
     dtype: torch.dtype
     finding: str        # the known-differences id that explains it
-    what: str           # what the side does there, in a few words
+    what: str           # what a side does there, in a few words ("rounds the DiT input to bfloat16")
+    what_both: str      # the same said of both sides ("round the DiT input to bfloat16")
 
 
 # The places FastVideo 0.2.1's LongCat port rounds below the precision asked.
 LOWERINGS = (
     Lowering("step.*.dit_in", torch.bfloat16, "bf16-dit-input",
-             "rounds the DiT input to bfloat16"),
+             "rounds the DiT input to bfloat16", "round the DiT input to bfloat16"),
 )
 
 
@@ -98,9 +99,9 @@ def derive(candidate: dict, reference: dict, asked, names: tuple[str, str] = ("c
                 continue
             short = low_name.replace("bfloat16", "bf16").replace("float16", "fp16")
             if r in both:
-                why = f"{short}: both sides {low.what} ({low.finding})"
+                why = f"{short}: both sides {low.what_both} ({low.finding})"
             else:
-                why = f"{short}: computed from {first_both}, where both sides {low.what} ({low.finding})"
+                why = f"{short}: computed from {first_both}, where both sides {low.what_both} ({low.finding})"
             out[r] = Precision(low_name, why, lowered=True)
     return out
 
