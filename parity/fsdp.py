@@ -353,7 +353,9 @@ def run_fsdp(converted_root, meta, *, kwargs: dict | None = None, sampling: dict
         torch.save({"meta": meta, "kwargs": kw, "sampling": dict(sampling or {})}, work / "payload.pt")
         spec = dict(dir=str(work), payload=str(work / "payload.pt"), converted=str(Path(converted_root).resolve()),
                     dtype=str(dtype).replace("torch.", ""), device=device, fixes=fixes.active(),
-                    threads={GROUP: max(1, cpu_cores() // int(world_size))}, sp_size=int(kw.get("sp_size") or 1),
+                    # each rank at this run's thread count: FSDP and its one-process baseline then
+                    # sum in the same order, so a verdict does not follow the thread count
+                    threads={GROUP: torch.get_num_threads()}, sp_size=int(kw.get("sp_size") or 1),
                     init={GROUP: str(work / "init-fsdp")}, work="parity.fsdp:rank_work")
         (work / "spec.json").write_text(json.dumps(spec, indent=1))
         outcomes = Launcher(work, work / "spec.json", start, timeout).run(GROUP, int(world_size))
