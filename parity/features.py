@@ -581,21 +581,13 @@ def _original_lora_message(row: dict, r: Run, f: Feature) -> str:
 # --------------------------------------------------------------------------- parity --fastvideo
 
 def check_parity_overrides(specs, *, mode: str, component: str | None, sp) -> dict:
-    """``parity --fastvideo KEY=VALUE``: the FastVideoArgs / PipelineConfig fields, checked; the
-    run carries them (``Setup.fastvideo``), so nothing outlives the command."""
+    """``parity --fastvideo KEY=VALUE`` -> the FastVideoArgs / PipelineConfig fields, checked by the
+    one check of their combinations (longcat_convert/checks/combos.py); the run carries them
+    (``Setup.fastvideo``), so nothing outlives the command."""
+    from longcat_convert.checks.combos import fastvideo_combinations
     overrides = parse_overrides(specs)
-    if not overrides:
-        return {}
-    kw, sampling = split_overrides(overrides)
-    if sampling:
-        raise BadInput(f"--fastvideo {next(iter(sampling))}=...: a SamplingParam field; parity builds its own "
-                       "inputs, so SamplingParam fields run in `longcat-convert features --fastvideo`")
-    if sp is not None:
-        raise BadInput("--fastvideo with --sp: the ranks build FastVideo's model themselves; run without --sp")
-    if mode == "blocks" and component is None:
-        raise BadInput("--fastvideo with --mode blocks: blocks mode streams one block at a time outside "
-                       "FastVideo's loader; use e2e, layer or sampling")
-    return kw
+    fastvideo_combinations(overrides, mode=mode, component=component, sp=sp)
+    return split_overrides(overrides)[0]
 
 
 def record_parity_overrides(report: dict, overrides: dict, built: list[dict]) -> None:
