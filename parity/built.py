@@ -120,29 +120,17 @@ def inspect(pipe) -> dict:
         m = pipe.modules.get(name)
         if not isinstance(m, torch.nn.Module):
             continue
-        info: dict = {"class": type(m).__name__}
-        dts: dict = {}
-        for p in m.parameters():
-            d = str(p.dtype).replace("torch.", "")
-            dts[d] = dts.get(d, 0) + p.numel()
-        info["param_dtypes"] = dts
-        info["param_devices"] = sorted({str(p.device) for p in m.parameters()})
+        info = inspect_module(m)
+        if name != "transformer":
+            del info["attention_layers"]         # only the transformer's are LongCat's attention
         info["pinned"] = any(p.device.type == "cpu" and p.is_pinned() for p in m.parameters()) \
             if torch.cuda.is_available() else False
-        info["wrappers"] = wrappers(m)
         if name == "vae":
             info["use_tiling"] = bool(getattr(m, "use_tiling", False))
             info["use_feature_cache"] = bool(getattr(m, "use_feature_cache", False))
             info["tile_sample_min_hw"] = [getattr(m, "tile_sample_min_height", None),
                                           getattr(m, "tile_sample_min_width", None)]
         if name == "transformer":
-            backends = {}
-            for mn, sub in m.named_modules():
-                impl = getattr(sub, "attn_impl", None)
-                if impl is not None:
-                    kind = f"{type(sub).__name__}:{type(impl).__name__}"
-                    backends[kind] = backends.get(kind, 0) + 1
-            info["attention_layers"] = backends
             # The request FastVideo's loader recorded for this component (attention/selector.py
             # record_resolved_attention_backend): None means automatic selection.
             req = getattr(getattr(m, "config", None), "_resolved_attention_backend", None)
@@ -171,6 +159,12 @@ def inspect_module(m: torch.nn.Module) -> dict:
             "attention_layers": backends, "wrappers": wrappers(m)}
 
 
+def _count_into(out: dict, key: str, m: torch.nn.Module, cls) -> None:
+    n = sum(1 for s in m.modules() if isinstance(s, cls))
+    if n:
+        out[key] = n
+
+
 def wrappers(m: torch.nn.Module) -> dict:
     w: dict = {}
     if type(m).__name__ == "OptimizedModule" or hasattr(m, "_orig_mod"):
@@ -182,9 +176,7 @@ def wrappers(m: torch.nn.Module) -> dict:
         w["compiled_submodules"] = compiled
     with contextlib.suppress(Exception):
         from torch.distributed.fsdp import FSDPModule
-        n = sum(1 for s in m.modules() if isinstance(s, FSDPModule))
-        if n:
-            w["fsdp_modules"] = n
+        _count_into(w, "fsdp_modules", m, FSDPModule)
     with contextlib.suppress(Exception):
         from fastvideo.hooks.hooks import ModuleHookManager
         names: dict = {}
@@ -197,9 +189,7 @@ def wrappers(m: torch.nn.Module) -> dict:
             w["fastvideo_hooks"] = names
     with contextlib.suppress(Exception):
         from fastvideo.layers.lora.linear import BaseLayerWithLoRA
-        n = sum(1 for s in m.modules() if isinstance(s, BaseLayerWithLoRA))
-        if n:
-            w["lora_layers"] = n
+        _count_into(w, "lora_layers", m, BaseLayerWithLoRA)
     quant = {}
     for s in m.modules():
         qm = getattr(s, "quant_method", None)
