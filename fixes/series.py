@@ -337,16 +337,7 @@ def identity() -> dict:
     """Which FastVideo this process runs (for a report's environment): its version as its
     package says, where the package is, and the patches of this series it holds ("none"
     for stock FastVideo). Imports FastVideo's package only if it is already imported."""
-    import importlib.util
-    import sys
-    mod = sys.modules.get("fastvideo")
-    where = getattr(mod, "__file__", None) if mod is not None else None
-    if where is None:
-        try:
-            spec = importlib.util.find_spec("fastvideo")
-        except (ImportError, ValueError):
-            spec = None
-        where = spec.origin if spec is not None else None
+    where = _package_file()
     if where is None:
         return {"fastvideo_path": None, "fastvideo_patches": None}
     root = Path(where).resolve().parent.parent
