@@ -104,11 +104,7 @@ def output_folder(path, flag: str = "--report", files=REPORT_FILES, what: str = 
         if not _can_write_in(p):
             raise BadInput(f"{flag} {p}: the folder is not writable; give a folder you can write to")
         return
-    parent = _nearest_existing(p)
-    if not parent.is_dir():
-        raise BadInput(f"{flag} {p}: {parent} is a file, so the folder cannot be made; give another folder")
-    if not _can_write_in(parent):
-        raise BadInput(f"{flag} {p}: cannot make it, {parent} is not writable; give a folder you can write to")
+    _creatable(flag, p, "the folder cannot be made", "make it", "folder")
 
 
 def report_dir(path, flag: str = "--report") -> None:
@@ -125,11 +121,16 @@ def output_file(path, flag: str) -> None:
         if not _can_write_in(p.parent):
             raise BadInput(f"{flag} {p}: its folder is not writable; give a path you can write to")
         return
+    _creatable(flag, p, "the file cannot be written", "write it", "path")
+
+
+def _creatable(flag: str, p: Path, cannot: str, verb: str, noun: str) -> None:
+    """A path that is not there yet: its nearest existing folder is one, and writable."""
     parent = _nearest_existing(p)
     if not parent.is_dir():
-        raise BadInput(f"{flag} {p}: {parent} is a file, so the file cannot be written; give another path")
+        raise BadInput(f"{flag} {p}: {parent} is a file, so {cannot}; give another {noun}")
     if not _can_write_in(parent):
-        raise BadInput(f"{flag} {p}: cannot write it, {parent} is not writable; give a path you can write to")
+        raise BadInput(f"{flag} {p}: cannot {verb}, {parent} is not writable; give a {noun} you can write to")
 
 
 # --------------------------------------------------------------------------- the two sides
