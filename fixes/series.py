@@ -45,9 +45,12 @@ class Edit:
     find: str            # the lines it replaces (or goes before/after), matched without their indentation
     replace: object      # ours (a str, or a function -> str: the source of a function of ours), indented
                          # relative to the first found line ("after-scope": to the anchor's)
-    where: str = "replace"      # "replace" | "before" | "after" (the statement that starts with ``find``) |
+    where: str = "replace"      # "replace" | "before" | "after" (the statement that starts on the last line of
+                                # ``find``; earlier lines, a comment say, only pin which one) |
                                 # "guard" (``replace`` is an ``if ...: ... else:`` put over the statement that
-                                # starts with ``find``, which goes under the ``else``) | "after-scope"
+                                # starts with ``find``, which goes under the ``else``) | "after-scope" |
+                                # "span" (``find`` is two lines, the first of the span and the start of its last
+                                # statement: everything from the one to that statement's end is replaced)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Patch:
     edits: tuple = ()
     new_files: tuple = ()
     test: str = ""                 # the FastVideo test file it adds (one of new_files)
+    after: tuple = ()              # patches it applies after (when FIXES lists it earlier)
 
 
 @dataclass
@@ -139,19 +143,35 @@ def apply_edit(text: str, edit: Edit, patch_name: str) -> str:
     def same(line: str, w: str) -> bool:          # a trailing comment of FastVideo's does not count
         line = line.strip()
         return line == w or (line.startswith(w) and line[len(w):].lstrip().startswith("#"))
-    hits = [i for i in range(lo - 1, hi - len(want) + 1)
-            if all(same(a, b) for a, b in zip(lines[i:i + len(want)], want))]
+    def found(lines_from: int, lines_to: int, want: list[str]) -> list[int]:
+        return [i for i in range(lines_from, lines_to - len(want) + 1)
+                if all(same(a, b) for a, b in zip(lines[i:i + len(want)], want))]
+    if edit.where == "span":
+        if len(want) != 2:
+            raise ValueError(f"{where}: a span's find is two lines, its first and its last statement's start")
+        first, want = want[:1], want[1:]
+    hits = found(lo - 1, hi, first if edit.where == "span" else want)
     if len(hits) != 1:
+        shown = (first if edit.where == "span" else want)[0]
         raise BadInput(f"{where}: {'expression not found' if not hits else 'expression found %d times' % len(hits)}"
-                       f": {want[0][:60]!r}")
+                       f": {shown[:60]!r}")
     i = hits[0]
     prefix = _indent(lines[i])
-    body = _reindent(replacement, prefix)
+    body = _reindent(replacement, prefix) if replacement.strip() else []     # nothing: the lines go
     end = i + len(want)
-    if edit.where in ("after", "guard"):           # to the end of the statement that starts there
-        stmt = next((n for n in ast.walk(tree) if isinstance(n, ast.stmt) and n.lineno == i + 1), None)
-        if stmt is None and edit.where == "guard":
+    if edit.where == "span":                       # from the first line to the end of the statement that starts
+        last = found(i + 1, hi, want)              # at the first match of the second, after it
+        if not last:
+            raise BadInput(f"{where}: expression not found after {first[0][:40]!r}: {want[0][:60]!r}")
+        stmt = next((n for n in ast.walk(tree) if isinstance(n, ast.stmt) and n.lineno == last[0] + 1), None)
+        if stmt is None:
             raise BadInput(f"{where}: {want[0][:60]!r} does not start a statement")
+        return "\n".join(lines[:i] + body + lines[stmt.end_lineno:])
+    if edit.where in ("after", "guard"):           # to the end of the statement that starts on find's last line
+        start = i + len(want)                      # (1-based)
+        stmt = next((n for n in ast.walk(tree) if isinstance(n, ast.stmt) and n.lineno == start), None)
+        if stmt is None and edit.where == "guard":
+            raise BadInput(f"{where}: {want[-1][:60]!r} does not start a statement")
         end = max(end, stmt.end_lineno) if stmt is not None else end     # "after" a parameter line: that line
     if edit.where == "replace":
         new = lines[:i] + body + lines[end:]
@@ -181,12 +201,23 @@ def _header(number: int, total: int, patch: Patch) -> str:
             f"{textwrap.dedent(patch.description).strip()}\n\nFastVideo test: {patch.test or '(none)'}\n---\n")
 
 
+def ordered(patches: list[Patch]) -> list[Patch]:
+    """``patches`` in FIXES order, except that a patch comes after those its ``after`` names."""
+    out, waiting = [], list(patches)
+    while waiting:
+        done = {p.name for p in out}
+        ready = next(p for p in waiting if all(a in done or a not in {q.name for q in patches} for a in p.after))
+        out.append(ready)
+        waiting.remove(ready)
+    return out
+
+
 def series(root: Path, names: list[str] | None = None) -> list[Result]:
     """The series for the FastVideo tree at ``root``: one Result per patch, in order."""
     import fixes
     root = Path(root)
     fastvideo_version(root)
-    patches = [f.patch for n, f in fixes.FIXES.items() if f.patch is not None and (names is None or n in names)]
+    patches = ordered([f.patch for n, f in fixes.FIXES.items() if f.patch is not None and (names is None or n in names)])
     tree: dict[str, str | None] = {}
     results = []
     for k, p in enumerate(patches, 1):

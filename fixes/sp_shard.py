@@ -53,6 +53,7 @@ import types
 
 from . import patching
 from .base import Fix, undo_all, wrap_method
+from .series import Edit, NewFile, Patch, patched_fixes
 
 _LAYOUT = contextvars.ContextVar("longcat_sp_layout", default=None)     # the running forward's token layout
 
@@ -121,10 +122,12 @@ def _sp() -> tuple[int, int]:
 
 def layout_for(model, hidden_states) -> Layout | None:
     """The token layout a forward of ``model`` on ``hidden_states`` ([B, C, T, H, W])
-    runs with under this fix, or None when it runs as stock (fix not installed, one
-    rank, or a frame's tokens do not divide among the ranks)."""
+    runs with under this fix or its patch (the same layout: ``longcat_sp_shard`` of
+    fixes/sp_shard_code.py), or None when it runs as stock (neither in force, one rank,
+    or a frame's tokens do not divide among the ranks)."""
     if _model_forward not in patching.layers(type(model), "forward") and not any(
-            _model_forward in patching.layers(k, "forward") for k in type(model).__mro__[1:]):
+            _model_forward in patching.layers(k, "forward") for k in type(model).__mro__[1:]) \
+            and "sp-whole-sequence" not in patched_fixes():       # the patched FastVideo shards the same way
         return None
     world, rank = _sp()
     if world <= 1:
@@ -136,16 +139,22 @@ def layout_for(model, hidden_states) -> Layout | None:
     return _layout((T, H, W), world, rank)
 
 
-def holds_local_tokens(module: str, *, output: bool) -> bool:
-    """Under this fix, does FastVideo's LongCat module ``module`` take (``output=False``)
-    or return (``output=True``) this rank's tokens instead of the whole sequence?"""
+def holds_local_tokens(module: str, *, output: bool, patched: bool = False) -> bool:
+    """Under this fix (``patched``: its upstream patch), does FastVideo's LongCat module
+    ``module`` take (``output=False``) or return (``output=True``) this rank's tokens instead
+    of the whole sequence? The fix shards the patch embedding's output and gathers the final
+    layer's; the patch shards after the patch embedding and gathers after the final layer."""
     if module.startswith("blocks."):
         return True
     if module == "patch_embed":
-        return output
+        return output and not patched
     if module == "final_layer":
-        return not output
+        return patched or not output
     return False
+
+
+def holds_local_tokens_patched(module: str, *, output: bool) -> bool:
+    return holds_local_tokens(module, output=output, patched=True)
 
 
 # --- the wrapped methods ---------------------------------------------------------------
@@ -334,6 +343,219 @@ def _install():
     return undo_all(undo)
 
 
+# --- the upstream patch ----------------------------------------------------------------
+
+_LONGCAT = "fastvideo/models/dits/longcat.py"
+_ATTN = "LongCatSelfAttention.forward"
+_KV = "LongCatSelfAttention.forward_with_kv_cache"
+_MODEL = "LongCatTransformer3DModel.forward"
+_BACK = """\
+    if sp_sharded:  # back to this rank's tokens, with every head
+        out = longcat_sp_tokens_to_heads(out, T)"""
+_GATHERED = """\
+    # Sequence parallelism: this rank holds its share of the tokens (LongCatTransformer3DModel.forward).
+    # Exchange heads for tokens: every token, in order, with a share of the heads, so that what follows
+    # (RoPE positions, the i2v split, BSA's latent grid, the K/V cache) runs as on one process.
+    sp_sharded = longcat_sp_is_sharded(N, latent_shape)
+    if sp_sharded:
+        q, k, v = longcat_sp_heads_to_tokens(q, k, v, num_frames=T)"""
+
+
+_TEST = """\
+    # SPDX-License-Identifier: Apache-2.0
+    \"\"\"LongCat under sequence parallelism on 2 CPU processes (gloo; no download: a tiny model
+    built here). Each rank holds half of every frame's tokens through the blocks, and what the
+    model returns (t2v, the i2v condition split, block-sparse attention, a K/V cache and the
+    continuation that uses it) is what one process returns.\"\"\"
+    import os
+
+    import torch
+    import torch.multiprocessing as mp
+
+    GRID = (3, 4, 8)  # latent frames, height, width; patch (1, 2, 2): 3 x 2 x 4 tokens
+
+
+    def _kernel(q, k, v, latent_shape_q, latent_shape_k, **params):
+        # The block-sparse kernel's own shape check; its Triton code is not what is tested here.
+        assert q.shape[2] == latent_shape_q[0] * latent_shape_q[1] * latent_shape_q[2], (q.shape, latent_shape_q)
+        assert k.shape[2] == latent_shape_k[0] * latent_shape_k[1] * latent_shape_k[2], (k.shape, latent_shape_k)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+    def _rank(rank, world, init_file, out_dir):
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+        from fastvideo.attention import selector
+        from fastvideo.configs.models.dits.longcat import LongCatVideoArchConfig, LongCatVideoConfig
+        from fastvideo.distributed import maybe_init_distributed_environment_and_model_parallel
+        from fastvideo.forward_context import set_forward_context
+        from fastvideo.models.dits import longcat
+        from fastvideo.platforms.cpu import CpuPlatform
+
+        # On a CPU the platform names no attention backend; SDPA is the one it would use.
+        CpuPlatform.get_attn_backend_cls = classmethod(
+            lambda cls, *a, **k: "fastvideo.attention.backends.sdpa.SDPABackend")
+        selector._cached_get_attn_backend.cache_clear()
+        longcat.flash_attn_bsa_3d = _kernel
+        maybe_init_distributed_environment_and_model_parallel(1, world, distributed_init_method=f"file://{init_file}")
+
+        torch.manual_seed(0)  # the same weights and inputs on every rank and in one process
+        arch = LongCatVideoArchConfig(hidden_size=32, depth=2, num_attention_heads=2, in_channels=4, out_channels=4,
+                                      caption_channels=8, adaln_tembed_dim=16, frequency_embedding_size=16)
+        model = longcat.LongCatTransformer3DModel(LongCatVideoConfig(arch_config=arch), hf_config={}).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0.0, 0.2)
+        latents, text, t = torch.randn(1, 4, *GRID), torch.randn(1, 5, 8), torch.tensor([500.0])
+        tokens = []
+        model.blocks[0].register_forward_pre_hook(lambda module, args: tokens.append(args[0].shape[1]))
+        out = {}
+        with torch.no_grad(), set_forward_context(current_timestep=0, attn_metadata=None):
+            out["t2v"] = model(latents, text, t)
+            out["i2v"] = model(latents, text, t, num_cond_latents=1)
+            model.enable_bsa()
+            out["bsa"] = model(latents, text, t)
+            out["bsa_i2v"] = model(latents, text, t, num_cond_latents=1)
+            model.disable_bsa()
+            _, cache = model(latents[:, :, :1], text, t, return_kv=True, skip_crs_attn=True)
+            out["cache_k"], out["cache_v"] = cache[1]
+            out["continued"] = model(latents[:, :, 1:], text, t, num_cond_latents=1, kv_cache_dict=cache)
+        out["tokens"] = torch.tensor(tokens)
+        torch.save(out, os.path.join(out_dir, f"{world}-{rank}.pt"))
+
+
+    def test_each_rank_holds_half_the_tokens_and_returns_what_one_process_does(tmp_path):
+        for world in (1, 2):
+            mp.start_processes(_rank, args=(world, str(tmp_path / f"init-{world}"), str(tmp_path)), nprocs=world,
+                               start_method="spawn")
+        one = torch.load(tmp_path / "1-0.pt")
+        for rank in range(2):
+            got = torch.load(tmp_path / f"2-{rank}.pt")
+            assert (got["tokens"] * 2).tolist() == one["tokens"].tolist()
+            for name in ("t2v", "i2v", "bsa", "bsa_i2v", "cache_k", "cache_v", "continued"):
+                torch.testing.assert_close(got[name], one[name], rtol=1e-4, atol=1e-5, msg=f"rank {rank}: {name}")
+    """
+
+
+def _code_source() -> str:
+    """The functions of fixes/sp_shard_code.py, as source (read, not imported: it imports FastVideo)."""
+    import ast
+    from pathlib import Path
+    text = (Path(__file__).parent / "sp_shard_code.py").read_text()
+    return "\n\n\n".join(ast.get_source_segment(text, n) for n in ast.parse(text).body
+                          if isinstance(n, ast.FunctionDef))
+
+
+PATCH = Patch(
+    name="sp-whole-sequence",
+    title="LongCat: shard the token sequence under sequence parallelism (every mode, dense and BSA)",
+    after=("bsa-cond-split-dense", "bsa-kv-cache-dense"),
+    description="""\
+        What: under sequence parallelism (N > 1 ranks) `LongCatTransformer3DModel.forward`
+        keeps on each rank its run of H*W/N tokens of every latent frame (`longcat_sp_shard`,
+        frame after frame, so the blocks' per-frame modulation and the count of conditioning
+        tokens hold as they are) from the patch embedding to the final layer, and gathers the
+        output. `LongCatSelfAttention` exchanges heads for tokens (one all-to-all of q, k and v,
+        `longcat_sp_heads_to_tokens`): every token, in order, with H/N heads, so that RoPE, the
+        i2v condition split, block-sparse attention on the whole latent grid and the K/V-cache
+        continuation run exactly as on one process, on fewer heads; a second all-to-all brings
+        each rank its tokens back. Cross-attention, the FFN and the modulation run on the
+        rank's tokens. A returned K/V cache is gathered to every head (as one process builds
+        it); a given one is split by heads. Where a frame's tokens do not divide among the
+        ranks, the forward runs as before.
+
+        Why: the forward hands every rank the whole sequence (other FastVideo DiTs call
+        `sequence_model_parallel_shard` first), so `DistributedAttention`'s all-to-all
+        concatenates N copies: each rank's self-attention does N times one process's work
+        (1.6x per rank at SP 2 on longcat-convert's tiny t2v, 2.0x in self-attention) and every
+        linear layer runs whole on every rank. With BSA on, the self-attention divides H and W
+        of the latent shape it hands `flash_attn_bsa_3d` by `cp_split_hw` (LongCat-Video's
+        per-rank shard) while q, k and v hold every token, and the kernel's assertion
+        `Tq * Hq * Wq == Sq` fails on every rank. LongCat-Video shards the tokens per rank and
+        exchanges heads for tokens around attention.
+
+        Relation to PR #1862 ("Enable SP for LongCat BSA refinement", open): it fixes the
+        assertion on one path, BSA refinement without conditioning frames (a balanced 2-D H/W
+        split, global order before RoPE and BSA, a gather before unpatchify), and leaves every
+        other mode as it is. This patch shards every LongCat forward under SP (t2v, i2v, video
+        continuation with and without the K/V cache, dense and BSA) with one 1-D frame-major
+        split, and supersedes it; the two touch the same lines, so one of them is rebased on the
+        other.
+
+        Evidence: longcat-convert's gate, `parity e2e-sp2-patched` (tiny t2v, i2v, t2v_lora,
+        kv_continue_b2, bsa_t2v), `layer-sp2-patched`, `kv-sp2-patched` and
+        `sampling-patched-sp2`: every row of every rank within the float32 policy against
+        LongCat-Video, attention work per rank 0.5 of one process (stock 1.6), no rank holding
+        the whole sequence; stock with BSA: the kernel's assertion on both ranks.
+
+        Leaves alone: one process (nothing changes: every new branch is under `sp_sharded`),
+        the attention backends, cross-attention (each rank's tokens against the whole text),
+        grids whose frames do not divide among the ranks (as before; padding them is a
+        follow-up).""",
+    edits=(
+        Edit(_LONGCAT, "<module>", "from fastvideo.attention.layer import DistributedAttention, LocalAttention", """\
+            from fastvideo.distributed.communication_op import (sequence_model_parallel_all_gather,
+                                                                sequence_model_parallel_all_to_all_4D)
+            from fastvideo.distributed.parallel_state import (get_sp_parallel_rank, get_sp_world_size,
+                                                              model_parallel_is_initialized)""",
+             where="after"),
+        Edit(_LONGCAT, "modulate_fp32", "", _code_source, where="after-scope"),
+        Edit(_LONGCAT, "LongCatSelfAttention.__init__", "self.attn = DistributedAttention(", """\
+            # Under sequence parallelism forward() exchanges heads for tokens itself
+            # (longcat_sp_heads_to_tokens): dense attention then runs here, on this rank.
+            self.attn_all_tokens = LocalAttention(
+                num_heads=num_heads,
+                head_size=self.head_dim,
+                supported_attention_backends=config._supported_attention_backends,
+            )""", where="after"),
+        # forward: gather after the norms, attend, give back before the output projection
+        Edit(_LONGCAT, _ATTN, "k = self.k_norm(k)", _GATHERED, where="after"),
+        Edit(_LONGCAT, _ATTN, "num_cond_tokens = num_cond_latents * (N // T)",
+             "num_cond_tokens = num_cond_latents * (q.shape[1] // T)  # q holds every token (under SP too)"),
+        Edit(_LONGCAT, _ATTN, "out_cond, _ = self.attn(q_cond, k_cond, v_cond)", """\
+            if sp_sharded:  # every token is here already: no second exchange
+                out_cond = self.attn_all_tokens(q_cond, k_cond, v_cond)
+            else:""", where="guard"),
+        Edit(_LONGCAT, _ATTN, "out = torch.cat([out_cond, out_noise], dim=1)", _BACK, where="after"),
+        Edit(_LONGCAT, _ATTN, "# Handle SP split: BSA operates on per-rank spatial dimensions\nif sp_size > 1:", """\
+            # Every token is here (gathered above under SP): BSA runs on the whole latent grid.
+            latent_shape_bsa = latent_shape""", where="span"),
+        Edit(_LONGCAT, _ATTN, "# Call BSA with per-rank latent shape", "# Call BSA on the whole latent grid"),
+        Edit(_LONGCAT, _ATTN, "out, _ = self.attn(q, k, v)", """\
+            if sp_sharded:  # every token is here already: no second exchange
+                out = self.attn_all_tokens(q, k, v)
+            else:""", where="guard"),
+        Edit(_LONGCAT, _ATTN, "# === Attention: BSA or standard ===\nif self.enable_bsa and T > 1:", _BACK,
+             where="after"),
+        # forward_with_kv_cache: the same, with the cache's heads this rank's (the model splits it)
+        Edit(_LONGCAT, _KV, "k = self.k_norm(k)", _GATHERED, where="after"),
+        Edit(_LONGCAT, _KV, "q_rope = q_padding[:, :, -N:].contiguous()",
+             "q_rope = q_padding[:, :, -q_rope.shape[2]:].contiguous()  # every new token (under SP too)"),
+        Edit(_LONGCAT, _KV, "out = out.reshape(B, N, C)", _BACK, where="before"),
+        # the model: shard after the patch embedding, gather the caches and the output
+        Edit(_LONGCAT, _MODEL, "x = self.patch_embed(hidden_states)", """\
+            # Sequence parallelism: each rank keeps its run of every frame's tokens through the
+            # blocks (longcat_sp_shard); self-attention exchanges heads for tokens.
+            sp_sharded = longcat_sp_can_shard((N_t, N_h, N_w))
+            if sp_sharded:
+                x = longcat_sp_shard(x, N_t)
+                if kv_cache_dict:  # the blocks attend with this rank's share of the heads
+                    kv_cache_dict = {i: tuple(longcat_sp_heads_of(c) for c in kv) for i, kv in kv_cache_dict.items()}""",
+             where="after"),
+        Edit(_LONGCAT, _MODEL, "# 5. Output projection", """\
+            if sp_sharded and return_kv:  # the caches with every head, as one process builds them
+                kv_cache_dict_ret = {
+                    i: tuple(longcat_sp_all_heads(c, x.device) for c in kv)
+                    for i, kv in kv_cache_dict_ret.items()
+                }
+            """, where="before"),
+        Edit(_LONGCAT, _MODEL, "output = self.final_layer(x, t, latent_shape=(N_t, N_h, N_w))", """\
+            if sp_sharded:  # every rank's tokens, in order: what one process computes
+                output = longcat_sp_gather(output, N_t)""", where="after"),
+    ),
+    new_files=(NewFile("fastvideo/tests/distributed/test_longcat_sp_shard.py", _TEST),),
+    test="fastvideo/tests/distributed/test_longcat_sp_shard.py",
+)
+
 FIX = Fix("sp-whole-sequence", "under sequence parallelism each rank holds 1/N of the tokens through the blocks "
                                "(global RoPE positions and BSA layout, whole text, sequence gathered before the "
-                               "output); also closes sp-bsa-assert", _install)
+                               "output); also closes sp-bsa-assert", _install, PATCH)

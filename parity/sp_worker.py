@@ -108,8 +108,10 @@ class AttentionLog:
         names = dict(self.model.named_modules())
         for name, m in names.items():
             parts = name.split(".")
+            # an attention layer of FastVideo's (it has an ``attn_impl``) under self_attn / cross_attn:
+            # ``attn``, and the patched FastVideo's ``attn_all_tokens`` (sp-whole-sequence, fixes/sp_shard.py)
             if (len(parts) == 2 and parts[0] == "blocks") or parts[-1] in ("self_attn", "cross_attn") or (
-                    len(parts) >= 2 and parts[-2] in ("self_attn", "cross_attn") and parts[-1] == "attn") \
+                    len(parts) >= 2 and parts[-2] in ("self_attn", "cross_attn") and hasattr(m, "attn_impl")) \
                     or name in self.watch:
                 self._handles.append(m.register_forward_pre_hook(self._push(name), prepend=True))
                 self._handles.append(m.register_forward_hook(self._pop(name)))
@@ -178,10 +180,11 @@ class AttentionLog:
     def _kind(self) -> tuple[str, str]:
         """(kind, module) of a kernel call, from the innermost attention-related module."""
         for name in reversed(self.stack):
-            if name.endswith(".self_attn.attn"):
-                return "self_attn.distributed", name[: -len(".attn")]
-            if name.endswith(".cross_attn.attn"):
-                return "cross_attn", name[: -len(".attn")]
+            parent, _, leaf = name.rpartition(".")
+            if parent.endswith(".self_attn") and leaf != "self_attn":       # dense self-attention
+                return "self_attn.distributed", parent
+            if parent.endswith(".cross_attn") and leaf != "cross_attn":
+                return "cross_attn", parent
             if name.endswith(".cross_attn"):
                 return "cross_attn", name
             if name.endswith(".self_attn"):
@@ -408,7 +411,9 @@ def _token_shard(native, job: dict) -> _TokenShard:
         return _TokenShard()
     from fixes import sp_shard
     hidden = job["overrides"].get("hidden_states", job["inp"].hidden_states)
-    return _TokenShard(sp_shard.layout_for(native, hidden), sp_shard.holds_local_tokens)
+    patched = "sp-whole-sequence" in fixes.in_fastvideo()       # the patch: the same layout, other edges
+    return _TokenShard(sp_shard.layout_for(native, hidden),
+                       sp_shard.holds_local_tokens_patched if patched else sp_shard.holds_local_tokens)
 
 
 def _loop_job(native, job: dict, spec: dict, dtype, device: str, world: int, state: dict) -> dict:
