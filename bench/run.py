@@ -354,7 +354,8 @@ def section_fixes(args) -> dict:
                     _check(smp, f"parity --mode sampling ({side})")
                 report = json.loads((rep / "report.json").read_text())
                 (t,) = report["timing"]
-                got[side].append((t["native_ms_per_dit_call"], t["loop_dit_s"]["native"]))
+                got[side].append((t["native_ms_per_dit_call"], t["loop_dit_s"]["native"],
+                                  t["reference_ms_per_dit_call"]))
                 got["reference"].append((t["reference_ms_per_dit_call"], t["loop_dit_s"]["reference"]))
                 last[side] = {"calls": t["dit_calls"]["native"], "passed": report["passed"],
                               "first_divergent": report["first_divergent"]}
@@ -364,6 +365,10 @@ def section_fixes(args) -> dict:
             ms = [v[0] for v in vals]
             row[side] = dict(last[side], ms=statistics.median(ms), ms_spread=[min(ms), max(ms)],
                              loop_s=statistics.median(v[1] for v in vals))
+            if side != "reference":
+                # each run's DiT call over the reference's in the same process: what the machine did
+                # to that process (frequency, a neighbour's load) cancels out of the ratio
+                row[side]["per_ref"] = statistics.median(v[0] / v[2] for v in vals)
         rows.append(row)
         _rm(conv)
     _rm(work)
@@ -375,9 +380,12 @@ def print_fixes(res: dict) -> None:
     from rich.table import Table
     con = Console(width=220, highlight=False)
     t = Table(title="fixes: wall time per DiT call and per loop (DiT calls summed), median over the reps of "
-                    "each run's median, same run, fp32 (per-call spread across reps in brackets)")
+                    "each run's median, same run, fp32 (per-call spread across reps in brackets); paired: the "
+                    "median over runs of each run's DiT call over its own reference's (patched over stock; patched "
+                    "over the reference run in the same process)")
     for c in ("checkpoint", "calls ref / stock / fixed / patched", "ref ms", "stock ms", "fixed ms", "patched ms",
-              "fixed / stock", "patched / stock", "patched / ref", "loop s ref / stock / fixed / patched", "stock",
+              "fixed / stock", "patched / stock", "patched / ref", "patched / stock, paired", "patched / ref, paired",
+              "loop s ref / stock / fixed / patched", "stock",
               "fixed", "patched"):
         t.add_column(c, justify="right")
     for r in res["rows"]:
@@ -389,7 +397,7 @@ def print_fixes(res: dict) -> None:
             return "passes" if side["passed"] else f"first divergent {side['first_divergent']}"
         t.add_row(r["checkpoint"], f"{ref['calls']} / {st['calls']} / {fx['calls']} / {pt['calls']}", ms(ref),
                   ms(st), ms(fx), ms(pt), f"{fx['ms'] / st['ms']:.2f}", f"{pt['ms'] / st['ms']:.2f}",
-                  f"{pt['ms'] / ref['ms']:.2f}",
+                  f"{pt['ms'] / ref['ms']:.2f}", f"{pt['per_ref'] / st['per_ref']:.2f}", f"{pt['per_ref']:.2f}",
                   f"{ref['loop_s']:.2f} / {st['loop_s']:.2f} / {fx['loop_s']:.2f} / {pt['loop_s']:.2f}",
                   verdict(st), verdict(fx), verdict(pt))
     con.print(t)

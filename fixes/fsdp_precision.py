@@ -126,7 +126,10 @@ PATCH = Patch(
             monkeypatch.setattr(component_loader, "maybe_load_fsdp_model", load)
             config = LongCatT2V480PConfig()
             config.dit_precision = precision
-            args = FastVideoArgs(model_path=str(tmp_path), pipeline_config=config, use_fsdp_inference=fsdp)
+            # Layerwise offload (on by default) turns FSDP inference off: FSDP users turn it off.
+            args = FastVideoArgs(model_path=str(tmp_path), pipeline_config=config, use_fsdp_inference=fsdp,
+                                 dit_layerwise_offload=False)
+            assert args.use_fsdp_inference is fsdp
             with pytest.raises(_Stop):
                 component_loader.TransformerLoader().load(str(tmp_path), args)
             assert (seen["param_dtype"], seen["reduce_dtype"]) == (param, reduce)

@@ -152,7 +152,7 @@ def test_the_built_copy_leaves_the_installed_fastvideo_alone_and_says_what_it_ho
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "fv"), str(ROOT)]))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     held, path = out.stdout.strip().splitlines()
-    assert eval(held) == info["fixes"] and path == str((tmp_path / "fv" / "fastvideo").resolve())
+    assert sorted(eval(held)) == sorted(info["fixes"]) and path == str((tmp_path / "fv" / "fastvideo").resolve())
 
 
 def test_the_repository_stores_no_fastvideo_code():
@@ -200,3 +200,56 @@ def test_a_patched_twin_fails_on_drift_or_on_stock_fastvideo(tmp_path):
     ok, message = check_patched(True, "ok", twin, dict(moved, environment={"fastvideo_patches":
                                                                          "0001-schedule-reshift.patch"}))
     assert not ok and "drift" in message and "blocks.0.attn" in message
+
+
+def test_edits_after_a_pinned_statement_over_a_span_and_removing_lines():
+    """The edit forms the later patches use: ``after`` the statement that starts on a multi-line
+    find's last line (a comment before it pins which one), ``span`` from a first line to the end
+    of a later statement, and an empty replacement that removes the found line; and ``ordered``
+    puts a patch after those it names."""
+    from fixes.series import Edit, Patch, apply_edit, ordered
+    src = ("def f(x):\n"
+           "    if x:\n"
+           "        y = 1\n"
+           "    # main\n"
+           "    if x:\n"
+           "        y = 2\n"
+           "    else:\n"
+           "        y = 3\n"
+           "    drop = 0\n"
+           "    # old\n"
+           "    if y:\n"
+           "        y += 1\n"
+           "    return y\n")
+    after = apply_edit(src, Edit("m.py", "f", "# main\nif x:", "y = -y", where="after"), "p")
+    assert after.split("\n")[5:9] == ["        y = 2", "    else:", "        y = 3", "    y = -y"]
+    span = apply_edit(src, Edit("m.py", "f", "# old\nif y:", "y = 0  # new", where="span"), "p")
+    assert "    y = 0  # new\n    return y" in span and "y += 1" not in span and "# old" not in span
+    gone = apply_edit(src, Edit("m.py", "f", "drop = 0", ""), "p")
+    assert "drop" not in gone and gone.count("\n") == src.count("\n") - 1
+    a, b, c = Patch("a", "", "", after=("c",)), Patch("b", "", ""), Patch("c", "", "")
+    assert [p.name for p in ordered([a, b, c])] == ["b", "c", "a"]
+    assert [p.name for p in ordered([a, b])] == ["a", "b"]        # a patch it names that is not there
+
+
+def test_a_sequence_parallel_twin_is_judged_verdict_by_verdict_and_says_why():
+    """Under --sp the patch and the run-time fix order the attention's sums differently: the twin
+    must hold every row with the same verdict (each judged by the policy), not the same bits."""
+    import json
+    from parity.gate import SP_DRIFT_WHY, Step, check_patched, drift
+    row = {"name": "blocks.0.attn", "case": "c:rank0", "native_name": None, "rel_l2": 3e-7, "passed": True,
+           "failures": []}
+    fixed = {"layers": [row]}
+    moved = {"layers": [dict(row, rel_l2=4e-7)]}
+    assert drift(fixed, moved, exact=False) == [] and drift(fixed, moved) != []
+    assert drift(fixed, {"layers": [dict(row, passed=False)]}, exact=False) == [
+        "blocks.0.attn (c:rank0) passed: True run-time fixed, False patched"]
+    assert drift(fixed, {"layers": []}, exact=False) == ["blocks.0.attn (c:rank0): only in the run-time fixed report"]
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "report.json").write_text(json.dumps(fixed))
+        twin = Step("m", "parity e2e-sp2-patched c", ["parity", "--sp", "2"],
+                    patched=Step("m", "parity e2e-sp2-fixed c", [], report=Path(d)))
+        ok, message = check_patched(True, "ok", twin, dict(moved, environment={"fastvideo_patches": "0011-x.patch"}))
+    assert ok and SP_DRIFT_WHY in message

@@ -87,3 +87,24 @@ def test_every_path_is_sharded_and_matches(converted, tmp_path, args, kinds):
     assert all(c["passed"] for c in rep["cases"]) and len(rep["cases"]) % 3 == 0
     assert rep["sp"]["attention_work_ratio_by_kind"] == pytest.approx(kinds)
     assert rep["sp"]["every_rank_whole_sequence"] is False
+
+
+@needs_native
+def test_the_upstream_patch_keeps_the_run_time_fixs_layout_with_its_own_edges():
+    """fixes/sp_shard_code.py (what patch 0011 inserts into FastVideo) puts the ranks' shares in
+    the same token order as the run-time fix's Layout, so the SP runner reassembles either the same
+    way; only where the sequence is sharded and gathered differs (after the patch embedding,
+    after the final layer)."""
+    import torch
+    from fixes.sp_shard import Layout, holds_local_tokens_patched
+    from fixes.sp_shard_code import longcat_sp_rank_order, longcat_sp_token_order
+    grid = (3, 2, 4)
+    shares = [Layout(grid, 2, r) for r in (0, 1)]
+    x = torch.arange(24.0)[None, :, None]
+    gathered = torch.cat([s.local(x) for s in shares], dim=1)
+    assert torch.equal(longcat_sp_token_order(gathered, 3, 2), x)
+    assert torch.equal(longcat_sp_rank_order(x, 3, 2), gathered)
+    frames = x.reshape(1, 3, -1, 1)                    # longcat_sp_shard: the r-th chunk of every frame
+    assert all(torch.equal(frames.chunk(2, dim=2)[r].reshape(1, -1, 1), shares[r].local(x)) for r in (0, 1))
+    assert [holds_local_tokens_patched(n, output=o) for n, o in (("patch_embed", True), ("blocks.0", False),
+            ("final_layer", False), ("final_layer", True), ("output", True))] == [False, True, True, True, False]
