@@ -361,6 +361,17 @@ def section_fixes(args) -> dict:
                               "first_divergent": report["first_divergent"]}
                 last["reference"] = {"calls": t["dit_calls"]["reference"]}
         row = {"checkpoint": label, "dtype": dtype, "reps": args.reps}
+        if label.startswith("released"):
+            # the three DiTs again, taking turns in one process (bench/dit_calls.py): the bar's ratios
+            one = work / "dit-calls.json"
+            print(f"  DiT calls in one process, {label} ...", file=sys.stderr, flush=True)
+            _check(measure([sys.executable, "-m", "bench.dit_calls", str(src), str(conv), str(patched),
+                            "--shape", args.parity_shape, "--reps", str(max(args.reps, 5)), "--json", str(one)],
+                           cwd=str(root)), "bench.dit_calls")
+            calls = json.loads(one.read_text())
+            row["one_process"] = {k: {"ms": statistics.median(v), "ms_spread": [min(v), max(v)]}
+                                  for k, v in calls.items()}
+            row["one_process"]["reps"] = len(calls["stock"])
         for side, vals in got.items():
             ms = [v[0] for v in vals]
             row[side] = dict(last[side], ms=statistics.median(ms), ms_spread=[min(ms), max(ms)],
@@ -401,6 +412,22 @@ def print_fixes(res: dict) -> None:
                   f"{ref['loop_s']:.2f} / {st['loop_s']:.2f} / {fx['loop_s']:.2f} / {pt['loop_s']:.2f}",
                   verdict(st), verdict(fx), verdict(pt))
     con.print(t)
+    one = [r for r in res["rows"] if "one_process" in r]
+    if one:
+        t = Table(title="fixes: one DiT forward of each side, taking turns in ONE process (bench/dit_calls.py; "
+                        "the same weights and input): median over reps of each rep's median of 3 calls")
+        for c in ("checkpoint", "reps", "reference ms", "stock ms", "patched ms", "patched / stock",
+                  "patched / reference", "stock / reference"):
+            t.add_column(c, justify="right")
+        for r in one:
+            o = r["one_process"]
+            def ms(side):
+                lo, hi = o[side]["ms_spread"]
+                return f"{o[side]['ms']:.1f} [{lo:.1f}-{hi:.1f}]"
+            t.add_row(r["checkpoint"], str(o["reps"]), ms("reference"), ms("stock"), ms("patched"),
+                      f"{o['patched']['ms'] / o['stock']['ms']:.3f}", f"{o['patched']['ms'] / o['reference']['ms']:.3f}",
+                      f"{o['stock']['ms'] / o['reference']['ms']:.3f}")
+        con.print(t)
 
 
 def section_sp(args) -> dict:

@@ -19,7 +19,8 @@ name a FastVideo module looks up, and leaves everything it does not change to Fa
 own code. What a fix computes itself is our code, named in its module: the original's
 schedule (fixes/schedule_code.py), the masked text attention (fixes/varlen_text_code.py),
 the encoder output kept as it is (text_padding.py), the token sharding and gathering under
-sequence parallelism (sp_shard.py). The BSA fixes compute nothing of their own: they hand
+sequence parallelism (sp_shard.py at run time; sp_shard_code.py, the helpers its upstream
+patch inserts, which exchange heads for tokens inside self-attention instead). The BSA fixes compute nothing of their own: they hand
 FastVideo's attention calls to FastVideo's BSA kernel. No fix copies FastVideo code.
 
 Upstream, as a patch series (fixes/series.py): each fix's ``patch`` is its edit of
