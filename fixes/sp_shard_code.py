@@ -12,12 +12,18 @@ RoPE, the i2v split, block-sparse attention and the K/V cache run as on one proc
 heads; a second all-to-all brings each rank its tokens back with every head."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from fastvideo.distributed.communication_op import (sequence_model_parallel_all_gather,
-                                                    sequence_model_parallel_all_to_all_4D)
-from fastvideo.distributed.parallel_state import (get_sp_parallel_rank, get_sp_world_size,
-                                                  model_parallel_is_initialized)
+if TYPE_CHECKING:
+    # FastVideo's names these functions use, as the patch imports them into longcat.py. Not
+    # imported here at run time: importing this module must not import FastVideo (only the
+    # functions that need no collective are called outside FastVideo, by tests).
+    from fastvideo.distributed.communication_op import (sequence_model_parallel_all_gather,
+                                                        sequence_model_parallel_all_to_all_4D)
+    from fastvideo.distributed.parallel_state import (get_sp_parallel_rank, get_sp_world_size,
+                                                      model_parallel_is_initialized)
 
 
 def longcat_sp_can_shard(latent_shape: tuple) -> bool:
