@@ -482,14 +482,16 @@ PATCH = Patch(
         other.
 
         Evidence: longcat-convert's gate, `parity e2e-sp2-patched` (tiny t2v, i2v, t2v_lora,
-        kv_continue_b2, bsa_t2v), `layer-sp2-patched`, `kv-sp2-patched` and
-        `sampling-patched-sp2`: every row of every rank within the float32 policy against
-        LongCat-Video, attention work per rank 0.5 of one process (stock 1.6), no rank holding
-        the whole sequence; stock with BSA: the kernel's assertion on both ranks.
+        kv_continue_b2, bsa_t2v, bsa_i2v, bsa_kv_continue), `layer-sp2-patched`,
+        `kv-sp2-patched` and `sampling-patched-sp2` (traj_t2v_cfg, traj_i2v, traj_vc_cache):
+        every row of every rank within the float32 policy against LongCat-Video, attention work
+        per rank 0.5 of one process for every kind (stock 1.6), no rank holding the whole
+        sequence; stock with BSA: the kernel's assertion on both ranks.
 
         Leaves alone: one process (nothing changes: every new branch is under `sp_sharded`),
         the attention backends, cross-attention (each rank's tokens against the whole text),
-        grids whose frames do not divide among the ranks (as before; padding them is a
+        grids whose frames do not divide among the ranks (every rank runs every token, as
+        before, and BSA there runs on the whole grid instead of asserting; padding them is a
         follow-up).""",
     edits=(
         Edit(_LONGCAT, "<module>", "from fastvideo.attention.layer import DistributedAttention, LocalAttention", """\
