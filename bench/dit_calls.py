@@ -55,7 +55,6 @@ def main(argv=None) -> int:
     from parity import refside
     nat.ensure_runtime("cpu")
     import torch
-    from fastvideo.configs.models.dits.longcat import LongCatVideoArchConfig, LongCatVideoConfig
     from longcat_convert.shards import ShardedReader
 
     ref = refside.load_reference(refside.open_source(a.source), dtype=torch.float32, device="cpu")
@@ -63,9 +62,7 @@ def main(argv=None) -> int:
     cfg = nat.read_native_config(tdir)
     stock = nat.build_native_model(cfg, dtype=torch.float32)
     nat.load_state(stock, ShardedReader(tdir))
-    Patched = patched_model_class(a.copy)
-    arch = LongCatVideoArchConfig(**nat.arch_kwargs(cfg))
-    patched = Patched(config=LongCatVideoConfig(arch_config=arch), hf_config={}).to(torch.float32).eval()
+    patched = nat.build_native_model(cfg, dtype=torch.float32, model_cls=patched_model_class(a.copy))
     patched.load_state_dict(stock.state_dict())
 
     T, H, W = (int(x) for x in a.shape.split(","))

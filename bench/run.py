@@ -386,6 +386,12 @@ def section_fixes(args) -> dict:
     return {"shape": args.parity_shape, "rows": rows}
 
 
+def _ms_cell(side: dict) -> str:
+    """A side's median ms with its spread across reps: "1260.6 [1123.2-1410.0]"."""
+    lo, hi = side["ms_spread"]
+    return f"{side['ms']:.1f} [{lo:.1f}-{hi:.1f}]"
+
+
 def print_fixes(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -401,9 +407,8 @@ def print_fixes(res: dict) -> None:
         t.add_column(c, justify="right")
     for r in res["rows"]:
         ref, st, fx, pt = r["reference"], r["stock"], r["fixed"], r["patched"]
-        def ms(side):
-            lo, hi = side["ms_spread"]
-            return f"{side['ms']:.1f} [{lo:.1f}-{hi:.1f}]"
+        ms = _ms_cell
+
         def verdict(side):
             return "passes" if side["passed"] else f"first divergent {side['first_divergent']}"
         t.add_row(r["checkpoint"], f"{ref['calls']} / {st['calls']} / {fx['calls']} / {pt['calls']}", ms(ref),
@@ -421,10 +426,8 @@ def print_fixes(res: dict) -> None:
             t.add_column(c, justify="right")
         for r in one:
             o = r["one_process"]
-            def ms(side):
-                lo, hi = o[side]["ms_spread"]
-                return f"{o[side]['ms']:.1f} [{lo:.1f}-{hi:.1f}]"
-            t.add_row(r["checkpoint"], str(o["reps"]), ms("reference"), ms("stock"), ms("patched"),
+            t.add_row(r["checkpoint"], str(o["reps"]), _ms_cell(o["reference"]), _ms_cell(o["stock"]),
+                      _ms_cell(o["patched"]),
                       f"{o['patched']['ms'] / o['stock']['ms']:.3f}", f"{o['patched']['ms'] / o['reference']['ms']:.3f}",
                       f"{o['stock']['ms'] / o['reference']['ms']:.3f}")
         con.print(t)

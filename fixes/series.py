@@ -146,15 +146,15 @@ def apply_edit(text: str, edit: Edit, patch_name: str) -> str:
     def found(lines_from: int, lines_to: int, want: list[str]) -> list[int]:
         return [i for i in range(lines_from, lines_to - len(want) + 1)
                 if all(same(a, b) for a, b in zip(lines[i:i + len(want)], want))]
+    first = want                                   # the lines that place the edit
     if edit.where == "span":
         if len(want) != 2:
             raise ValueError(f"{where}: a span's find is two lines, its first and its last statement's start")
         first, want = want[:1], want[1:]
-    hits = found(lo - 1, hi, first if edit.where == "span" else want)
+    hits = found(lo - 1, hi, first)
     if len(hits) != 1:
-        shown = (first if edit.where == "span" else want)[0]
         raise BadInput(f"{where}: {'expression not found' if not hits else 'expression found %d times' % len(hits)}"
-                       f": {shown[:60]!r}")
+                       f": {first[0][:60]!r}")
     i = hits[0]
     prefix = _indent(lines[i])
     body = _reindent(replacement, prefix) if replacement.strip() else []     # nothing: the lines go
@@ -203,10 +203,10 @@ def _header(number: int, total: int, patch: Patch) -> str:
 
 def ordered(patches: list[Patch]) -> list[Patch]:
     """``patches`` in FIXES order, except that a patch comes after those its ``after`` names."""
-    out, waiting = [], list(patches)
+    out, waiting, present = [], list(patches), {p.name for p in patches}
     while waiting:
         done = {p.name for p in out}
-        ready = next(p for p in waiting if all(a in done or a not in {q.name for q in patches} for a in p.after))
+        ready = next(p for p in waiting if all(a in done or a not in present for a in p.after))
         out.append(ready)
         waiting.remove(ready)
     return out

@@ -153,10 +153,6 @@ def holds_local_tokens(module: str, *, output: bool, patched: bool = False) -> b
     return False
 
 
-def holds_local_tokens_patched(module: str, *, output: bool) -> bool:
-    return holds_local_tokens(module, output=output, patched=True)
-
-
 # --- the wrapped methods ---------------------------------------------------------------
 
 # FastVideo's LongCatTransformer3DModel.forward parameters, in order (for a wrapper that takes *args).

@@ -238,18 +238,20 @@ def arch_kwargs(native_cfg: dict) -> dict:
     return kw
 
 
-def build_native_model(native_cfg: dict, dtype=None, device="cpu"):
-    """An uninitialised ``LongCatTransformer3DModel`` for a native config dict.
+def build_native_model(native_cfg: dict, dtype=None, device="cpu", model_cls=None):
+    """An uninitialised ``LongCatTransformer3DModel`` for a native config dict (``model_cls``:
+    another class of that signature, e.g. a patched copy's, bench/dit_calls.py).
 
     Its linears are allocated with torch.empty: load every weight before use.
     """
     ensure_runtime(device)
     import torch
     from fastvideo.configs.models.dits.longcat import LongCatVideoArchConfig, LongCatVideoConfig
-    from fastvideo.models.dits.longcat import LongCatTransformer3DModel
+    if model_cls is None:
+        from fastvideo.models.dits.longcat import LongCatTransformer3DModel as model_cls
     arch = LongCatVideoArchConfig(**arch_kwargs(native_cfg))
     # The wrapper config, not the arch config: cross-attention reads config.arch_config.
-    model = LongCatTransformer3DModel(config=LongCatVideoConfig(arch_config=arch), hf_config={})
+    model = model_cls(config=LongCatVideoConfig(arch_config=arch), hf_config={})
     model = model.to(device=device, dtype=dtype or torch.float32)
     return model.eval()
 

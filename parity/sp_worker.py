@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -98,6 +99,7 @@ class AttentionLog:
         self.calls: list[dict] = []
         self.stack: list[str] = []
         self.dist_in: list[tuple] = []       # (module, q shape handed to DistributedAttention)
+        self.layers: set[str] = set()        # the attention layers' names (set on entry)
         self._handles = []
         self._patches = None
         self._in_kernel = False
@@ -106,13 +108,15 @@ class AttentionLog:
         import torch.nn.functional as F
         import fastvideo.models.dits.longcat as fv_longcat
         names = dict(self.model.named_modules())
+        # FastVideo's attention layers (they have an ``attn_impl``) under self_attn / cross_attn: ``attn``,
+        # and the patched FastVideo's ``attn_all_tokens`` (sp-whole-sequence, fixes/sp_shard.py)
+        self.layers = {name for name, m in names.items()
+                       if name.rpartition(".")[0].rpartition(".")[2] in ("self_attn", "cross_attn")
+                       and hasattr(m, "attn_impl")}
         for name, m in names.items():
             parts = name.split(".")
-            # an attention layer of FastVideo's (it has an ``attn_impl``) under self_attn / cross_attn:
-            # ``attn``, and the patched FastVideo's ``attn_all_tokens`` (sp-whole-sequence, fixes/sp_shard.py)
-            if (len(parts) == 2 and parts[0] == "blocks") or parts[-1] in ("self_attn", "cross_attn") or (
-                    len(parts) >= 2 and parts[-2] in ("self_attn", "cross_attn") and hasattr(m, "attn_impl")) \
-                    or name in self.watch:
+            if (len(parts) == 2 and parts[0] == "blocks") or parts[-1] in ("self_attn", "cross_attn") \
+                    or name in self.layers or name in self.watch:
                 self._handles.append(m.register_forward_pre_hook(self._push(name), prepend=True))
                 self._handles.append(m.register_forward_hook(self._pop(name)))
         import fastvideo.third_party.longcat_video.block_sparse_attention.bsa_interface as bsa_mod
@@ -180,11 +184,9 @@ class AttentionLog:
     def _kind(self) -> tuple[str, str]:
         """(kind, module) of a kernel call, from the innermost attention-related module."""
         for name in reversed(self.stack):
-            parent, _, leaf = name.rpartition(".")
-            if parent.endswith(".self_attn") and leaf != "self_attn":       # dense self-attention
-                return "self_attn.distributed", parent
-            if parent.endswith(".cross_attn") and leaf != "cross_attn":
-                return "cross_attn", parent
+            if name in self.layers:          # dense self-attention, or cross-attention
+                parent = name.rpartition(".")[0]
+                return ("self_attn.distributed" if parent.endswith("self_attn") else "cross_attn"), parent
             if name.endswith(".cross_attn"):
                 return "cross_attn", name
             if name.endswith(".self_attn"):
@@ -413,7 +415,7 @@ def _token_shard(native, job: dict) -> _TokenShard:
     hidden = job["overrides"].get("hidden_states", job["inp"].hidden_states)
     patched = "sp-whole-sequence" in fixes.in_fastvideo()       # the patch: the same layout, other edges
     return _TokenShard(sp_shard.layout_for(native, hidden),
-                       sp_shard.holds_local_tokens_patched if patched else sp_shard.holds_local_tokens)
+                       functools.partial(sp_shard.holds_local_tokens, patched=patched))
 
 
 def _loop_job(native, job: dict, spec: dict, dtype, device: str, world: int, state: dict) -> dict:

@@ -96,7 +96,7 @@ def test_the_upstream_patch_keeps_the_run_time_fixs_layout_with_its_own_edges():
     way; only where the sequence is sharded and gathered differs (after the patch embedding,
     after the final layer)."""
     import torch
-    from fixes.sp_shard import Layout, holds_local_tokens_patched
+    from fixes.sp_shard import Layout, holds_local_tokens
     from fixes.sp_shard_code import longcat_sp_rank_order, longcat_sp_token_order
     grid = (3, 2, 4)
     shares = [Layout(grid, 2, r) for r in (0, 1)]
@@ -106,5 +106,5 @@ def test_the_upstream_patch_keeps_the_run_time_fixs_layout_with_its_own_edges():
     assert torch.equal(longcat_sp_rank_order(x, 3, 2), gathered)
     frames = x.reshape(1, 3, -1, 1)                    # longcat_sp_shard: the r-th chunk of every frame
     assert all(torch.equal(frames.chunk(2, dim=2)[r].reshape(1, -1, 1), shares[r].local(x)) for r in (0, 1))
-    assert [holds_local_tokens_patched(n, output=o) for n, o in (("patch_embed", True), ("blocks.0", False),
+    assert [holds_local_tokens(n, output=o, patched=True) for n, o in (("patch_embed", True), ("blocks.0", False),
             ("final_layer", False), ("final_layer", True), ("output", True))] == [False, True, True, True, False]
